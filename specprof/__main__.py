@@ -1,0 +1,3 @@
+from specprof.cli import main
+
+main()
