@@ -1,0 +1,157 @@
+"""Turn per-token acceptance into speculative-decoding blocks for every draft length k.
+
+Greedy (T = 0) is exact (DESIGN.md §2). The target's continuation y is fixed; `match[t]` says
+whether the draft, given the target prefix y[:t], proposed y[t]. A block that starts at s accepts
+n = the number of consecutive matches from s (at most k), emits n + 1 tokens (the target adds the
+token after the last accepted one; fewer at the end of y) and the next block starts at s + n + 1.
+An accepted draft token equals the target's, so the draft's next proposal is conditioned on the
+target prefix: one target generation plus one teacher-forced draft pass give the exact trace for
+every k at once.
+
+Sampling (T > 0) gives an estimate: the block chain with acceptance probability
+`accept_prob[t]` = Σ_v min(p_t(v), q_t(v)) at each position, P(first i accepted | start s) =
+Π_{j<i} accept_prob[s+j]. With 0/1 probabilities it reduces to the exact greedy trace.
+
+What this module does not do: read files, pick k or estimate speedups (`costmodel`, `stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Block:
+    start: int  # position in the continuation where the block's first draft token sits
+    accepted: int  # draft tokens the target accepted, 0..k
+    emitted: int  # tokens the iteration adds to the output: accepted + 1, fewer at the end
+
+
+@dataclass(frozen=True)
+class BlockCounts:
+    """Per-prompt block statistics for k = 1..k_max (index k - 1); floats so T > 0 expectations fit."""
+
+    iterations: np.ndarray  # [n_prompts, k_max] target forward passes (one per block)
+    accepted: np.ndarray  # [n_prompts, k_max] accepted draft tokens, summed over blocks
+    emitted: np.ndarray  # [n_prompts, k_max] output tokens, summed over blocks (= continuation length)
+    histogram: np.ndarray  # [n_prompts, k_max, k_max + 1] blocks that accepted exactly n tokens
+
+    @property
+    def k_max(self) -> int:
+        return self.iterations.shape[1]
+
+
+def simulate_blocks(match: Sequence[bool], k: int) -> list[Block]:
+    """The exact greedy speculative trace of one continuation at draft length k.
+
+    Example: match = 1101110 at k = 2 gives blocks (start 0: accept 2, emit 3), (3: 2, 3),
+    (6: 0, 1): 3 iterations for 7 tokens.
+    """
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+    n_tokens = len(match)
+    blocks = []
+    start = 0
+    while start < n_tokens:
+        accepted = 0
+        while accepted < k and start + accepted < n_tokens and match[start + accepted]:
+            accepted += 1
+        emitted = min(accepted + 1, n_tokens - start)  # the bonus token only exists inside y
+        blocks.append(Block(start, accepted, emitted))
+        start += accepted + 1
+    return blocks
+
+
+def pad(rows: Sequence[np.ndarray], dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Stack ragged 1-D arrays into [n_rows, max_len] with zeros after each row's end, and the lengths."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    out = np.zeros((len(rows), int(lengths.max(initial=0))), dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out, lengths
+
+
+def run_lengths(match: np.ndarray) -> np.ndarray:
+    """For [n, L] 0/1 matches, the number of consecutive matches starting at each position."""
+    runs = np.zeros((match.shape[0], match.shape[1] + 1), dtype=np.int64)
+    for t in range(match.shape[1] - 1, -1, -1):
+        runs[:, t] = np.where(match[:, t] > 0, runs[:, t + 1] + 1, 0)
+    return runs
+
+
+def count_blocks_exact(match: np.ndarray, lengths: np.ndarray, k_max: int) -> BlockCounts:
+    """Greedy blocks for all prompts and all k; `match` is [n_prompts, max_len], zero-padded.
+
+    Vectorised over prompts; equal to `simulate_blocks` row by row (tests check this).
+    """
+    n = match.shape[0]
+    runs = run_lengths(match)  # zero padding ends every run at the row's end
+    rows = np.arange(n)
+    iterations = np.zeros((n, k_max))
+    accepted = np.zeros((n, k_max))
+    emitted = np.zeros((n, k_max))
+    histogram = np.zeros((n, k_max, k_max + 1))
+    for ki in range(k_max):
+        k = ki + 1
+        start = np.zeros(n, dtype=np.int64)
+        active = start < lengths
+        while active.any():
+            take = np.minimum(runs[rows, np.minimum(start, runs.shape[1] - 1)], k)
+            iterations[active, ki] += 1
+            accepted[active, ki] += take[active]
+            emitted[active, ki] += np.minimum(take + 1, lengths - start)[active]
+            histogram[rows[active], ki, take[active]] += 1
+            start = np.where(active, start + take + 1, start)
+            active = start < lengths
+    return BlockCounts(iterations, accepted, emitted, histogram)
+
+
+def count_blocks_expected(accept_prob: np.ndarray, lengths: np.ndarray, k_max: int) -> BlockCounts:
+    """Expected block statistics from per-position acceptance probabilities (the chain estimate).
+
+    `accept_prob` is [n_prompts, max_len], zero-padded. A block starting at s accepts exactly n < k
+    with probability Π_{j<n} a[s+j] · (1 − a[s+n]) and all k with Π_{j<k} a[s+j]; `start_prob[s]`
+    is the probability that some block starts at s. Exact when every probability is 0 or 1.
+    """
+    n_prompts, max_len = accept_prob.shape
+    padded = np.concatenate([accept_prob, np.zeros((n_prompts, k_max + 1))], axis=1)
+    remaining = lengths[:, None] - np.arange(max_len)[None, :]  # [n_prompts, max_len] tokens left at s
+    iterations = np.zeros((n_prompts, k_max))
+    accepted = np.zeros((n_prompts, k_max))
+    emitted = np.zeros((n_prompts, k_max))
+    histogram = np.zeros((n_prompts, k_max, k_max + 1))
+    for ki in range(k_max):
+        k = ki + 1
+        # prob_n[:, s, n]: block at s accepts exactly n.
+        window = np.stack([padded[:, j : j + max_len] for j in range(k + 1)], axis=2)
+        prefix = np.concatenate([np.ones((n_prompts, max_len, 1)), np.cumprod(window[:, :, :k], axis=2)], axis=2)
+        prob_n = prefix.copy()
+        prob_n[:, :, :k] *= 1.0 - window[:, :, :k]
+        start_prob = np.zeros((n_prompts, max_len + k + 2))
+        start_prob[:, 0] = 1.0
+        for s in range(max_len):
+            live = np.where(remaining[:, s] > 0, start_prob[:, s], 0.0)
+            weight = live[:, None] * prob_n[:, s, :]  # [n_prompts, k + 1]
+            histogram[:, ki, : k + 1] += weight
+            iterations[:, ki] += live
+            for n in range(k + 1):
+                start_prob[:, s + n + 1] += weight[:, n]
+            emitted[:, ki] += (weight * np.minimum(np.arange(k + 1)[None, :] + 1, remaining[:, s, None])).sum(1)
+        accepted[:, ki] = (histogram[:, ki, :] * np.arange(k_max + 1)[None, :]).sum(1)
+    return BlockCounts(iterations, accepted, emitted, histogram)
+
+
+def per_position_acceptance(histogram: np.ndarray, k: int) -> np.ndarray:
+    """r_i = P(accepted ≥ i + 1) for i = 0..k-1, from a histogram of accepted counts 0..k.
+
+    Mean acceptance length (vLLM's, bonus token included) is 1 + Σ r_i away from the sequence end.
+    """
+    counts = np.asarray(histogram, dtype=np.float64)[: k + 1]
+    total = counts.sum()
+    if total == 0:
+        return np.zeros(k)
+    at_least = counts[::-1].cumsum()[::-1]  # at_least[n] = blocks with accepted ≥ n
+    return at_least[1 : k + 1] / total
