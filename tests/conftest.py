@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny models built once per session, a small corpus, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("COLUMNS", "200")  # pin the terminal width for Rich output
+
+from tiny import make_model  # noqa: E402
+
+PROMPTS = [
+    ("a-1", "alpha", "hello world"),
+    ("a-2", "alpha", "The quick brown fox jumps over the lazy dog and then some more text follows here"),
+    ("a-3", "alpha", "x"),
+    ("a-4", "alpha", "abcabcabcabcabc"),
+    ("b-1", "beta", "SELECT * FROM table WHERE id = 1;"),
+    ("b-2", "beta", "{\"name\": \"value\", \"list\": [1, 2, 3]}"),
+    ("b-3", "beta", "Once upon a time"),
+    ("b-4", "beta", "0123456789 0123456789 0123456789 0123456789 0123456789 0123456789"),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random Llama models sharing one character tokenizer.
+
+    target: 2 layers. close / far: the target with small / larger weight noise, so the draft agrees
+    often (α ≈ 0.6) or seldom (α ≈ 0.2), with runs of every length. deep: a 4-layer target.
+    """
+    root = tmp_path_factory.mktemp("tiny")
+    target = make_model(root / "target", seed=0)
+    return {
+        "target": target,
+        "close": make_model(root / "close", seed=1, noise_from=target, noise=0.03),
+        "far": make_model(root / "far", seed=2, noise_from=target, noise=0.15),
+        "deep": make_model(root / "deep", seed=3, layers=4),
+    }
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "domain": d, "prompt": p}) + "\n" for i, d, p in PROMPTS))
+    return path
+
+
+@pytest.fixture()
+def cli():
+    """Run the real `specprof` Typer app; returns the click Result (stdout and stderr apart)."""
+    from typer.testing import CliRunner
+
+    from specprof.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return run

@@ -1,0 +1,62 @@
+"""`specprof profile` through the real entry point: report files, columns and types, terminal output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from specprof import schema
+
+TYPES = {
+    "tokens": {"draft": "string", "prompt_id": "string", "domain": "string", "position": "int32",
+               "target_token": "int32", "draft_token": "int32", "match": "bool", "accept_prob": "float",
+               "target_p": "float", "draft_q": "float", "target_entropy": "float", "draft_top1_p": "float"},
+    "summary": {"draft": "string", "domain": "string", "k": "int32", "n_prompts": "int32", "n_tokens": "int64",
+                "alpha": "double", "alpha_lo": "double", "alpha_hi": "double", "tokens_per_iter": "double",
+                "draft_acceptance_rate": "double", "speedup_iid": "double", "speedup": "double",
+                "speedup_lo": "double", "speedup_hi": "double", "cost_ratio": "double", "decision": "string"},
+    "blocks": {"draft": "string", "domain": "string", "k": "int32", "accepted": "int32", "iterations": "double"},
+}
+
+
+def test_profile_writes_the_report_contract(tiny, corpus, tmp_path, cli):
+    out = tmp_path / "report"
+    r = cli("profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", "ngram",
+            "--k-max", 4, "--max-new-tokens", 16, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert f"draft {tiny['close']}" in r.stdout and "ALL" in r.stdout
+    for name, types in TYPES.items():
+        table = pq.read_table(out / f"{name}.parquet")  # plain pyarrow
+        assert {f.name: str(f.type) for f in table.schema} == types
+        assert table.schema.metadata[schema.VERSION_KEY] == str(schema.SCHEMA_VERSION).encode()
+        assert list(pd.read_parquet(out / f"{name}.parquet").columns) == list(types)  # plain pandas
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert set(summary["domain"]) == {"alpha", "beta", "ALL"}
+    assert sorted(summary["k"].unique()) == [1, 2, 3, 4]
+    blocks = pd.read_parquet(out / "blocks.parquet")
+    # the histogram holds every iteration: Σ over accepted = tokens / tokens_per_iter
+    for row in summary.itertuples():
+        h = blocks[(blocks.draft == row.draft) & (blocks.domain == row.domain) & (blocks.k == row.k)]
+        assert len(h) == row.k + 1
+        assert abs(h.iterations.sum() * row.tokens_per_iter - row.n_tokens) < 1e-6
+    run = json.loads((out / "run.json").read_text())
+    assert run["finished_at"] and run["settings"]["k_max"] == 4
+    assert len(run["timings"]["target_forward_s"]) == 5  # n = 1..k_max+1
+    assert set(run["timings"]["draft_step_s"]) == {str(tiny["close"]), "ngram"}
+    assert not (out / "parts").exists()
+
+
+def test_python_m_specprof_help():
+    r = subprocess.run([sys.executable, "-m", "specprof", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "profile" in r.stdout and "mean acceptance length" in r.stdout
+
+
+def test_profile_help_teaches_the_defaults(cli):
+    r = cli("profile", "--help")
+    assert r.exit_code == 0
+    assert "--k-max" in r.stdout and "early-exit:L" in r.stdout and "under 10" in r.stdout
