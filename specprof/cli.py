@@ -14,23 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 
 from specprof import __version__, render
 from specprof.errors import SpecprofError
 
-HELP = """Profile speculative-decoding acceptance per domain and draft length before turning speculation on.
+try:
+    from typer._click import exceptions as click_errors  # recent typer carries its own copy of click
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_errors
 
-Names as in vLLM: tokens/iter is the mean acceptance length (accepted draft tokens + the bonus
-token, per target forward pass); draft acceptance rate is accepted / drafted tokens at that k;
-α is the per-token acceptance rate, which does not depend on k.
-"""
+HELP = (
+    "Profile speculative-decoding acceptance per domain and draft length before turning speculation on.\n\n"
+    "Names as in vLLM: tokens/iter is the mean acceptance length (accepted draft tokens plus the bonus token, "
+    "per target forward pass); draft acceptance rate is accepted / drafted draft tokens at that k; "
+    "α is the per-token acceptance rate, which does not depend on k."
+)
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True, emoji=False)
+stderr = Console(stderr=True, soft_wrap=True, emoji=False)
 STATE = {"debug": bool(os.environ.get("SPECPROF_DEBUG"))}
 
 
@@ -78,7 +82,6 @@ def check_range(flag: str, value: float, lo: float | None = None, hi: float | No
         raise SpecprofError(f"{flag} {value}: must be ≤ {hi}")
 
 
-DEFAULT_DRAFTS = ("ngram", "early-exit:26")
 
 
 @app.command()
@@ -91,7 +94,8 @@ def profile(
         None,
         "--draft",
         help="Draft (repeatable): a model (id, directory, .gguf), early-exit:L (the target's first L layers) "
-        f"or ngram[:N] (prompt lookup). Default: {' and '.join(DEFAULT_DRAFTS)}.",
+        "or ngram[:N] (prompt lookup). Default: ngram and an early exit at 87% of the target's depth "
+        "(early-exit:26 of SmolLM2's 30 layers).",
     ),
     k_max: int = typer.Option(8, "--k-max", help="Profile every draft length k = 1..K."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Target tokens generated per prompt."),
@@ -105,6 +109,12 @@ def profile(
     ),
     out: Path = typer.Option(Path("specprof-report"), "--out", help="Report directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish an interrupted run in --out (same options); completed prompts are kept."
+    ),
+    too_long: str = typer.Option(
+        "skip", "--too-long", help="Prompts that do not fit the context with --max-new-tokens: skip (warn) or error."
+    ),
     limit: int = typer.Option(
         None,
         "--limit",
@@ -124,8 +134,6 @@ def profile(
     """
 
     def go() -> None:
-        from specprof.profiler import Settings
-
         check_range("--k-max", k_max, 1, 64)
         check_range("--max-new-tokens", max_new_tokens, 1)
         check_range("--temperature", temperature, 0)
@@ -134,18 +142,20 @@ def profile(
             check_range("--batch-size", batch_size, 1)
         if limit is not None:
             check_range("--limit", limit, 1)
+        if too_long not in ("skip", "error"):
+            raise SpecprofError(f"--too-long {too_long}: use skip or error")
+        if resume and overwrite:
+            raise SpecprofError("--resume and --overwrite: choose one")
         from specprof.corpus import load_corpus
 
         corpus = load_corpus(prompts, domain or (), limit)
         _quiet_transformers()
-        import torch
-
         from specprof import drafts, models, profiler
         from specprof.store import RunStore
 
         dev = models.resolve_device(device)
         dt = models.resolve_dtype(dtype, dev)
-        settings = Settings(
+        settings = profiler.Settings(
             k_max=k_max,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -154,40 +164,81 @@ def profile(
             batch_size=batch_size or (64 if dev.type == "cuda" else 32),
             chat_template=not no_chat_template,
         )
-        specs = list(draft or DEFAULT_DRAFTS)
+        specs = list(draft or [])
         if len(set(specs)) != len(specs):
             raise SpecprofError(f"--draft {next(s for s in specs if specs.count(s) > 1)}: given twice")
+        for spec in specs:
+            drafts.parse_kind(spec)  # a bad --draft fails before minutes of loading
         with stderr.status("loading models…"):
             tgt = models.load_model(target, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+            specs = specs or drafts.default_specs(tgt.num_layers)
             loaded = [
                 drafts.load_draft(s, tgt, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
                 for s in specs
             ]
-        run_info = {
-            "target": tgt.describe(),
-            "drafts": [d.info for d in loaded],
-            "device": str(dev),
-            "dtype": str(dt).removeprefix("torch."),
-            "torch_version": torch.__version__,
-            "settings": {
-                "k_max": settings.k_max,
-                "max_new_tokens": settings.max_new_tokens,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "seed": settings.seed,
-                "batch_size": settings.batch_size,
-                "chat_template": settings.chat_template,
-            },
-            "corpus": {"path": str(prompts), "domains": domain or [], "limit": limit, "n_prompts": len(corpus)},
-        }
-        store = RunStore.create(out, run_info, overwrite=overwrite)
-        with _progress_bar(len(corpus)) as update:
-            result = profiler.run_profile(corpus, tgt, loaded, settings, store, progress=update)
+        prepared = profiler.prepare(corpus, tgt, loaded, settings, too_long)  # bad prompts fail before any write
+        run_info = profiler.describe_run(tgt, loaded, settings, corpus, str(prompts), domain or [], limit, dev, dt)
+        store = RunStore.resume(out, run_info) if resume else RunStore.create(out, run_info, overwrite=overwrite)
+        try:
+            if store.finished:
+                stdout.print(f"the run in {out}/ already finished; nothing to resume")
+                return
+            with _interruptible(), _progress_bar(len(prepared[0])) as update:
+                result = profiler.run_profile(
+                    corpus, tgt, loaded, settings, store, progress=update, notice=_notice, prepared=prepared
+                )
+        except KeyboardInterrupt:
+            saved = len(store.run["completed_prompts"])
+            stderr.print(
+                f"interrupted: {saved} of {len(corpus)} prompts are saved in {out}/; resume with:\n"
+                f"  {_resume_command(prompts, out)}",
+                markup=False,
+                highlight=False,
+            )
+            raise typer.Exit(code=130) from None
+        finally:
+            store.close()
         for d in dict.fromkeys(result.summary["draft"]):
             stdout.print(render.profile_table(result.summary, d))
         stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
 
     _run(go)
+
+
+def _notice(message: str) -> None:
+    stderr.print(f"specprof: {message}", markup=False, highlight=False)
+
+
+def _resume_command(prompts: Path, out: Path) -> str:
+    """The command line that resumes this run: the user's own arguments plus --resume."""
+    import shlex
+
+    argv = STATE.get("argv")
+    if argv is None:  # called as a library (tests): name the essentials
+        argv = ["profile", str(prompts), "--out", str(out), "..."]
+    args = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["specprof", *args, "--resume"])
+
+
+class _interruptible:
+    """Turn SIGTERM into KeyboardInterrupt for the duration, so both stop cleanly after the last saved batch."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        try:
+            self.previous = signal.signal(signal.SIGTERM, stop)
+        except ValueError:  # not the main thread
+            self.previous = None
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 class _progress_bar:
@@ -226,17 +277,17 @@ class _progress_bar:
 
 def main() -> None:
     """Console-script entry point: usage errors become one line and exit code 2, like our own errors."""
+    STATE["argv"] = sys.argv[1:]
     try:
         code = app(standalone_mode=False)
-    except click.UsageError as e:
-        message = e.format_message()
-        if e.ctx is not None and e.ctx.command_path:
-            message = f"{message} (see: {e.ctx.command_path} --help)"
-        render.print_error(stderr, message)
+    except click_errors.UsageError as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # help was printed; nothing to add
+            message = e.format_message()
+            if e.ctx is not None and e.ctx.command_path:
+                message = f"{message} (see: {e.ctx.command_path} --help)"
+            render.print_error(stderr, message)
         sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         stderr.print("aborted")
         sys.exit(130)
     sys.exit(code or 0)

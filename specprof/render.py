@@ -66,4 +66,4 @@ def profile_table(summary: pd.DataFrame, draft: str) -> Table:
 
 
 def print_error(console: Console, message: str) -> None:
-    console.print(f"specprof: error: {message}", markup=False, highlight=False)
+    console.print(f"specprof: error: {message}", markup=False, highlight=False, emoji=False)
