@@ -6,8 +6,9 @@ sums over prompts (α = Σ accept_prob / Σ tokens, tokens/iter = Σ emitted / �
 resample is a vector of prompt weights (how many times each prompt was drawn) and the whole
 bootstrap is one matrix product: weights [B, n_prompts] @ per-prompt sums [n_prompts, m].
 
-Resamples are seeded per (seed, draft, domain) with a stable hash, so a figure does not change
-when other drafts or domains are filtered in or out, and two runs print the same intervals.
+Resamples are seeded per (seed, domain) with a stable hash, so a figure does not change when other
+drafts or domains are filtered in or out, and two runs print the same intervals. Drafts profiled on
+the same prompts share one set of resamples per domain (a paired design, and half the work).
 
 Example: two prompts with (accepted, tokens) = (3, 4) and (1, 4) pool to α = 4/8 = 0.5; the
 resamples are {1,1} (α = 0.75), {1,2} (0.5) and {2,2} (0.25) with odds 1:2:1.
@@ -55,8 +56,10 @@ def resample_weights(n_prompts: int, n_resamples: int, rng: np.random.Generator)
 
 def ratio_of_sums(weights: np.ndarray, numerators: np.ndarray, denominators: np.ndarray) -> np.ndarray:
     """Σ w·num / Σ w·den for each weight row: [B, n] with [n, m] and [n, m] → [B, m] (NaN where 0/0)."""
+    m = numerators.shape[1]
+    sums = weights @ np.concatenate([numerators, denominators], axis=1)  # one product for both: [B, 2m]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights @ numerators) / (weights @ denominators)
+        return sums[:, :m] / sums[:, m:]
 
 
 def percentile_interval(samples: np.ndarray, point: np.ndarray, confidence: float = CONFIDENCE) -> tuple:

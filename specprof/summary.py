@@ -87,7 +87,7 @@ def trace_drafts(tokens: pd.DataFrame, k_max: int, exact: bool) -> list[DraftTra
     if k_max < 1:
         raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
     traces = []
-    for draft, rows in tokens.groupby("draft", sort=False):
+    for draft, rows in tokens.groupby("draft", sort=False, observed=True):
         prompt_codes, prompt_ids = pd.factorize(rows["prompt_id"], sort=False)
         n_prompts = len(prompt_ids)
         positions = rows["position"].to_numpy(np.int64)
@@ -147,13 +147,49 @@ def pool(t: DraftTrace) -> Pooled:
         )
 
 
-def resample(t: DraftTrace, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """α [B] and tokens/iter [B, k_max] of each resample, given prompt weights [B, n_prompts]."""
+def prompt_sums(t: DraftTrace) -> np.ndarray:
+    """[n_prompts, 2 + 2·k_max]: numerators (Σ accept_prob, emitted per k), then denominators (tokens,
+    iterations per k). Every figure is a ratio of column sums, so these are all a bootstrap needs."""
     b = t.blocks
-    numerators = np.column_stack([t.accept_sum, b.emitted])  # [n_prompts, 1 + k_max]
-    denominators = np.column_stack([t.n_tokens, b.iterations])
-    ratios = stats.ratio_of_sums(weights, numerators, denominators)
+    return np.column_stack([t.accept_sum, b.emitted, t.n_tokens, b.iterations])
+
+
+def split_ratios(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """α [B] and tokens/iter [B, k_max] from resampled sums [B, 2 + 2·k_max]."""
+    m = sums.shape[1] // 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = sums[:, :m] / sums[:, m:]
     return ratios[:, 0], ratios[:, 1:]
+
+
+def draw_weights(seed: int, name: str, n_prompts: int, n_resamples: int, cache: dict | None) -> np.ndarray:
+    """Resample weights for `n_prompts` prompts seeded by (seed, name), drawn once per cache."""
+    key = (seed, name, n_prompts, n_resamples)
+    if cache is None or key not in cache:
+        weights = stats.resample_weights(n_prompts, n_resamples, stats.rng_for(seed, name))
+        if cache is None:
+            return weights
+        cache[key] = weights
+    return cache[key]
+
+
+def resampled_sums(
+    t: DraftTrace, seed: int = stats.SEED, n_resamples: int = stats.N_RESAMPLES, cache: dict | None = None
+) -> dict[str, np.ndarray]:
+    """[B, 2 + 2·k_max] resampled sums for each domain of `t`, and for ALL.
+
+    ALL is stratified: prompts are resampled within their domain and the domains' sums added, so each
+    resample keeps the corpus's domain mix (the mix is the traffic you chose, not sampling noise),
+    and ALL costs nothing beyond the domains themselves.
+    """
+    values = prompt_sums(t)
+    out: dict[str, np.ndarray] = {}
+    for domain, mask in domain_groups(t):
+        if domain == ALL:
+            out[ALL] = np.sum([out[d] for d in list(out)], axis=0)
+        else:
+            out[domain] = draw_weights(seed, domain, int(mask.sum()), n_resamples, cache) @ values[mask]
+    return out
 
 
 # Below this many tokens per iteration at every k a draft saves (almost) nothing: speculation is off.
@@ -251,13 +287,18 @@ def estimate(
     domain: str,
     costs: costmodel.Costs,
     min_speedup: float = stats.MIN_SPEEDUP,
+    sums: np.ndarray | None = None,
     seed: int = stats.SEED,
-    n_resamples: int = stats.N_RESAMPLES,
 ) -> Estimate:
-    """Point figures of one set of prompts (`t`, already selected) and their bootstrap intervals."""
+    """Point figures of one set of prompts (`t`, already selected) and their bootstrap intervals.
+
+    `sums` are its resampled sums [B, 2 + 2·k_max] (`resampled_sums`); by default they are drawn
+    here, a plain bootstrap over `t`'s prompts.
+    """
     p = pool(t)
-    weights = stats.resample_weights(p.n_prompts, n_resamples, stats.rng_for(seed, t.draft, domain))
-    alpha_samples, tpi_samples = resample(t, weights)
+    if sums is None:
+        sums = draw_weights(seed, domain, p.n_prompts, stats.N_RESAMPLES, None) @ prompt_sums(t)
+    alpha_samples, tpi_samples = split_ratios(sums)
     alpha_lo, alpha_hi = stats.percentile_interval(alpha_samples, p.alpha)
     tpi_lo, tpi_hi = stats.percentile_interval(tpi_samples, p.tokens_per_iter)
     return Estimate(
@@ -286,12 +327,17 @@ def estimate_all(
     min_speedup: float = stats.MIN_SPEEDUP,
     seed: int = stats.SEED,
 ) -> list[Estimate]:
-    """Estimates per draft × domain (then ALL), in trace order and first-seen domain order."""
-    out = []
+    """Estimates per draft × domain (then ALL), in trace order and first-seen domain order.
+
+    Drafts profiled on the same prompts share one set of resample weights per domain.
+    """
+    out: list[Estimate] = []
+    cache: dict = {}
     for t in traces:
         costs = costs_for(t.draft, timings, cost_ratio, t.blocks.k_max)
+        sums = resampled_sums(t, seed, cache=cache)
         for domain, mask in domain_groups(t, domains):
-            out.append(estimate(t.select(mask), domain, costs, min_speedup, seed))
+            out.append(estimate(t.select(mask), domain, costs, min_speedup, sums[domain]))
     return out
 
 
