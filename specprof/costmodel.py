@@ -116,6 +116,28 @@ def iid_table(alpha: float, cost_ratio: float, k_max: int) -> list[tuple[int, fl
     return [(k, expected_tokens(alpha, k), speedup_iid(alpha, k, cost_ratio)) for k in range(1, k_max + 1)]
 
 
+def timing_warning(target_forward_s: np.ndarray) -> str | None:
+    """A line when measured verification times cannot describe one machine at rest, else None.
+
+    One pass over n tokens should never cost more than n one-token steps (decoding them one by one
+    would be cheaper), nor a third less than a pass over fewer tokens. Either means the machine was
+    busy while `profile` timed it.
+    """
+    t = np.asarray(target_forward_s, dtype=np.float64)
+    n = np.arange(1, len(t) + 1)
+    slow = np.flatnonzero(t > n * t[0] * 1.05)
+    dips = np.flatnonzero(t < 0.67 * np.maximum.accumulate(t))
+    if not slow.size and not dips.size:
+        return None
+    where = f"t_T({slow[0] + 1}) = {t[slow[0]] / t[0]:.1f}× t_T(1)" if slow.size else (
+        f"t_T({dips[0] + 1}) < t_T({int(np.argmax(t[: dips[0]])) + 1})"
+    )
+    return (
+        f"the measured verification times look disturbed ({where}): the machine was probably busy while "
+        "profiling; re-run profile on an idle machine or plan with --cost-ratio"
+    )
+
+
 @dataclass(frozen=True)
 class Costs:
     """The price of one iteration at each k, in target steps: k·c + v_k (the denominator of S)."""
@@ -123,6 +145,7 @@ class Costs:
     cost_ratio: float  # c = t_D / t_T(1): one draft step over one target step
     verify_cost: tuple[float, ...]  # [k - 1]: v_k = t_T(k+1) / t_T(1), the target verifying k + 1 tokens
     measured: bool  # True: v_k from timings on the profiling machine; False: flat, v_k = 1
+    warning: str | None = None  # measured times that cannot be right (a busy machine): say so, don't hide it
 
     @classmethod
     def flat(cls, cost_ratio: float, k_max: int) -> Costs:
@@ -141,9 +164,11 @@ class Costs:
         """
         if len(target_forward_s) < k_max + 1:
             raise ValueError(f"target times cover k ≤ {len(target_forward_s) - 1}, asked for {k_max}")
-        times = np.maximum.accumulate(np.asarray(target_forward_s[: k_max + 1], dtype=np.float64))
+        raw = np.asarray(target_forward_s[: k_max + 1], dtype=np.float64)
+        times = np.maximum.accumulate(raw)
         t1 = float(times[0])
-        return cls(draft_step_s / t1, tuple(float(t / t1) for t in times[1:]), measured=True)
+        verify = tuple(float(t / t1) for t in times[1:])
+        return cls(draft_step_s / t1, verify, measured=True, warning=timing_warning(raw))
 
     @property
     def k_max(self) -> int:
@@ -165,35 +190,65 @@ class Costs:
         return np.array([speedup_iid(a, k, self.cost_ratio) for k in range(1, self.k_max + 1)])
 
 
+@dataclass(frozen=True)
+class Disagreement:
+    """Why the empirical speedup at k is off the i.i.d. one: S_emp / S_iid = tokens_factor · cost_factor.
+
+    tokens_factor = E_emp / E(α, k): acceptance is not i.i.d. along a sequence (matches come in runs,
+    or mismatches cluster). cost_factor = (k·c + 1) / (k·c + v_k): verification is not free on every
+    device (v_k > 1 on a CPU).
+    """
+
+    k: int
+    ratio: float  # S_emp / S_iid
+    tokens_per_iter: float  # measured E_emp(k)
+    expected_tokens: float  # E(α, k)
+    verify_cost: float  # v_k
+    threshold: float
+
+    @property
+    def tokens_factor(self) -> float:
+        return self.tokens_per_iter / self.expected_tokens
+
+    @property
+    def tokens_differ(self) -> bool:
+        return abs(self.tokens_factor - 1.0) > self.threshold / 3
+
+    @property
+    def costs_differ(self) -> bool:
+        return abs(self.verify_cost - 1.0) > self.threshold / 3
+
+    def tokens_reason(self) -> str:
+        runs = "matches come in runs" if self.tokens_factor > 1 else "mismatches cluster"
+        return (
+            f"measured tokens/iter {self.tokens_per_iter:.2f} vs i.i.d. {self.expected_tokens:.2f}: "
+            f"acceptance is not i.i.d. along a sequence ({runs})"
+        )
+
+    def cost_reason(self) -> str:
+        return (
+            f"verifying {self.k + 1} tokens costs {self.verify_cost:.2f}× one target step on this device "
+            "(the i.i.d. model assumes 1×)"
+        )
+
+    def line(self) -> str:
+        parts = [r for r, on in ((self.tokens_reason(), self.tokens_differ), (self.cost_reason(), self.costs_differ))
+                 if on]
+        why = "; ".join(parts) or "both small effects together"
+        return f"empirical speedup is {self.ratio - 1.0:+.0%} off the i.i.d. model at k={self.k}: {why}"
+
+
 def explain_disagreement(
     alpha: float, k: int, tokens_per_iter: float, costs: Costs, threshold: float = DISAGREEMENT
-) -> str | None:
-    """Why the empirical speedup at k differs from the i.i.d. one by more than `threshold`, or None.
-
-    S_emp / S_iid = (E_emp / E(α, k)) · ((k·c + 1) / (k·c + v_k)): a tokens factor (acceptance is
-    not i.i.d. along a sequence: matches come in runs, so E_emp ≠ E(α, k)) times a cost factor
-    (verification is not free on every device: v_k > 1 on a CPU). Each factor off by more than a
-    few percent is named.
-    """
+) -> Disagreement | None:
+    """The breakdown when the empirical speedup at k differs from the i.i.d. one by more than
+    `threshold` (relative), else None."""
     if not (alpha == alpha and tokens_per_iter == tokens_per_iter):
         return None
     e_iid = expected_tokens(min(max(alpha, 0.0), 1.0), k)
     v = costs.verify_cost[k - 1]
     flat = k * costs.cost_ratio + 1.0
-    tokens_factor = tokens_per_iter / e_iid
-    cost_factor = flat / (flat - 1.0 + v)
-    ratio = tokens_factor * cost_factor
+    ratio = (tokens_per_iter / e_iid) * (flat / (flat - 1.0 + v))
     if abs(ratio - 1.0) <= threshold:
         return None
-    parts = []
-    if abs(tokens_factor - 1.0) > threshold / 3:
-        parts.append(
-            f"measured tokens/iter {tokens_per_iter:.2f} vs i.i.d. {e_iid:.2f}: acceptance is not i.i.d. along a "
-            f"sequence ({'matches come in runs' if tokens_factor > 1 else 'mismatches cluster'})"
-        )
-    if abs(cost_factor - 1.0) > threshold / 3:
-        parts.append(
-            f"verifying {k + 1} tokens costs {v:.2f}× one target step on this device (the i.i.d. model assumes 1×)"
-        )
-    why = "; ".join(parts) or "both small effects together"
-    return f"empirical speedup is {ratio - 1.0:+.0%} off the i.i.d. model at k={k}: {why}"
+    return Disagreement(k, ratio, tokens_per_iter, e_iid, v, threshold)

@@ -23,6 +23,7 @@ from specprof import costmodel, report, stats
 from specprof.errors import SpecprofError
 from specprof.summary import (
     ALL,
+    OFF_CAUSES,
     DraftTrace,
     Estimate,
     Timings,
@@ -153,8 +154,9 @@ def recommendation_json(e: Estimate) -> dict[str, Any]:
         "decision": verdict.decision,
         "more_prompts_needed": verdict.more_prompts,
         "effectively_off": e.effectively_off,
-        "why": e.why() or None,
-        "model_disagreement": e.disagreement(),
+        "why": (e.why() + (f" (usual causes: {OFF_CAUSES})" if e.effectively_off else "")) or None,
+        "model_disagreement": d.line() if (d := e.disagreement()) else None,
+        "timing_warning": e.costs.warning,
     }
 
 

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from specprof import costmodel
 from specprof.decide import Check, Comparison, DraftPlan, WhatIf
-from specprof.summary import ALL, Estimate
+from specprof.summary import ALL, OFF_CAUSES, Estimate
 
 DECISION_STYLE = {"GO": "bold green", "NO-GO": "bold red", "INCONCLUSIVE": "yellow", "": ""}
 
@@ -82,9 +82,33 @@ def costs_caption(e: Estimate) -> str:
     c = e.costs
     if not c.measured:
         return f"--cost-ratio c = {c.cost_ratio:g}, verification as one target step"
-    return (
+    line = (
         f"measured costs: a draft step is {c.cost_ratio:.1%} of a target step; verifying k + 1 tokens costs "
         f"{min(c.verify_cost):.2f}–{max(c.verify_cost):.2f}× one"
+    )
+    return line + (f"\nwarning: {c.warning}" if c.warning else "")
+
+
+def disagreement_note(estimates: Sequence[Estimate]) -> str | None:
+    """One line for a draft: where the i.i.d. and empirical speedups differ by > 10%, and why."""
+    found = [(e, d) for e in estimates if e.domain != ALL and (d := e.disagreement()) is not None]
+    if not found:
+        return None
+    ratios = [d.ratio - 1.0 for _, d in found]
+    n_domains = sum(e.domain != ALL for e in estimates)
+    reasons = list(dict.fromkeys(d.cost_reason() for _, d in found if d.costs_differ))
+    tokens = [e.domain for e, d in found if d.tokens_differ]
+    if tokens:
+        runs = sum(d.tokens_factor > 1 for _, d in found if d.tokens_differ)
+        kind = "matches come in runs" if runs * 2 >= len(tokens) else "mismatches cluster"
+        reasons.append(
+            f"measured tokens/iter differs from the i.i.d. E(α, k) in {len(tokens)} of them "
+            f"(acceptance is not i.i.d. along a sequence: {kind})"
+        )
+    span = f"{min(ratios):+.0%}" if len(found) == 1 else f"{min(ratios):+.0%} to {max(ratios):+.0%}"
+    return (
+        f"empirical vs i.i.d. speedup at the best k differ by more than 10% in {len(found)} of {n_domains} "
+        f"domains ({span}): " + "; ".join(reasons or ["both effects small but together > 10%"])
     )
 
 
@@ -98,12 +122,10 @@ def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], mi
         for name, justify in [("domain", "left"), ("prompts", "right"), ("α [95% CI]", "right"),
                               ("best k", "right"), ("tokens/iter", "right"), ("draft acc.", "right"),
                               ("r_1..r_k", "left"), ("speedup [95% CI]", "right"), ("i.i.d.", "right"),
-                              ("decision", "left")]:
-            table.add_column(name, justify=justify)
-        notes = []
+                              ("decision", "left"), ("why", "left")]:
+            table.add_column(name, justify=justify, overflow="fold")
         for e in rows:
             i = e.at()
-            decision = e.verdict().decision
             table.add_row(
                 f"[bold]{e.domain}[/]" if e.domain == ALL else e.domain,
                 str(e.n_prompts),
@@ -114,12 +136,16 @@ def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], mi
                 " ".join(fmt(r) for r in e.per_position_acceptance()),
                 fmt_interval(e.speedup[i], e.speedup_lo[i], e.speedup_hi[i]),
                 fmt(e.speedup_iid[i]),
-                styled(decision),
+                styled(e.verdict().decision),
+                Text(e.why()),
             )
-            for line in (e.why(), e.disagreement()):
-                if line:
-                    notes.append(Text(f"  {e.domain}: {line}"))
-        parts += [table, *notes, Text(plan_line(p, min_speedup)), Text("")]
+        notes = []
+        off = [e.domain for e in rows if e.effectively_off and e.domain != ALL]
+        if off:
+            notes.append(f"speculation is effectively off for {', '.join(off)}; usual causes: {OFF_CAUSES}")
+        if (line := disagreement_note(rows)) is not None:
+            notes.append(line)
+        parts += [table, *(Text(n) for n in notes), Text(plan_line(p, min_speedup)), Text("")]
     return Group(*parts[:-1])
 
 

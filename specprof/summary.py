@@ -5,7 +5,10 @@ blocks at T = 0, the chain estimate at T > 0. `summarize` pools the per-prompt f
 (and "ALL") for every k and prices them with `costmodel`. Pooling is over tokens and iterations,
 not an average of per-prompt ratios: tokens_per_iter = Σ emitted / Σ iterations.
 
-Intervals and decisions come from `stats` (bootstrap over prompts). No torch here.
+`estimate` turns one draft × domain into an `Estimate`: the pooled figures for every k, their
+bootstrap intervals (resampled sums per prompt, `stats`), the price of each k (`costmodel.Costs`),
+the best k and the decision at each k. `profile`, `recommend`, `gate` and `compare` all go through
+it, so the same report gives the same figures everywhere. No torch here.
 """
 
 from __future__ import annotations
@@ -257,27 +260,26 @@ class Estimate:
         return bool(finite.size) and bool((finite < EFFECTIVELY_OFF).all())
 
     def why(self, k: int | None = None) -> str:
-        """One line on a NO-GO or INCONCLUSIVE at k: the cause, or how many prompts would decide it."""
+        """A short reason for a NO-GO or INCONCLUSIVE at k (default: the best k); "" for GO."""
         i = self.at(k)
         verdict = self.verdicts[i]
         if verdict.decision == "GO":
             return ""
         if self.effectively_off:
-            return (
-                f"speculation effectively off: tokens/iter < {EFFECTIVELY_OFF} at every k "
-                f"(usual causes: {OFF_CAUSES})"
-            )
+            return f"effectively off: tokens/iter < {EFFECTIVELY_OFF} at every k"
         if verdict.decision == "NO-GO":
-            kk = i + 1
-            line = f"draft step costs {self.costs.cost_ratio:.0%} of a target step"
-            if self.costs.verify_cost[i] > 1.05:
-                line += f"; verifying {kk + 1} tokens costs {self.costs.verify_cost[i]:.2f}× one target step"
-            return line + f"; tokens/iter {self.tokens_per_iter[i]:.2f} at k={kk}"
+            # An iteration costs k·c + v_k target steps; name the larger of the two overheads.
+            k, c, v = i + 1, self.costs.cost_ratio, self.costs.verify_cost[i]
+            if k * c >= v - 1.0:
+                cause = f"draft step costs {c:.0%} of a target step"
+            else:
+                cause = f"verifying {k + 1} tokens costs {v:.2f}× one target step"
+            return f"{cause}; breaks even at {k * c + v:.2f} tokens/iter"
         more = f"; about {verdict.more_prompts} more prompts would decide it" if verdict.more_prompts else ""
         return verdict.reason + more
 
-    def disagreement(self, k: int | None = None) -> str | None:
-        """Why the i.i.d. and empirical speedups at k differ by more than 10%, or None."""
+    def disagreement(self, k: int | None = None) -> costmodel.Disagreement | None:
+        """Why the i.i.d. and empirical speedups at k (default: the best k) differ by more than 10%, or None."""
         k = self.best_k if k is None else k
         return costmodel.explain_disagreement(self.alpha, k, float(self.tokens_per_iter[k - 1]), self.costs)
 

@@ -69,13 +69,24 @@ def test_measured_verification_never_gets_cheaper():
     assert costs.verify_cost == (1.0, 1.5)
 
 
+def test_disturbed_timings_are_flagged():
+    # t_T(2) = 3.5 t_T(1): one pass over 2 tokens dearer than 2 single steps; cannot be a machine at rest.
+    assert "t_T(2) = 3.5× t_T(1)" in costmodel.Costs.from_times(0.001, [0.010, 0.035, 0.036], 2).warning
+    # t_T(3) half of t_T(2): a dip far beyond noise.
+    assert "t_T(3) < t_T(2)" in costmodel.Costs.from_times(0.001, [0.010, 0.020, 0.010], 2).warning
+    # A CPU's honest rise (×1.1, ×1.3) is fine.
+    assert costmodel.Costs.from_times(0.001, [0.010, 0.011, 0.013], 2).warning is None
+
+
 def test_disagreement_names_both_causes():
     # α = 0.5, k = 2: i.i.d. E = 1.75; measured 2.2 (runs of matches). c = 0.1, v_2 = 1.5 (a CPU):
     # S_emp / S_iid = (2.2 / 1.75) · (1.2 / 1.7) = 0.887: 11% off, both factors named.
     costs = costmodel.Costs(0.1, (1.2, 1.5), measured=True)
-    line = costmodel.explain_disagreement(0.5, 2, 2.2, costs)
-    assert line is not None and "-11%" in line
-    assert "not i.i.d." in line and "verifying 3 tokens costs 1.50×" in line
+    d = costmodel.explain_disagreement(0.5, 2, 2.2, costs)
+    assert d is not None and d.ratio == pytest.approx(2.2 / 1.75 * 1.2 / 1.7)
+    assert d.tokens_differ and d.costs_differ
+    line = d.line()
+    assert "-11%" in line and "not i.i.d." in line and "verifying 3 tokens costs 1.50×" in line
     assert costmodel.explain_disagreement(0.5, 2, 1.76, costmodel.Costs.flat(0.1, 2)) is None
 
 

@@ -288,3 +288,13 @@ print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_recommend_k_max_beyond_the_measured_costs(reports, cli):
+    # The trace is exact for any k, but the report timed verification only up to k_max + 1 tokens.
+    r = cli("recommend", reports["main"], "--k-max", 6)
+    assert r.exit_code == 2
+    assert r.stderr.strip() == ("specprof: error: --k-max 6: the report's timings cover k ≤ 4; "
+                                "pass --cost-ratio to plan for longer drafts")
+    data = as_json(cli("recommend", reports["main"], "--k-max", 6, "--cost-ratio", 0.0, "--json"))
+    assert all(1 <= rec["best_k"] <= 6 for rec in data["recommendations"])

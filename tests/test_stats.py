@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specprof import costmodel, stats, trace
+from specprof import costmodel, decide, stats, trace
 from specprof.summary import DraftTrace, estimate
 
 
@@ -132,3 +132,27 @@ def test_estimate_matches_hand_worked_pooling():
     assert e.speedup[1] == pytest.approx(11 / 7 / 1.2)
     assert e.alpha_lo <= e.alpha <= e.alpha_hi
     assert e.verdict().decision == "INCONCLUSIVE"  # 2 prompts: too few to decide
+
+
+def test_effectively_off_names_the_usual_causes():
+    # 8 prompts, one accepted token in 20 at random places: tokens/iter ≈ 1.05 < 1.1 at every k.
+    rng = np.random.default_rng(3)
+    prompts = [rng.random(20) < 0.05 for _ in range(8)]
+    e = _estimate(prompts, 4, costmodel.Costs.flat(0.02, 4), 1.1, "off")
+    assert e.effectively_off
+    assert e.verdict().decision != "GO"
+    assert e.why() == "effectively off: tokens/iter < 1.1 at every k"
+    # recommend --json names the usual causes
+    why = decide.recommendation_json(e)["why"]
+    assert why.startswith("effectively off") and "another model family" in why and "chat template" in why
+
+
+def test_no_go_reason_names_the_draft_cost():
+    # α = 0.5 on every prompt (1010…) and a draft step slower than a target step (c = 1.2):
+    # k = 1 makes 10 blocks "10" (accept 1, emit 2): tokens/iter 2.0, S = 2 / 2.2 = 0.91; k = 2 is
+    # the same blocks at 2 / 3.4. Every prompt alike, so the interval is the point: NO-GO.
+    prompts = [[1, 0] * 10 for _ in range(8)]
+    e = _estimate(prompts, 2, costmodel.Costs.flat(1.2, 2), 1.1, "slow")
+    assert e.best_k == 1 and e.speedup[0] == pytest.approx(2 / 2.2)
+    assert e.verdict().decision == "NO-GO"
+    assert e.why() == "draft step costs 120% of a target step; breaks even at 2.20 tokens/iter"
