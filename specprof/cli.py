@@ -204,13 +204,35 @@ def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, allow_nan=False))
 
 
-DECISION_HELP = (
-    "GO when the lower 95% bound of the speedup at the best k reaches --min-speedup; NO-GO when its "
-    "upper bound is below 1.0; otherwise INCONCLUSIVE, with about how many more prompts would decide it."
-)
+RECOMMEND_HELP = "\n\n".join([
+    "Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.",
+    "At each domain's best k: α (per-token acceptance, independent of k); tokens/iter (mean acceptance length, "
+    "bonus token included, as vLLM and SGLang report it); draft acceptance rate (accepted / drafted tokens); "
+    "per-position acceptance r_i = P(accepted ≥ i); the empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)) "
+    "from measured times; and Leviathan et al.'s i.i.d. speedup (1 − α^(k+1)) / (1 − α) / (k·c + 1).",
+    "GO when the lower 95% bound of the speedup at the best k reaches --min-speedup; NO-GO when its upper bound "
+    "is below 1.0; otherwise INCONCLUSIVE, with about how many more prompts would decide it. Intervals: "
+    "bootstrap over prompts (1000 resamples, seed 0), recomputed from tokens.parquet.",
+    "With --alpha and --cost-ratio and no REPORT: the i.i.d. model's k table, best k and breakeven α (what-if).",
+])
+
+GATE_HELP = "\n\n".join([
+    "CI check: exit 0 when every check passes, 1 when any fails, 2 for bad input.",
+    "--min-speedup and --min-alpha are checked on the lower 95% bootstrap bounds (over prompts) unless --point, "
+    "at each domain's best k unless --k. --baseline OLD --max-alpha-drop X fails when α fell by more than X in "
+    "any checked domain. Default: every draft, every domain and ALL.",
+])
+
+COMPARE_HELP = "\n\n".join([
+    "α and speedup of B against A per draft × domain, and whether each difference is significant.",
+    "Differences are B − A with 95% bootstrap intervals over prompts (paired when both reports hold the same "
+    "prompts); significant (*) when the interval excludes 0. Drafts pair by name, or in report order when no "
+    "name is shared (a new checkpoint of one draft). Reports of different targets or sampling settings are "
+    "refused unless --force.",
+])
 
 
-@app.command()
+@app.command(help=RECOMMEND_HELP)
 def recommend(
     report_path: Path = typer.Argument(
         None, metavar="[REPORT]", help="Report directory (or its tokens.parquet/summary.parquet). Omit for what-if."
@@ -225,16 +247,6 @@ def recommend(
     k_max: int = typer.Option(None, "--k-max", help="Consider k = 1..K (what-if default 8; report: its k_max)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.
-
-    Figures at each domain's best k: α (per-token acceptance), tokens/iter (mean acceptance length,
-    bonus token included, as vLLM reports it), draft acceptance rate (accepted / drafted), per-position
-    acceptance r_i = P(accepted ≥ i), the empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)) and
-    Leviathan et al.'s i.i.d. speedup (1 − α^(k+1)) / (1 − α) / (k·c + 1).
-
-    With --alpha and --cost-ratio and no REPORT: the i.i.d. model's k table (what-if).
-    """
-
     def go() -> None:
         from specprof import decide
 
@@ -268,7 +280,7 @@ def recommend(
     _run(go)
 
 
-@app.command()
+@app.command(help=GATE_HELP)
 def gate(
     report_path: Path = typer.Argument(..., metavar="REPORT", help="Report directory or a file in it."),
     min_speedup: float = typer.Option(None, "--min-speedup", help="Fail below this speedup (lower bound)."),
@@ -282,12 +294,6 @@ def gate(
     force: bool = typer.Option(False, "--force", help="Compare with a baseline of another target/settings."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """CI check: exit 0 when every check passes, 1 when any fails, 2 for bad input.
-
-    --min-speedup and --min-alpha are checked on the lower 95% bootstrap bounds (over prompts) unless
-    --point. --baseline OLD --max-alpha-drop X fails when α fell by more than X in any checked domain.
-    """
-
     def go() -> int:
         from specprof import decide
 
@@ -306,20 +312,13 @@ def gate(
         raise typer.Exit(code=code)
 
 
-@app.command()
+@app.command(help=COMPARE_HELP)
 def compare(
     report_a: Path = typer.Argument(..., metavar="REPORT_A", help="The old report (A)."),
     report_b: Path = typer.Argument(..., metavar="REPORT_B", help="The new report (B)."),
     force: bool = typer.Option(False, "--force", help="Compare reports of different targets or sampling settings."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """α and speedup of B against A per draft × domain, and whether each difference is significant.
-
-    Differences are B − A with 95% bootstrap intervals over prompts (paired when both reports hold the
-    same prompts); significant when the interval excludes 0. Drafts pair by name, or in order when the
-    names differ (a new checkpoint of one draft).
-    """
-
     def go() -> None:
         from specprof import decide
 

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import pandas as pd
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -113,17 +114,17 @@ def disagreement_note(estimates: Sequence[Estimate]) -> str | None:
 
 
 def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], min_speedup: float) -> Group:
-    """Per draft: the table at each domain's best k, the notes that explain it, and the overall line."""
+    """Per draft: the table at each domain's best k, the reasons and notes under it, the overall line."""
     parts: list = []
     for p in plans:
         rows = [e for e in estimates if e.draft == p.draft]
         table = Table(title=f"draft {p.draft}", title_justify="left", caption=costs_caption(rows[0]),
-                      caption_justify="left")
-        for name, justify in [("domain", "left"), ("prompts", "right"), ("α [95% CI]", "right"),
-                              ("best k", "right"), ("tokens/iter", "right"), ("draft acc.", "right"),
-                              ("r_1..r_k", "left"), ("speedup [95% CI]", "right"), ("i.i.d.", "right"),
-                              ("decision", "left"), ("why", "left")]:
-            table.add_column(name, justify=justify, overflow="fold")
+                      caption_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+        for name in ("domain", "prompts", "α [95% CI]", "best k", "tokens/iter", "draft acc.", "r_1..r_k (%)",
+                     "speedup [95% CI]", "i.i.d.", "decision"):
+            table.add_column(name, justify="left" if name in ("domain", "r_1..r_k (%)", "decision") else "right",
+                             no_wrap=True)
+        notes = []
         for e in rows:
             i = e.at()
             table.add_row(
@@ -133,13 +134,13 @@ def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], mi
                 str(e.best_k),
                 fmt(e.tokens_per_iter[i]),
                 fmt(e.draft_acceptance_rate[i]),
-                " ".join(fmt(r) for r in e.per_position_acceptance()),
+                " ".join(f"{100 * r:.0f}" for r in e.per_position_acceptance()),
                 fmt_interval(e.speedup[i], e.speedup_lo[i], e.speedup_hi[i]),
                 fmt(e.speedup_iid[i]),
                 styled(e.verdict().decision),
-                Text(e.why()),
             )
-        notes = []
+            if e.why():
+                notes.append(f"  {e.domain}: {e.verdict().decision} — {e.why()}")
         off = [e.domain for e in rows if e.effectively_off and e.domain != ALL]
         if off:
             notes.append(f"speculation is effectively off for {', '.join(off)}; usual causes: {OFF_CAUSES}")

@@ -101,23 +101,19 @@ def decide(
     if not all(math.isfinite(v) for v in (speedup, speedup_lo, speedup_hi)):
         return Verdict("INCONCLUSIVE", None, "no finite speedup (no tokens in this domain)")
     if n_prompts < MIN_PROMPTS:
-        why = f"only {n_prompts} prompt(s); intervals need at least {MIN_PROMPTS}"
+        why = f"only {n_prompts} prompts; intervals need {MIN_PROMPTS}+"
         return Verdict("INCONCLUSIVE", MIN_PROMPTS - n_prompts, why)
     if speedup_lo >= min_speedup:
         return Verdict("GO", None, "")
     if speedup_hi < NO_GO_BELOW:
         return Verdict("NO-GO", None, "")
     if speedup > min_speedup:
-        needed = n_prompts * ((speedup - speedup_lo) / (speedup - min_speedup)) ** 2
-        return Verdict("INCONCLUSIVE", _more(needed, n_prompts), f"likely GO with more prompts (S = {speedup:.2f})")
+        more = _more(n_prompts * ((speedup - speedup_lo) / (speedup - min_speedup)) ** 2, n_prompts)
+        return Verdict("INCONCLUSIVE", more, f"likely GO; ~{more} more prompts would decide it")
     if speedup < NO_GO_BELOW:
-        needed = n_prompts * ((speedup_hi - speedup) / (NO_GO_BELOW - speedup)) ** 2
-        return Verdict("INCONCLUSIVE", _more(needed, n_prompts), f"likely NO-GO with more prompts (S = {speedup:.2f})")
-    return Verdict(
-        "INCONCLUSIVE",
-        None,
-        f"S = {speedup:.2f} lies between 1.0 and --min-speedup {min_speedup:g}: more prompts will not make it a GO",
-    )
+        more = _more(n_prompts * ((speedup_hi - speedup) / (NO_GO_BELOW - speedup)) ** 2, n_prompts)
+        return Verdict("INCONCLUSIVE", more, f"likely NO-GO; ~{more} more prompts would decide it")
+    return Verdict("INCONCLUSIVE", None, f"marginal: 1.0 ≤ S < {min_speedup:g}; more prompts won't make it GO")
 
 
 def _more(needed: float, n_prompts: int) -> int:

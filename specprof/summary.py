@@ -275,8 +275,7 @@ class Estimate:
             else:
                 cause = f"verifying {k + 1} tokens costs {v:.2f}× one target step"
             return f"{cause}; breaks even at {k * c + v:.2f} tokens/iter"
-        more = f"; about {verdict.more_prompts} more prompts would decide it" if verdict.more_prompts else ""
-        return verdict.reason + more
+        return verdict.reason
 
     def disagreement(self, k: int | None = None) -> costmodel.Disagreement | None:
         """Why the i.i.d. and empirical speedups at k (default: the best k) differ by more than 10%, or None."""

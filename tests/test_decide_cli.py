@@ -298,3 +298,13 @@ def test_recommend_k_max_beyond_the_measured_costs(reports, cli):
                                 "pass --cost-ratio to plan for longer drafts")
     data = as_json(cli("recommend", reports["main"], "--k-max", 6, "--cost-ratio", 0.0, "--json"))
     assert all(1 <= rec["best_k"] <= 6 for rec in data["recommendations"])
+
+
+def test_help_defines_the_names_users_know(cli):
+    r = cli("recommend", "--help")
+    assert r.exit_code == 0
+    for phrase in ("mean acceptance length", "draft acceptance rate", "r_i = P(accepted ≥ i)", "i.i.d. speedup",
+                   "lower 95% bound", "what-if"):
+        assert phrase in " ".join(r.stdout.split()), phrase
+    gate_help = " ".join(cli("gate", "--help").stdout.split())
+    assert "exit 0 when every check passes, 1 when any fails, 2 for bad input" in gate_help

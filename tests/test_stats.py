@@ -79,6 +79,7 @@ def test_more_prompts_for_a_likely_go():
     # n' = 12·(0.25/0.2)² = 18.75 → 19 prompts, 7 more.
     v = stats.decide(1.3, 1.05, 1.55, 12)
     assert (v.decision, v.more_prompts) == ("INCONCLUSIVE", 7)
+    assert v.reason == "likely GO; ~7 more prompts would decide it"
 
 
 def test_more_prompts_for_a_likely_no_go():
@@ -90,7 +91,8 @@ def test_more_prompts_for_a_likely_no_go():
 
 def test_marginal_gain_is_not_decided_by_more_prompts():
     v = stats.decide(1.05, 0.95, 1.15, 30)
-    assert v.decision == "INCONCLUSIVE" and v.more_prompts is None and "will not" in v.reason
+    assert v.decision == "INCONCLUSIVE" and v.more_prompts is None
+    assert v.reason == "marginal: 1.0 ≤ S < 1.1; more prompts won't make it GO"
 
 
 @pytest.mark.parametrize("seed", range(5))
