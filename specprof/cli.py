@@ -201,7 +201,7 @@ def profile(
 def _print_json(obj: Any) -> None:
     import json
 
-    typer.echo(json.dumps(obj, indent=2, allow_nan=False))
+    typer.echo(json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False))
 
 
 RECOMMEND_HELP = "\n\n".join([

@@ -84,7 +84,7 @@ def costs_caption(e: Estimate) -> str:
     if not c.measured:
         return f"--cost-ratio c = {c.cost_ratio:g}, verification as one target step"
     line = (
-        f"measured costs: a draft step is {c.cost_ratio:.1%} of a target step; verifying k + 1 tokens costs "
+        f"measured costs: a draft step is {100 * c.cost_ratio:.3g}% of a target step; verifying k + 1 tokens costs "
         f"{min(c.verify_cost):.2f}–{max(c.verify_cost):.2f}× one"
     )
     return line + (f"\nwarning: {c.warning}" if c.warning else "")

@@ -271,7 +271,7 @@ class Estimate:
             # An iteration costs k·c + v_k target steps; name the larger of the two overheads.
             k, c, v = i + 1, self.costs.cost_ratio, self.costs.verify_cost[i]
             if k * c >= v - 1.0:
-                cause = f"draft step costs {c:.0%} of a target step"
+                cause = f"draft step costs {100 * c:.3g}% of a target step"
             else:
                 cause = f"verifying {k + 1} tokens costs {v:.2f}× one target step"
             return f"{cause}; breaks even at {k * c + v:.2f} tokens/iter"
