@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
+
+# Before numpy loads, and only for the decision commands (torch may use OpenBLAS in `profile`):
+# OpenBLAS's thread pool costs more than it saves on the bootstrap's small products (1000
+# resamples × a few hundred prompts) and oversubscribes shared CI runners; one thread made the
+# bootstrap of a million-row report 2.5× faster on 2 busy cores. An explicit setting wins.
+if {"recommend", "gate", "compare"} & set(sys.argv[1:3]):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -239,6 +247,139 @@ class _interruptible:
 
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
+def _print_json(obj: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False))
+
+
+RECOMMEND_HELP = "\n\n".join([
+    "Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.",
+    "At each domain's best k: α (per-token acceptance, independent of k); tokens/iter (mean acceptance length, "
+    "bonus token included, as vLLM and SGLang report it); draft acceptance rate (accepted / drafted tokens); "
+    "per-position acceptance r_i = P(accepted ≥ i); the empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)) "
+    "from measured times; and Leviathan et al.'s i.i.d. speedup (1 − α^(k+1)) / (1 − α) / (k·c + 1).",
+    "GO when the lower 95% bound of the speedup at the best k reaches --min-speedup; NO-GO when its upper bound "
+    "is below 1.0; otherwise INCONCLUSIVE, with about how many more prompts would decide it. Intervals: "
+    "bootstrap over prompts (1000 resamples, seed 0), recomputed from tokens.parquet.",
+    "With --alpha and --cost-ratio and no REPORT: the i.i.d. model's k table, best k and breakeven α (what-if).",
+])
+
+GATE_HELP = "\n\n".join([
+    "CI check: exit 0 when every check passes, 1 when any fails, 2 for bad input.",
+    "--min-speedup and --min-alpha are checked on the lower 95% bootstrap bounds (over prompts) unless --point, "
+    "at each domain's best k unless --k. --baseline OLD --max-alpha-drop X fails when α fell by more than X in "
+    "any checked domain. Default: every draft, every domain and ALL.",
+])
+
+COMPARE_HELP = "\n\n".join([
+    "α and speedup of B against A per draft × domain, and whether each difference is significant.",
+    "Differences are B − A with 95% bootstrap intervals over prompts (paired when both reports hold the same "
+    "prompts); significant (*) when the interval excludes 0. Drafts pair by name, or in report order when no "
+    "name is shared (a new checkpoint of one draft). Reports of different targets or sampling settings are "
+    "refused unless --force.",
+])
+
+
+@app.command(help=RECOMMEND_HELP)
+def recommend(
+    report_path: Path = typer.Argument(
+        None, metavar="[REPORT]", help="Report directory (or its tokens.parquet/summary.parquet). Omit for what-if."
+    ),
+    cost_ratio: float = typer.Option(
+        None, "--cost-ratio", help="Plan for other hardware: c = draft step / target step, verification as one step."
+    ),
+    min_speedup: float = typer.Option(1.1, "--min-speedup", help="GO threshold on the speedup's lower bound."),
+    draft: list[str] = typer.Option(None, "--draft", help="Only this draft (repeatable)."),
+    domain: list[str] = typer.Option(None, "--domain", help="Only this domain (repeatable; ALL for the corpus)."),
+    alpha: float = typer.Option(None, "--alpha", help="What-if mode (no REPORT): acceptance rate α."),
+    k_max: int = typer.Option(None, "--k-max", help="Consider k = 1..K (what-if default 8; report: its k_max)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    def go() -> None:
+        from specprof import decide
+
+        check_range("--min-speedup", min_speedup, 0, lo_open=True)
+        if cost_ratio is not None:
+            check_range("--cost-ratio", cost_ratio, 0)
+        if report_path is None:
+            if alpha is None or cost_ratio is None:
+                raise SpecprofError("give a REPORT, or --alpha and --cost-ratio for the what-if table")
+            w = decide.what_if(alpha, cost_ratio, 8 if k_max is None else k_max)
+            _print_json(decide.what_if_json(w)) if as_json else stdout.print(render.what_if_view(w))
+            return
+        if alpha is not None:
+            raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
+        analysis = decide.load(report_path, draft or (), domain or (), k_max)
+        estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
+        plans = decide.plans(estimates)
+        if as_json:
+            _print_json({
+                "report": str(analysis.path),
+                "min_speedup": min_speedup,
+                "exact": analysis.exact,
+                "recommendations": [decide.recommendation_json(e) for e in estimates],
+                "drafts": [decide.plan_json(p) for p in plans],
+            })
+        else:
+            stdout.print(render.recommend_view(estimates, plans, min_speedup))
+            if not analysis.exact:
+                stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
+
+    _run(go)
+
+
+@app.command(help=GATE_HELP)
+def gate(
+    report_path: Path = typer.Argument(..., metavar="REPORT", help="Report directory or a file in it."),
+    min_speedup: float = typer.Option(None, "--min-speedup", help="Fail below this speedup (lower bound)."),
+    min_alpha: float = typer.Option(None, "--min-alpha", help="Fail below this α (lower bound)."),
+    domain: list[str] = typer.Option(None, "--domain", help="Check this domain (repeatable). Default: all and ALL."),
+    draft: list[str] = typer.Option(None, "--draft", help="Check this draft (repeatable). Default: all."),
+    k: int = typer.Option(None, "--k", help="Check at this k. Default: each domain's best k."),
+    point: bool = typer.Option(False, "--point", help="Check point estimates instead of lower 95% bounds."),
+    baseline: Path = typer.Option(None, "--baseline", help="An older report to compare α with."),
+    max_alpha_drop: float = typer.Option(None, "--max-alpha-drop", help="Fail when α fell by more than X."),
+    force: bool = typer.Option(False, "--force", help="Compare with a baseline of another target/settings."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    def go() -> int:
+        from specprof import decide
+
+        analysis = decide.load(report_path, draft or (), domain or ())
+        old = decide.load(baseline) if baseline is not None else None
+        checks = decide.gate(analysis, min_speedup, min_alpha, domain or (), k, point, old, max_alpha_drop, force)
+        passed = all(c.passed for c in checks)
+        if as_json:
+            _print_json({"passed": passed, "checks": [decide.check_json(c) for c in checks]})
+        else:
+            stdout.print(render.gate_view(checks))
+        return 0 if passed else 1
+
+    code = _run(go)
+    if code:
+        raise typer.Exit(code=code)
+
+
+@app.command(help=COMPARE_HELP)
+def compare(
+    report_a: Path = typer.Argument(..., metavar="REPORT_A", help="The old report (A)."),
+    report_b: Path = typer.Argument(..., metavar="REPORT_B", help="The new report (B)."),
+    force: bool = typer.Option(False, "--force", help="Compare reports of different targets or sampling settings."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    def go() -> None:
+        from specprof import decide
+
+        a, b = decide.load(report_a), decide.load(report_b)
+        comparisons = decide.compare(a, b, force)
+        if as_json:
+            _print_json({"a": str(a.path), "b": str(b.path),
+                         "comparisons": [decide.comparison_json(c) for c in comparisons]})
+        else:
+            stdout.print(render.compare_view(comparisons, str(report_a), str(report_b)))
+
+    _run(go)
 
 
 class _progress_bar:
