@@ -20,15 +20,20 @@ probabilities, so its draft distribution is a point mass (accept x with probabil
 target_probs(x); on rejection sample the target with x removed). An n-gram draft of k tokens is k
 lookups on the growing context, the semantics that keep the profile exact.
 
-The target's cache holds every token but the last (pending) one, so the first iteration verifies
-[last prompt token, proposals…]: iterations are counted exactly as the profile's blocks and
-transformers' assisted generation count target forward passes.
+Both caches are prefilled with the prompt minus its last token, which stays pending: the first
+iteration verifies [last prompt token, proposals…], so iterations are counted exactly as the
+profile's blocks and transformers' assisted generation count target forward passes, and every
+iteration (the first included) has the same shape. `autoregressive_generate`, the target alone,
+prefills the same way and then feeds one token per step, so the decode phases of the two compare
+like with like: the empirical cost model prices exactly those (DESIGN.md §3). Both record the
+walltime of their prefill and decode phases (CUDA synchronised at the boundaries).
 
-What this module does not do: timing, comparing with a report (`verify`), batching.
+What this module does not do: compare with a report (`verify`), batching.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -55,7 +60,9 @@ class Iteration:
 @dataclass
 class SpecOutput:
     tokens: list[int]  # the continuation, EOS included
-    iterations: list[Iteration] = field(default_factory=list)
+    iterations: list[Iteration] = field(default_factory=list)  # the target alone: one per token, budget 0
+    prefill_s: float = 0.0  # walltime to fill the caches with all but the last prompt token
+    decode_s: float = 0.0  # walltime of the iterations
 
     @property
     def n_iterations(self) -> int:
@@ -86,6 +93,20 @@ def _forward(model: torch.nn.Module, cache, ids: torch.Tensor, keep: int) -> tor
     return model(input_ids=ids[None, :], cache=cache, use_cache=True, logits_to_keep=keep).logits[0]
 
 
+def _prefill(model: torch.nn.Module, prompt: Sequence[int]):
+    """A new cache holding all but the last prompt token (that one is fed by the first iteration)."""
+    cache = _new_cache(model)
+    if len(prompt) > 1:
+        _forward(model, cache, torch.tensor(list(prompt[:-1]), device=next(model.parameters()).device), keep=1)
+    return cache
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class ModelProposer:
     """A draft model with its own KV cache: catches up on new context, then k cached steps."""
 
@@ -94,13 +115,13 @@ class ModelProposer:
         self.device = next(model.parameters()).device
         self.cache, self.cached = None, 0
 
-    def start(self) -> None:
-        self.cache, self.cached = _new_cache(self.model), 0
+    def start(self, prompt: Sequence[int]) -> None:
+        self.cache, self.cached = _prefill(self.model, prompt), len(prompt) - 1
 
     def propose(self, context: list[int], k: int, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> tuple[list[int], torch.Tensor | None]:
         """k proposals after `context`, and at T > 0 the draft probabilities they were sampled from [k, V]."""
-        step = torch.tensor(context[self.cached :], device=self.device)  # after acceptance: 1 or 2 tokens
+        step = torch.tensor(context[self.cached :], device=self.device)  # 1 token, 2 after a full acceptance
         tokens, probs = [], []
         for _ in range(k):
             logits = _forward(self.model, self.cache, step, keep=1)[-1]
@@ -127,7 +148,7 @@ class NgramProposer:
     def __init__(self, max_ngram: int):
         self.max_ngram = max_ngram
 
-    def start(self) -> None:
+    def start(self, prompt: Sequence[int]) -> None:
         pass
 
     def propose(self, context: list[int], k: int, temperature: float, top_p: float,
@@ -207,12 +228,12 @@ def speculative_generate(
     if k < 1 or not prompt:
         raise ValueError(f"need k ≥ 1 and a non-empty prompt (k={k}, {len(prompt)} prompt tokens)")
     device = next(target.parameters()).device
-    cache = _new_cache(target)
-    if len(prompt) > 1:
-        _forward(target, cache, torch.tensor(prompt[:-1], device=device), keep=1)  # prefill all but the last
-    proposer.start()
+    begin = _clock(device)
+    cache = _prefill(target, prompt)
+    proposer.start(prompt)
     eos = set(eos_ids)
     context, out = list(prompt), SpecOutput([])
+    decode_begin = _clock(device)
     while len(out.tokens) < max_new_tokens and not (out.tokens and out.tokens[-1] in eos):
         budget = min(k, max_new_tokens - len(out.tokens) - 1)  # the last token always comes from the target
         proposals, draft_probs = ([], None) if budget == 0 else proposer.propose(
@@ -231,6 +252,8 @@ def speculative_generate(
         out.iterations.append(Iteration(len(out.tokens), budget, tuple(proposals), accepted))
         out.tokens += new[:stop]
         context += new[:stop]
+    end = _clock(device)
+    out.prefill_s, out.decode_s = decode_begin - begin, end - decode_begin
     return out
 
 
@@ -244,18 +267,24 @@ def autoregressive_generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
-) -> list[int]:
+) -> SpecOutput:
     """The target alone, one cached forward per token: the baseline `verify` times speculation against."""
     device = next(target.parameters()).device
-    cache = _new_cache(target)
+    begin = _clock(device)
+    cache = _prefill(target, prompt)
     eos = set(eos_ids)
-    ids, out = torch.tensor(list(prompt), device=device), []
-    while len(out) < max_new_tokens and not (out and out[-1] in eos):
-        logits = _forward(target, cache, ids, keep=1)[-1]
+    out = SpecOutput([])
+    decode_begin = _clock(device)
+    step = torch.tensor(list(prompt[-1:]), device=device)
+    while len(out.tokens) < max_new_tokens and not (out.tokens and out.tokens[-1] in eos):
+        logits = _forward(target, cache, step, keep=1)[-1]
         if temperature == 0:
             token = logits.argmax()
         else:
             token = sampling.sample(sampling.probabilities(logits, temperature, top_p)[None], [generator])[0]
-        ids = token[None]
-        out.append(int(token))
+        step = token[None]
+        out.iterations.append(Iteration(len(out.tokens), 0, (), 0))
+        out.tokens.append(int(token))
+    end = _clock(device)
+    out.prefill_s, out.decode_s = decode_begin - begin, end - decode_begin
     return out
