@@ -10,8 +10,11 @@ c = (one draft step) / (one target step),
 Example: α = 0.75, k = 4, c = 0.05 gives E = 3.05 and S = 3.05 / 1.2 = 2.54.
 
 Empirical model (DESIGN.md §3): E is replaced by the measured tokens per iteration for that k,
-and (k·c + 1) by measured forward times, S = E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)). On a GPU
-verifying k + 1 tokens costs about one step, t_T(k+1) ≈ t_T(1); on a CPU it does not.
+and (k·c + 1) by measured forward times, S = E_emp(k)·t_T(1) / (k·t_D + t_T(k+1) + f_k·t_C). On a
+GPU verifying k + 1 tokens costs about one step, t_T(k+1) ≈ t_T(1); on a CPU it does not. f_k·t_C
+is the draft's catch-up: after a block that accepted all k proposals (a fraction f_k of blocks) the
+draft has not seen its last proposal, so its next step feeds 2 tokens, t_C = t_D(2) − t_D(1) more
+(about 0.4–0.7·t_D on a CPU, about 0 on a GPU and for n-gram drafts).
 
 Pure maths: no torch, no files.
 """
@@ -42,14 +45,16 @@ def speedup_from_tokens(tokens_per_iter: float, k: int, cost_ratio: float) -> fl
 
 
 def speedup_measured(
-    tokens_per_iter: float, k: int, draft_step_s: float, target_forward_s: Sequence[float]
+    tokens_per_iter: float, k: int, draft_step_s: float, target_forward_s: Sequence[float],
+    full_fraction: float = 0.0, draft_catchup_s: float = 0.0,
 ) -> float:
-    """Empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)).
+    """Empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1) + f_k·t_C).
 
     `target_forward_s[n - 1]` is the target's time to verify n tokens with a KV cache; it must
-    cover n = 1..k + 1.
+    cover n = 1..k + 1. `full_fraction` f_k: blocks that accepted all k; `draft_catchup_s` t_C.
     """
-    return tokens_per_iter * target_forward_s[0] / (k * draft_step_s + target_forward_s[k])
+    iteration_s = k * draft_step_s + target_forward_s[k] + full_fraction * draft_catchup_s
+    return tokens_per_iter * target_forward_s[0] / iteration_s
 
 
 def breakeven_alpha(k: int, cost_ratio: float, tol: float = 1e-12) -> float:

@@ -11,7 +11,7 @@ Intervals and decisions come from `stats` (bootstrap over prompts). No torch her
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ class Timings:
     target_forward_s: tuple[float, ...]  # [n - 1]: target verifying n = 1..k_max+1 tokens with a KV cache
     draft_step_s: dict[str, float]  # per draft: seconds per proposed token
     context_tokens: int  # the context length the times were taken at
+    # per draft: extra seconds of its first step after a fully accepted block (2 tokens instead of 1);
+    # absent from older reports (then 0)
+    draft_catchup_s: dict[str, float] = field(default_factory=dict)
 
     def cost_ratio(self, draft: str) -> float:
         return self.draft_step_s[draft] / self.target_forward_s[0]
@@ -38,11 +41,13 @@ class Timings:
             "target_forward_s": list(self.target_forward_s),
             "draft_step_s": dict(self.draft_step_s),
             "context_tokens": self.context_tokens,
+            "draft_catchup_s": dict(self.draft_catchup_s),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Timings:
-        return cls(tuple(d["target_forward_s"]), dict(d["draft_step_s"]), int(d["context_tokens"]))
+        return cls(tuple(d["target_forward_s"]), dict(d["draft_step_s"]), int(d["context_tokens"]),
+                   dict(d.get("draft_catchup_s", {})))
 
 
 @dataclass(frozen=True)
@@ -133,19 +138,33 @@ def pool(t: DraftTrace) -> Pooled:
         )
 
 
+def full_fraction(histogram: np.ndarray) -> np.ndarray:
+    """[k_max] the fraction of iterations at k that accepted all k proposals, from a [k_max, k_max + 1] histogram."""
+    k_max = histogram.shape[0]
+    full = histogram[np.arange(k_max), np.arange(1, k_max + 1)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(full / histogram.sum(axis=1))
+
+
 def speedups(
-    tokens_per_iter: np.ndarray, draft: str, timings: Timings | None, cost_ratio: float | None
+    tokens_per_iter: np.ndarray, draft: str, timings: Timings | None, cost_ratio: float | None,
+    full: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Empirical speedup for k = 1..k_max: measured costs, or a flat verification cost at `cost_ratio`."""
+    """Empirical speedup for k = 1..k_max: measured costs, or a flat verification cost at `cost_ratio`.
+
+    `full` ([k_max], from `full_fraction`) prices the draft's catch-up step after fully accepted blocks.
+    """
     ks = range(1, len(tokens_per_iter) + 1)
     if cost_ratio is not None:
         return np.array([costmodel.speedup_from_tokens(e, k, cost_ratio) for e, k in zip(tokens_per_iter, ks)])
     if timings is None:
         raise SpecprofError("the report has no timings; pass --cost-ratio")
+    full = np.zeros(len(tokens_per_iter)) if full is None else full
+    catchup = timings.draft_catchup_s.get(draft, 0.0)
     return np.array(
         [
-            costmodel.speedup_measured(e, k, timings.draft_step_s[draft], timings.target_forward_s)
-            for e, k in zip(tokens_per_iter, ks)
+            costmodel.speedup_measured(e, k, timings.draft_step_s[draft], timings.target_forward_s, f, catchup)
+            for e, k, f in zip(tokens_per_iter, ks, full)
         ]
     )
 
@@ -159,7 +178,7 @@ def summarize(
         c = cost_ratio if cost_ratio is not None else timings.cost_ratio(t.draft) if timings else float("nan")
         for domain, mask in domain_groups(t):
             p = pool(t.select(mask))
-            s = speedups(p.tokens_per_iter, t.draft, timings, cost_ratio)
+            s = speedups(p.tokens_per_iter, t.draft, timings, cost_ratio, full_fraction(p.histogram))
             for ki, k in enumerate(range(1, t.blocks.k_max + 1)):
                 iid = costmodel.speedup_iid(min(max(p.alpha, 0.0), 1.0), k, c)
                 summary_rows.append(
