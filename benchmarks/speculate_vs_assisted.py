@@ -6,7 +6,7 @@ above 1 means our loop is faster. Runs alternate which of the two goes first on 
 a warm-up of both, with CUDA synchronised around every timed call. Prefill is reported apart.
 
     python benchmarks/speculate_vs_assisted.py [--per-domain 1] [--max-new-tokens 128] [--k 1 --k 4]
-                                               [--draft early-exit:26]
+                                               [--draft early-exit:26] [--domain code]...
 """
 
 from __future__ import annotations
@@ -53,13 +53,15 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--k", type=int, action="append", help="draft lengths (repeatable; default 1 2 3 4)")
     ap.add_argument("--draft", default="early-exit:26", help="an early-exit:L draft (needs no second model)")
+    ap.add_argument("--domain", action="append", help="only these domains of sample_prompts/ (repeatable)")
     args = ap.parse_args()
     ks = args.k or [1, 2, 3, 4]
 
     target = load_target()
     assistant = early_exit_view(target.model, int(args.draft.split(":")[1]))
     eos = models.eos_token_ids(target)
-    encoded = [models.encode_prompt(target.tokenizer, p, True) for p in prompts(args.per_domain)]
+    chosen = [p for p in prompts(args.per_domain) if not args.domain or p.domain in args.domain]
+    encoded = [models.encode_prompt(target.tokenizer, p, True) for p in chosen]
     for k in ks:  # warm-up outside the timing, every shape
         ours(target, assistant, encoded[0], k, 16, eos)
         assisted(target, assistant, encoded[0], k, 16, eos)

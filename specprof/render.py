@@ -70,10 +70,13 @@ def print_error(console: Console, message: str) -> None:
 
 
 def verify_table(rows: list, temperature: float) -> Table:
-    """Predicted against measured, per draft × domain × k (rows are `verify.VerifyRow`)."""
+    """Predicted against measured, per draft × domain × k (rows are `verify.VerifyRow`).
+
+    Speedups compare decode phases (what the cost model prices); end-to-end includes prefill.
+    """
     table = Table(title="verify: predicted vs measured on this machine", title_justify="left")
-    columns = ["draft", "domain", "k", "prompts", "tokens/iter pred", "tokens/iter meas", "speedup pred",
-               "speedup meas", "rel. error"]
+    columns = ["draft", "domain", "k", "prompts", "tok/iter pred", "tok/iter meas", "speedup pred",
+               "speedup meas", "error", "end-to-end"]
     if temperature > 0:
         columns += ["α report", "α measured"]
     columns.append("check")
@@ -90,6 +93,7 @@ def verify_table(rows: list, temperature: float) -> Table:
             fmt(r.predicted_speedup),
             fmt(r.measured_speedup),
             "–" if math.isnan(r.relative_error) else f"{r.relative_error:+.1%}",
+            fmt(r.measured_speedup_end_to_end),
         ]
         if temperature > 0:
             cells += [fmt_interval(r.alpha, r.alpha_lo, r.alpha_hi, 3), fmt(r.measured_alpha, 3)]

@@ -3,8 +3,12 @@
 For each draft and domain, on up to `limit` of the report's prompts (the exact token ids the
 target saw), at the chosen k (default: the domain's best k by predicted speedup):
   1. the target alone (`speculate.autoregressive_generate`) and speculative decoding
-     (`speculate.speculative_generate`) are timed prompt by prompt, whole generations, after a
-     warm-up, with CUDA synchronised before each clock read;
+     (`speculate.speculative_generate`) run prompt by prompt, after a warm-up, with CUDA
+     synchronised before each clock read. Each run times its prefill and decode phases; the
+     measured speedup is the ratio of decode seconds per token, the quantity the empirical cost
+     model prices (E_emp·t_T(1) / (k·t_D + t_T(k+1)) is a per-iteration, steady-state figure).
+     The end-to-end ratio of whole generations, prefill included, is reported beside it: a
+     separate draft model also has to prefill the prompt, which costs most on short outputs;
   2. predicted tokens/iter comes from the report's own token records for those same prompts
      (`summary.trace_drafts`), the predicted speedup from the run's measured costs;
   3. at T = 0 every output must equal the target alone token for token and the report's
@@ -34,7 +38,7 @@ import torch
 from specprof import costmodel, drafts, models, sampling, speculate
 from specprof.errors import SpecprofError
 from specprof.report import load_report
-from specprof.summary import ALL, DraftTrace, Timings, domain_groups, pool, trace_drafts
+from specprof.summary import ALL, DraftTrace, Timings, domain_groups, full_fraction, pool, speedups, trace_drafts
 
 WARMUP_TOKENS = 32  # a short generation of each kind before any clock is read
 # Two tokens whose float32 logits differ by less than this (per run dtype) are a near-tie: low-precision
@@ -72,10 +76,13 @@ class VerifyRow:
     predicted_tokens_per_iter: float
     measured_tokens_per_iter: float
     predicted_speedup: float
-    measured_speedup: float  # target-alone seconds per token / speculative seconds per token
+    measured_speedup: float  # decode phase: target-alone s/token ÷ speculative s/token (what the cost model prices)
     relative_error: float  # (measured − predicted) / predicted speedup
-    target_s: float  # summed walltime of the target alone
-    speculative_s: float  # summed walltime of speculative decoding
+    measured_speedup_end_to_end: float  # whole generations, prefill included
+    target_decode_s: float  # summed over the prompts: decode phase of the target alone
+    speculative_decode_s: float  # … of speculative decoding
+    target_wall_s: float  # whole generations of the target alone, prefill included
+    speculative_wall_s: float  # … of speculative decoding
     alpha: float  # the report's α for these prompts, and its interval for the whole domain
     alpha_lo: float
     alpha_hi: float
@@ -178,12 +185,10 @@ def load_models(run: dict, names: Sequence[str]) -> tuple[models.LoadedModel, li
 def predicted(trace: DraftTrace, mask: np.ndarray, k: int, draft: str, timings: Timings | None) -> tuple[float, float]:
     """(tokens/iter, speedup) the report predicts for the prompts in `mask` at k."""
     p = pool(trace.select(mask))
-    tokens_per_iter = float(p.tokens_per_iter[k - 1])
     if timings is None:
-        return tokens_per_iter, float("nan")
-    return tokens_per_iter, costmodel.speedup_measured(
-        tokens_per_iter, k, timings.draft_step_s[draft], timings.target_forward_s
-    )
+        return float(p.tokens_per_iter[k - 1]), float("nan")
+    return float(p.tokens_per_iter[k - 1]), float(speedups(p.tokens_per_iter, draft, timings, None,
+                                                           full_fraction(p.histogram))[k - 1])
 
 
 def _sync(device: torch.device) -> None:
@@ -203,9 +208,9 @@ def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, objec
 class _Live:
     """One prompt's live runs: the target alone, and per (draft, k) the speculative output."""
 
-    target_s: float
-    target_tokens: list[int]
-    spec: dict[tuple[str, int], tuple[float, speculate.SpecOutput]] = field(default_factory=dict)
+    target_wall_s: float
+    target: speculate.SpecOutput
+    spec: dict[tuple[str, int], tuple[float, speculate.SpecOutput]] = field(default_factory=dict)  # (wall s, out)
 
 
 @dataclass
@@ -313,9 +318,9 @@ def run_verify(report_path: str, ks: Sequence[int] = (), limit: int | None = Non
 class _Live:
     """One prompt's live runs: the target alone, and per (draft, k) the speculative output."""
 
-    target_s: float
-    target_tokens: list[int]
-    spec: dict[tuple[str, int], tuple[float, speculate.SpecOutput]] = field(default_factory=dict)
+    target_wall_s: float
+    target: speculate.SpecOutput
+    spec: dict[tuple[str, int], tuple[float, speculate.SpecOutput]] = field(default_factory=dict)  # (wall s, out)
 
 
 def _run_live(plan: Plan, progress: Callable[[Progress], None] | None) -> dict[str, _Live]:
@@ -326,7 +331,7 @@ def _run_live(plan: Plan, progress: Callable[[Progress], None] | None) -> dict[s
     def gen(pid: str) -> torch.Generator | None:
         return torch.Generator().manual_seed(sampling.prompt_seed(plan.seed, pid)) if plan.temperature > 0 else None
 
-    def alone(pid: str, n: int) -> list[int]:
+    def alone(pid: str, n: int) -> speculate.SpecOutput:
         return speculate.autoregressive_generate(target, plan.prompt_tokens[pid], max_new_tokens=n, eos_ids=eos,
                                                  generator=gen(pid), **sampled)
 
@@ -361,13 +366,18 @@ def _row(draft: str, domain: str, k: int, t: DraftTrace, mask: np.ndarray, ids: 
     summary, timings, temperature = plan.summary, plan.timings, plan.temperature
     predicted_tpi, predicted_speedup = predicted(t, mask, k, draft, timings)
     runs = [live[pid].spec[(draft, k)] for pid in ids]
-    spec_s = sum(s for s, _ in runs)
+    alone = [live[pid].target for pid in ids]
     spec_tokens = sum(len(o.tokens) for _, o in runs)
+    target_tokens = sum(len(o.tokens) for o in alone)
     iterations = sum(o.n_iterations for _, o in runs)
-    target_s = sum(live[pid].target_s for pid in ids)
-    target_tokens = sum(len(live[pid].target_tokens) for pid in ids)
     measured_tpi = spec_tokens / iterations if iterations else float("nan")
-    measured_speedup = (target_s / max(target_tokens, 1)) / (spec_s / max(spec_tokens, 1)) if spec_s else float("nan")
+    spec_decode_s, target_decode_s = sum(o.decode_s for _, o in runs), sum(o.decode_s for o in alone)
+    spec_wall_s, target_wall_s = sum(s for s, _ in runs), sum(live[pid].target_wall_s for pid in ids)
+
+    def per_token_ratio(target_s: float, spec_s: float) -> float:
+        return (target_s / max(target_tokens, 1)) / (spec_s / max(spec_tokens, 1)) if spec_s else float("nan")
+
+    measured_speedup = per_token_ratio(target_decode_s, spec_decode_s)
     tested = sum(o.tested for _, o in runs)
     measured_alpha = sum(o.accepted for _, o in runs) / tested if tested else float("nan")
     p = pool(t.select(mask))
@@ -387,8 +397,8 @@ def _row(draft: str, domain: str, k: int, t: DraftTrace, mask: np.ndarray, ids: 
             check = f"measured α {measured_alpha:.3f} outside [{lo:.3f}, {hi:.3f}]"
     relative_error = (measured_speedup - predicted_speedup) / predicted_speedup if predicted_speedup else float("nan")
     return VerifyRow(draft, domain, k, len(ids), spec_tokens, predicted_tpi, measured_tpi, predicted_speedup,
-                     measured_speedup, relative_error, target_s, spec_s, p.alpha, alpha_lo, alpha_hi, measured_alpha,
-                     check)
+                     measured_speedup, relative_error, per_token_ratio(target_wall_s, spec_wall_s), target_decode_s,
+                     spec_decode_s, target_wall_s, spec_wall_s, p.alpha, alpha_lo, alpha_hi, measured_alpha, check)
 
 
 def _report_continuations(tokens: pd.DataFrame) -> dict[str, list[int]]:
@@ -412,7 +422,7 @@ def _diagnose(target, draft, t: DraftTrace, live: dict, prompt_tokens: dict, con
     proposals_of = {pid: g.sort_values("position")["draft_token"].astype(int).tolist()
                     for pid, g in rows.groupby("prompt_id", sort=False)}
     for row, pid in enumerate(t.prompt_ids.tolist()):
-        prompt, report_y, alone = prompt_tokens[pid], continuations[pid], live[pid].target_tokens
+        prompt, report_y, alone = prompt_tokens[pid], continuations[pid], live[pid].target.tokens
         j = _first_difference(alone, report_y)
         if j is not None:
             out.append(_token_divergence("target", target.model, draft.name, 0, pid, prompt, report_y, alone, j))
@@ -465,7 +475,7 @@ def _token_divergence(kind: DivergenceKind, model: torch.nn.Module, draft: str, 
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     reference = model if dtype == "float32" else copy.deepcopy(model).float()
     logits32 = reference(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()
-    if a < 0 or b < 0:  # one output simply ended earlier (EOS on one side only): not a token flip
+    if a < 0 or b < 0:  # one output is a strict prefix of the other: a length bug, not a token flip
         gap, verdict = float("nan"), "bug"
     else:
         gap = float(logits32[a] - logits32[b])

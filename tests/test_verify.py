@@ -47,6 +47,12 @@ def greedy_report(tiny, corpus, tmp_path_factory):
     return out
 
 
+def test_profile_records_the_draft_catch_up_time(greedy_report, tiny):
+    timings = json.loads((greedy_report / "run.json").read_text())["timings"]
+    assert set(timings["draft_catchup_s"]) == {str(tiny["close"]), "ngram:2"}
+    assert timings["draft_catchup_s"]["ngram:2"] == 0.0 and timings["draft_catchup_s"][str(tiny["close"])] >= 0.0
+
+
 def test_verify_greedy_reproduces_the_report_exactly(greedy_report, cli, tiny):
     r = cli("verify", greedy_report, "--limit", 2, "--json")
     assert r.exit_code == 0, r.output
@@ -83,7 +89,7 @@ def test_verify_every_k_and_one_draft(greedy_report, cli, tiny):
 def test_verify_prints_a_table(greedy_report, cli):
     r = cli("verify", greedy_report, "--limit", 1, "--draft", "ngram:2", "--k", 2)
     assert r.exit_code == 0, r.output
-    assert "tokens/iter" in r.stdout and "identical outputs" in r.stdout and "ALL" in r.stdout
+    assert "tok/iter pred" in r.stdout and "identical outputs" in r.stdout and "ALL" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -168,7 +174,20 @@ def test_verify_sampling_checks_alpha_not_outputs(tiny, corpus, cli, tmp_path):
     assert r.exit_code == 0, r.output  # flags at T > 0 are statistical: they warn, they do not fail
     result = json.loads(r.stdout)
     assert result["identical_outputs"] is None and result["divergences"] == []
+    tokens = pd.read_parquet(out / "tokens.parquet")
     for row in result["rows"]:
         assert 0 <= row["measured_alpha"] <= 1
-        assert row["alpha"] == pytest.approx(row["alpha"])
         assert row["check"] == "" or row["check"].startswith("measured α")
+        domain = tokens if row["domain"] == "ALL" else tokens[tokens.domain == row["domain"]]
+        assert row["alpha"] == pytest.approx(float(domain.accept_prob.astype(float).mean()), rel=1e-6)
+
+
+def test_verify_predicts_what_the_report_says(greedy_report, cli):
+    """On all the report's prompts, the predicted figures are the summary's own (catch-up included)."""
+    r = cli("verify", greedy_report, "--draft", "ngram:2", "--k", 1, "--k", 3, "--json")
+    assert r.exit_code == 0, r.output
+    summary = pd.read_parquet(greedy_report / "summary.parquet").set_index(["draft", "domain", "k"])
+    for row in json.loads(r.stdout)["rows"]:
+        expected = summary.loc[(row["draft"], row["domain"], row["k"])]
+        assert row["predicted_tokens_per_iter"] == pytest.approx(expected["tokens_per_iter"], rel=1e-12)
+        assert row["predicted_speedup"] == pytest.approx(expected["speedup"], rel=1e-12)
