@@ -253,8 +253,9 @@ def verify(
 ) -> None:
     """Run real speculative decoding on the report's prompts and check its predictions on this machine.
 
-    Times the target alone and speculative decoding (whole generations, after a warm-up) and prints
-    predicted vs measured tokens/iter and speedup per domain. At temperature 0 the speculative
+    Times the target alone and speculative decoding after a warm-up, prefill and decode apart, and
+    prints predicted vs measured tokens/iter and speedup per domain (decode phase, as the cost model
+    prices it; the end-to-end speedup, prefill included, beside it). At temperature 0 the speculative
     output must equal the target's token for token and tokens/iter must equal the report's exactly;
     any difference is diagnosed (position, tokens, logit margin, float32 re-check) and exits 1.
     At temperature > 0 a measured acceptance rate outside the report's α interval is flagged.
