@@ -68,8 +68,7 @@ def _main(
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    if debug:
-        STATE["debug"] = True
+    STATE["debug"] = debug
 
 
 def _quiet_transformers() -> None:
@@ -382,17 +381,69 @@ def compare(
     _run(go)
 
 
+@app.command()
+def verify(
+    report: Path = typer.Argument(..., help="A report directory written by `specprof profile`."),
+    k: list[int] = typer.Option(
+        None, "--k", help="Draft length (repeatable). Default: each domain's best k by predicted speedup."
+    ),
+    limit: int = typer.Option(None, "--limit", help="Only the first N prompts of each domain (default: all)."),
+    draft: list[str] = typer.Option(None, "--draft", help="Only this draft of the report (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
+) -> None:
+    """Run real speculative decoding on the report's prompts and check its predictions on this machine.
+
+    Times the target alone and speculative decoding after a warm-up, prefill and decode apart, and
+    prints predicted vs measured tokens/iter and speedup per domain (decode phase, as the cost model
+    prices it; the end-to-end speedup, prefill included, beside it). At temperature 0 the speculative
+    output must equal the target's token for token and tokens/iter must equal the report's exactly;
+    any difference is diagnosed (position, tokens, logit margin, float32 re-check) and exits 1.
+    At temperature > 0 a measured acceptance rate outside the report's α interval is flagged.
+    """
+
+    def go() -> Any:
+        if limit is not None:
+            check_range("--limit", limit, 1)
+        for value in k or ():
+            check_range("--k", value, 1)
+        _quiet_transformers()
+        from specprof import verify as verifier
+
+        with stderr.status("loading the report and models…"):
+            plan = verifier.prepare(str(report), k or (), limit, draft or ())
+        with _progress_bar(plan.total_generations, "verifying", "generations") as update:
+            return verifier.execute(plan, progress=update)
+
+    result = _run(go)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        stdout.print(render.verify_table(result.rows, result.temperature))
+        for d in result.divergences:
+            stdout.print(f"[red]error:[/] {render.divergence_line(d)}", highlight=False)
+        for r in result.rows:
+            if r.check and result.temperature > 0:
+                stdout.print(f"[yellow]flag:[/] draft {r.draft}, {r.domain}, k={r.k}: {r.check}", highlight=False)
+        stdout.print(f"device {result.device}, dtype {result.dtype}; "
+                     + ("identical outputs" if result.temperature == 0 and result.identical_outputs else
+                        "outputs differ" if result.temperature == 0 else "sampled (outputs are not compared)"))
+    if result.failed:
+        raise typer.Exit(code=1)
+
+
 class _progress_bar:
     """A Rich progress bar on stderr: prompts done, generated tokens per second, ETA."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, label: str = "profiling", unit: str = "prompts"):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("profiling"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("prompts"),
+            TextColumn(unit),
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             console=stderr,
@@ -407,6 +458,9 @@ class _progress_bar:
         start = time.perf_counter()
 
         def update(p: Any) -> None:
+            if hasattr(p, "done"):  # verify: generations done
+                self.progress.update(self.task, completed=p.done)
+                return
             rate = p.tokens_done / max(time.perf_counter() - start, 1e-9)
             self.progress.update(self.task, completed=p.prompts_done, rate=f"{rate:.0f} tok/s")
 

@@ -10,12 +10,16 @@ c = (one draft step) / (one target step),
 Example: α = 0.75, k = 4, c = 0.05 gives E = 3.05 and S = 3.05 / 1.2 = 2.54.
 
 Empirical model (DESIGN.md §3): E is replaced by the measured tokens per iteration for that k,
-and (k·c + 1) by measured forward times, S = E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)). On a GPU
-verifying k + 1 tokens costs about one step, t_T(k+1) ≈ t_T(1); on a CPU it does not.
+and (k·c + 1) by measured forward times, S = E_emp(k)·t_T(1) / (k·t_D + t_T(k+1) + f_k·t_C). On a
+GPU verifying k + 1 tokens costs about one step, t_T(k+1) ≈ t_T(1); on a CPU it does not. f_k·t_C
+is the draft's catch-up: after a block that accepted all k proposals (a fraction f_k of blocks) the
+draft has not seen its last proposal, so its next step feeds 2 tokens, t_C = t_D(2) − t_D(1) more
+(about 0.4–0.7·t_D on a CPU, about 0 on a GPU and for n-gram drafts).
 
 Both models price one iteration (k draft steps, then the target verifying k + 1 tokens) in units
-of one target step: k·c + v_k, where v_k = t_T(k+1)/t_T(1) is measured (`Costs.measured`) or taken
-as 1 (`Costs.flat`, Leviathan's assumption, and what `--cost-ratio` plans with).
+of one target step: k·c + v_k, plus the catch-up f_k·t_C/t_T(1) when measured. v_k = t_T(k+1)/t_T(1)
+is measured (`Costs.measured`) or taken as 1 (`Costs.flat`, Leviathan's assumption, and what
+`--cost-ratio` plans with).
 
 Pure maths: no torch, no files.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,14 +62,16 @@ def speedup_from_tokens(tokens_per_iter: float, k: int, cost_ratio: float) -> fl
 
 
 def speedup_measured(
-    tokens_per_iter: float, k: int, draft_step_s: float, target_forward_s: Sequence[float]
+    tokens_per_iter: float, k: int, draft_step_s: float, target_forward_s: Sequence[float],
+    full_fraction: float = 0.0, draft_catchup_s: float = 0.0,
 ) -> float:
-    """Empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)).
+    """Empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1) + f_k·t_C).
 
     `target_forward_s[n - 1]` is the target's time to verify n tokens with a KV cache; it must
-    cover n = 1..k + 1.
+    cover n = 1..k + 1. `full_fraction` f_k: blocks that accepted all k; `draft_catchup_s` t_C.
     """
-    return tokens_per_iter * target_forward_s[0] / (k * draft_step_s + target_forward_s[k])
+    iteration_s = k * draft_step_s + target_forward_s[k] + full_fraction * draft_catchup_s
+    return tokens_per_iter * target_forward_s[0] / iteration_s
 
 
 def breakeven_alpha(k: int, cost_ratio: float) -> float:
@@ -146,6 +152,8 @@ class Costs:
     verify_cost: tuple[float, ...]  # [k - 1]: v_k = t_T(k+1) / t_T(1), the target verifying k + 1 tokens
     measured: bool  # True: v_k from timings on the profiling machine; False: flat, v_k = 1
     warning: str | None = None  # measured times that cannot be right (a busy machine): say so, don't hide it
+    catchup_ratio: float = 0.0  # t_C / t_T(1): the draft's extra cost of a 2-token catch-up step
+    full_fraction: tuple[float, ...] = ()  # [k - 1]: f_k, blocks at k that accepted all k (empty: none known)
 
     @classmethod
     def flat(cls, cost_ratio: float, k_max: int) -> Costs:
@@ -155,8 +163,11 @@ class Costs:
         return cls(float(cost_ratio), (1.0,) * k_max, measured=False)
 
     @classmethod
-    def from_times(cls, draft_step_s: float, target_forward_s: Sequence[float], k_max: int) -> Costs:
+    def from_times(
+        cls, draft_step_s: float, target_forward_s: Sequence[float], k_max: int, draft_catchup_s: float = 0.0
+    ) -> Costs:
         """From measured seconds; `target_forward_s[n - 1]` = t_T(n) must cover n = 1..k_max + 1.
+        `draft_catchup_s` is t_C = t_D(2) − t_D(1), priced once `for_blocks` knows f_k.
 
         Verifying more tokens never costs less than verifying fewer, so t_T(n) is taken as the running
         maximum of the measured times: a dip (t_T(2) < t_T(1) on a busy CPU) is timer noise, and
@@ -168,15 +179,26 @@ class Costs:
         times = np.maximum.accumulate(raw)
         t1 = float(times[0])
         verify = tuple(float(t / t1) for t in times[1:])
-        return cls(draft_step_s / t1, verify, measured=True, warning=timing_warning(raw))
+        return cls(draft_step_s / t1, verify, measured=True, warning=timing_warning(raw),
+                   catchup_ratio=draft_catchup_s / t1)
+
+    def for_blocks(self, full_fraction: Sequence[float]) -> Costs:
+        """These costs for a set of prompts whose blocks at k accepted all k a fraction f_k of the time."""
+        return replace(self, full_fraction=tuple(float(f) for f in full_fraction[: self.k_max]))
 
     @property
     def k_max(self) -> int:
         return len(self.verify_cost)
 
+    def catchup(self) -> np.ndarray:
+        """[k_max] f_k·t_C / t_T(1): the draft's catch-up after fully accepted blocks, per iteration."""
+        full = np.zeros(self.k_max)
+        full[: len(self.full_fraction)] = self.full_fraction
+        return full * self.catchup_ratio
+
     def iteration(self) -> np.ndarray:
-        """[k_max] k·c + v_k: one iteration's time in target steps."""
-        return np.arange(1, self.k_max + 1) * self.cost_ratio + np.asarray(self.verify_cost)
+        """[k_max] k·c + v_k + f_k·t_C/t_T(1): one iteration's time in target steps."""
+        return np.arange(1, self.k_max + 1) * self.cost_ratio + np.asarray(self.verify_cost) + self.catchup()
 
     def speedup(self, tokens_per_iter: np.ndarray) -> np.ndarray:
         """Empirical S for [..., k_max] tokens per iteration: E_emp(k) / (k·c + v_k)."""
@@ -248,7 +270,7 @@ def explain_disagreement(
     e_iid = expected_tokens(min(max(alpha, 0.0), 1.0), k)
     v = costs.verify_cost[k - 1]
     flat = k * costs.cost_ratio + 1.0
-    ratio = (tokens_per_iter / e_iid) * (flat / (flat - 1.0 + v))
+    ratio = (tokens_per_iter / e_iid) * (flat / float(costs.iteration()[k - 1]))
     if abs(ratio - 1.0) <= threshold:
         return None
     return Disagreement(k, ratio, tokens_per_iter, e_iid, v, threshold)

@@ -227,10 +227,12 @@ def measure_timings(
     target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int
 ) -> Timings:
     forward = timings.forward_seconds(target.model, context, list(range(1, k_max + 2)))
+    draft_times = {d.name: timings.draft_seconds(d, context) for d in drafts}
     return Timings(
         target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
-        draft_step_s={d.name: timings.draft_step_seconds(d, context) for d in drafts},
+        draft_step_s={name: step for name, (step, _) in draft_times.items()},
         context_tokens=len(context),
+        draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
     )
 
 

@@ -32,6 +32,9 @@ class Timings:
     target_forward_s: tuple[float, ...]  # [n - 1]: target verifying n = 1..k_max+1 tokens with a KV cache
     draft_step_s: dict[str, float]  # per draft: seconds per proposed token
     context_tokens: int  # the context length the times were taken at
+    # per draft: extra seconds of its first step after a fully accepted block (2 tokens instead of 1);
+    # absent from older reports (then 0)
+    draft_catchup_s: dict[str, float] = field(default_factory=dict)
 
     def cost_ratio(self, draft: str) -> float:
         return self.draft_step_s[draft] / self.target_forward_s[0]
@@ -41,11 +44,13 @@ class Timings:
             "target_forward_s": list(self.target_forward_s),
             "draft_step_s": dict(self.draft_step_s),
             "context_tokens": self.context_tokens,
+            "draft_catchup_s": dict(self.draft_catchup_s),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Timings:
-        return cls(tuple(d["target_forward_s"]), dict(d["draft_step_s"]), int(d["context_tokens"]))
+        return cls(tuple(d["target_forward_s"]), dict(d["draft_step_s"]), int(d["context_tokens"]),
+                   dict(d.get("draft_catchup_s", {})))
 
 
 def costs_for(draft: str, timings: Timings | None, cost_ratio: float | None, k_max: int) -> costmodel.Costs:
@@ -59,7 +64,9 @@ def costs_for(draft: str, timings: Timings | None, cost_ratio: float | None, k_m
             f"--k-max {k_max}: the report's timings cover k ≤ {len(timings.target_forward_s) - 1}; "
             "pass --cost-ratio to plan for longer drafts"
         )
-    return costmodel.Costs.from_times(timings.draft_step_s[draft], timings.target_forward_s, k_max)
+    return costmodel.Costs.from_times(
+        timings.draft_step_s[draft], timings.target_forward_s, k_max, timings.draft_catchup_s.get(draft, 0.0)
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,14 @@ def pool(t: DraftTrace) -> Pooled:
             draft_acceptance_rate=b.accepted.sum(0) / (k * iterations),
             histogram=b.histogram.sum(0),
         )
+
+
+def full_fraction(histogram: np.ndarray) -> np.ndarray:
+    """[k_max] the fraction of iterations at k that accepted all k proposals, from a [k_max, k_max + 1] histogram."""
+    k_max = histogram.shape[0]
+    full = histogram[np.arange(k_max), np.arange(1, k_max + 1)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(full / histogram.sum(axis=1))
 
 
 def prompt_sums(t: DraftTrace) -> np.ndarray:
@@ -274,7 +289,7 @@ class Estimate:
                 cause = f"draft step costs {100 * c:.3g}% of a target step"
             else:
                 cause = f"verifying {k + 1} tokens costs {v:.2f}× one target step"
-            return f"{cause}; breaks even at {k * c + v:.2f} tokens/iter"
+            return f"{cause}; breaks even at {self.costs.iteration()[i]:.2f} tokens/iter"
         return verdict.reason
 
     def disagreement(self, k: int | None = None) -> costmodel.Disagreement | None:
@@ -300,6 +315,7 @@ def estimate(
     if sums is None:
         sums = draw_weights(seed, domain, p.n_prompts, stats.N_RESAMPLES, None) @ prompt_sums(t)
     alpha_samples, tpi_samples = split_ratios(sums)
+    costs = costs.for_blocks(full_fraction(p.histogram))
     alpha_lo, alpha_hi = stats.percentile_interval(alpha_samples, p.alpha)
     tpi_lo, tpi_hi = stats.percentile_interval(tpi_samples, p.tokens_per_iter)
     return Estimate(
