@@ -41,8 +41,19 @@ HELP = (
 )
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-stdout = Console(soft_wrap=True, emoji=False)
-stderr = Console(stderr=True, soft_wrap=True, emoji=False)
+
+
+def _console(**kwargs: Any) -> Console:
+    """A Rich console. Piped or redirected output has no terminal width, and Rich would cut tables
+    to 80 columns; give it 160 there (COLUMNS still wins)."""
+    console = Console(soft_wrap=True, emoji=False, **kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160
+    return console
+
+
+stdout = _console()
+stderr = _console(stderr=True)
 STATE = {"debug": bool(os.environ.get("SPECPROF_DEBUG"))}
 
 

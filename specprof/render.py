@@ -124,7 +124,7 @@ def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], mi
                      "speedup [95% CI]", "i.i.d.", "decision"):
             table.add_column(name, justify="left" if name in ("domain", "r_1..r_k (%)", "decision") else "right",
                              no_wrap=True)
-        notes = []
+        reasons: dict[str, list[str]] = {}  # one note per distinct reason, naming its domains
         for e in rows:
             i = e.at()
             table.add_row(
@@ -140,7 +140,8 @@ def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], mi
                 styled(e.verdict().decision),
             )
             if e.why():
-                notes.append(f"  {e.domain}: {e.verdict().decision} — {e.why()}")
+                reasons.setdefault(f"{e.verdict().decision} — {e.why()}", []).append(e.domain)
+        notes = [f"  {', '.join(domains)}: {reason}" for reason, domains in reasons.items()]
         off = [e.domain for e in rows if e.effectively_off and e.domain != ALL]
         if off:
             notes.append(f"speculation is effectively off for {', '.join(off)}; usual causes: {OFF_CAUSES}")
