@@ -126,48 +126,82 @@ def count_policy_blocks(
     """`simulate_policy` for every prompt × τ × k_max at once; `match` and `top1_p` are [n_prompts, max_len].
 
     Per block at s with a = the run of matches from s and c = the run of confident positions
-    (top-1 p ≥ τ) from s: accepted = min(a, c + 1, k_max); all proposals accepted iff
-    min(c + 1, k_max) ≤ a; otherwise the draft proposed the mismatch at s + a (a + 1 steps) and went
-    on past it only if it was confident there (c > a) and a + 1 < k_max. Positions past a row's end
-    count as confident, so a run of matches to the end leaves the step count open, as it is. All
-    (prompt, τ, k_max) rows advance one block per step; equal to `simulate_policy` row by row.
+    (top-1 p ≥ τ) from s, and e = min(a, c + 1) the proposals the draft would get accepted with no
+    k_max: accepted = min(e, k_max). All proposals were accepted iff c + 1 ≤ a (a stop on a doubted
+    match) or e ≥ k_max; otherwise e = a, the draft proposed the mismatch at s + a (a + 1 steps)
+    and went on past it, unseen, only if it was confident there (c > a) and a + 1 < k_max. Positions
+    past a row's end count as confident, so a run of matches to the end leaves the count open, as it is.
+
+    So a block depends only on k_max and one small code per position, (e, c + 1 ≤ a, c = a): a table
+    maps (k_max, code) to the block's histogram cell (class × accepted) and its length. Per τ, every
+    (prompt, k_max) row advances one block per step: one gather of its code, one table look-up, one
+    add to its cell (rows are distinct, so fancy-index adds are safe). A row that reaches its end
+    sits on an END code that counts into a spare cell and advances by 0. Equal to `simulate_policy`
+    row by row (tests).
     """
     n, width = match.shape
     taus, k_maxes = tuple(float(t) for t in taus), tuple(int(k) for k in k_maxes)
     n_taus, n_k, k_top = len(taus), len(k_maxes), max(k_maxes, default=0)
     lengths = np.asarray(lengths, dtype=np.int64)
     inside = np.arange(width)[None, :] < lengths[:, None]
-    runs = trace.run_lengths(np.where(inside, match, 0)).ravel()  # [n · (width + 1)]
-    confident = np.ones((n_taus, n, width + 1), dtype=np.int8)  # one column past the widest row: confident
-    confident[:, :, :width] = ~inside | (np.asarray(top1_p)[None] >= np.array(taus)[:, None, None])
-    conf_runs = trace.run_lengths(confident.reshape(n_taus * n, width + 1)).ravel()  # [n_taus · n · (width + 2)]
+    runs = trace.run_lengths(np.where(inside, match, 0)).astype(np.int32)  # [n, width + 1]
+    n_rows = n * n_k  # row = (prompt, k_max) in C order
+    cells = 3 * (k_top + 1)  # class (0 all accepted, 1 stop seen at the mismatch, 2 steps open) × accepted
+    cell, advance, end_code = _block_table(k_maxes, width, n_rows)
+    n_codes = end_code + 1
+    counts = np.zeros((n_taus, (cells + 1) * n_rows), dtype=np.int32)  # [τ, cell-major]; cell `cells`: done
+    first = np.arange(n_rows)
+    first = first[lengths[first // n_k] > 0]
+    ends = np.stack([lengths, lengths + 1], axis=1)  # a block may step one past the end (its bonus token)
+    for j, tau in enumerate(taus):  # one τ at a time: its codes stay in cache while its rows walk them
+        confident = np.ones((n, width + 1), dtype=np.int8)  # one column past the widest row: confident
+        confident[:, :width] = ~inside | (np.asarray(top1_p) >= tau)
+        conf_runs = trace.run_lengths(confident)[:, : width + 1].astype(np.int32)
+        code = np.empty((n, width + 2), dtype=np.int32)  # [n, width + 2] (e, c + 1 ≤ a, c = a) packed
+        code[:, : width + 1] = (np.minimum(runs, conf_runs + 1) << 2) | ((conf_runs + 1 <= runs) << 1) | (
+            conf_runs == runs)
+        code[np.arange(n)[:, None], ends] = end_code
+        code = code.ravel()
+        index = np.int32 if code.size < 2**31 else np.int64
+        rows = first.astype(np.int32)
+        table = (first % n_k).astype(np.int32) * n_codes  # each row's k_max block of the table
+        position = ((first // n_k) * (width + 2)).astype(index)  # into `code`: the row's next block start
+        stop = position + lengths[first // n_k].astype(index)
+        steps = 0
+        while rows.size:
+            i = table + code[position]
+            counts[j, cell[i] + rows] += 1
+            position += advance[i]
+            steps += 1
+            if steps % 8 == 0:  # drop finished rows now and then, not at every step
+                going = position < stop
+                if going.sum() < 0.75 * len(going):
+                    rows, table, position, stop = rows[going], table[going], position[going], stop[going]
+    hist = counts.reshape(n_taus, cells + 1, n, n_k)[:, :cells].transpose(2, 0, 3, 1).astype(np.float64)
+    hist = hist.reshape(n, n_taus, n_k, 3, k_top + 1)
+    full, seen, open_ = hist[..., 0, :], hist[..., 1, :], hist[..., 2, :]  # [n, τ, k_max, accepted]
+    steps_lo = full.copy()
+    steps_lo[..., 1:] += seen[..., :-1] + open_[..., :-1]  # not all accepted: accepted = a < k_max, a + 1 steps
+    steps_hi = full.copy()
+    steps_hi[..., 1:] += seen[..., :-1]
+    for q, k_max in enumerate(k_maxes):
+        steps_hi[:, :, q, k_max] += open_[:, :, q].sum(-1)  # open: on to k_max
+    accepted = hist.sum(-2) @ np.arange(k_top + 1)
+    return PolicyCounts(taus, k_maxes, hist.sum((-2, -1)), accepted, full.sum(-1), steps_lo, steps_hi)
 
-    rows = np.arange(n * n_taus * n_k)  # row = (prompt, τ, k_max) in C order
-    prompt, tau_index, k_index = np.unravel_index(rows, (n, n_taus, n_k))
-    k_max = np.array(k_maxes, dtype=np.int64)[k_index]
-    run_base = prompt * (width + 1)
-    conf_base = (tau_index * n + prompt) * (width + 2)
-    iterations, accepted, full = (np.zeros(len(rows)) for _ in range(3))
-    steps_lo, steps_hi = np.zeros((len(rows), k_top + 1)), np.zeros((len(rows), k_top + 1))
-    active = rows[lengths[prompt] > 0]
-    start = np.zeros(len(active), dtype=np.int64)
-    while active.size:
-        a = runs[run_base[active] + start]
-        c = conf_runs[conf_base[active] + start]
-        k = k_max[active]
-        take = np.minimum(np.minimum(a, c + 1), k)
-        all_accepted = np.minimum(c + 1, k) <= a
-        known = all_accepted | (c == a) | (a + 1 == k)  # the stop point was observed
-        lo = np.where(all_accepted, take, a + 1)
-        hi = np.where(all_accepted, take, np.where(known, a + 1, k))
-        iterations[active] += 1  # each row appears once per step: plain fancy-index adds are safe
-        accepted[active] += take
-        full[active] += all_accepted
-        steps_lo[active, lo] += 1
-        steps_hi[active, hi] += 1
-        start = start + take + 1
-        going = start < lengths[prompt[active]]
-        active, start = active[going], start[going]
-    shape = (n, n_taus, n_k)
-    return PolicyCounts(taus, k_maxes, iterations.reshape(shape), accepted.reshape(shape), full.reshape(shape),
-                        steps_lo.reshape(*shape, k_top + 1), steps_hi.reshape(*shape, k_top + 1))
+
+def _block_table(k_maxes: tuple[int, ...], width: int, n_rows: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """For every (k_max, position code): the block's cell offset (cell-major, × n_rows) and its length
+    accepted + 1; flattened [n_k · n_codes]. The last code, END, counts into the spare cell and stays put."""
+    k_top = max(k_maxes, default=0)
+    codes = np.arange(4 * (width + 2) + 1)  # e ≤ width + 1, two flags; then END
+    end_code = len(codes) - 1
+    e, stop_on_match, doubted = codes >> 2, (codes & 2) != 0, (codes & 1) != 0
+    k = np.array(k_maxes)[:, None]
+    take = np.minimum(e[None], k)
+    full = stop_on_match[None] | (e[None] >= k)
+    kind = (~full).astype(np.int64) + (~full & ~doubted[None] & (e[None] + 1 < k))  # 0 full, 1 stop seen, 2 open
+    cell = kind * (k_top + 1) + take
+    advance = take + 1
+    cell[:, end_code], advance[:, end_code] = 3 * (k_top + 1), 0
+    return (cell * n_rows).astype(np.int32).ravel(), advance.astype(np.int32).ravel(), end_code
