@@ -21,6 +21,7 @@ import numpy as np
 
 from specprof import costmodel, policy_estimate, report, stats
 from specprof.errors import SpecprofError
+from specprof.policy import PolicyCounts
 from specprof.summary import (
     ALL,
     OFF_CAUSES,
@@ -51,7 +52,7 @@ class Analysis:
     exact: bool  # T = 0: blocks are exact; T > 0: the chain estimate
     domains: tuple[str, ...]  # the corpus domains, first-seen order (without ALL)
     # per draft: confidence-threshold policies (`load(..., policies=True)` at T = 0; else empty)
-    policies: dict[str, Any] = field(default_factory=dict)
+    policies: dict[str, PolicyCounts] = field(default_factory=dict)
     # drafts without a confidence to threshold (n-gram lookups propose with probability 1 or not at all)
     no_policy: tuple[str, ...] = ()
 
@@ -200,7 +201,8 @@ def policy_grid_json(a: Analysis) -> dict[str, Any]:
         return {"simulated": False, "note": policy_estimate.SAMPLED_NOTE}
     counts = next(iter(a.policies.values()), None)
     if counts is None:
-        why = policy_estimate.NGRAM_NOTE if a.no_policy else "threshold policies need k_max ≥ 2"
+        short = any(t.blocks.k_max < 2 for t in a.traces)
+        why = "threshold policies need k_max ≥ 2" if short else policy_estimate.NGRAM_NOTE
         return {"simulated": False, "note": why}
     return {
         "simulated": True,

@@ -79,6 +79,12 @@ def test_recommend_json_policy_equals_the_simulation(tiny_report, cli):
         assert pol["speedup_lo_bound"] == pytest.approx(best)
 
 
+def test_k_max_1_has_no_policy_to_search(tiny_report, cli):
+    data = as_json(cli("recommend", tiny_report, "--cost-ratio", 0.1, "--k-max", 1, "--json"))
+    assert data["threshold_policy"] == {"simulated": False, "note": "threshold policies need k_max ≥ 2"}
+    assert all(r["threshold_policy"] is None for r in data["recommendations"])
+
+
 def test_recommend_table_shows_the_policy_and_the_bound_note(tiny_report, cli):
     r = cli("recommend", tiny_report, "--cost-ratio", 0.1)
     assert r.exit_code == 0, r.output
