@@ -187,7 +187,7 @@ def policy_table(policies: Sequence[PolicyEstimate]) -> Table:
             fmt_interval(q.tokens_per_iter, q.tokens_per_iter_lo, q.tokens_per_iter_hi),
             fmt_range(q.draft_steps_lo_bound, q.draft_steps_hi_bound),
             f"{fmt_range(q.speedup_lo_bound, q.speedup_hi_bound)} [{fmt(q.speedup_lo)}, {fmt(q.speedup_hi)}]",
-            f"[{q.gain_lo:+.2f}, {q.gain_hi:+.2f}]",
+            f"[{q.gain_lo:+.3f}, {q.gain_hi:+.3f}]",
             POLICY_MARK.get(q.verdict, q.verdict),
         )
     return table
