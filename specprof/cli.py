@@ -272,6 +272,10 @@ RECOMMEND_HELP = "\n\n".join([
     "GO when the lower 95% bound of the speedup at the best k reaches --min-speedup; NO-GO when its upper bound "
     "is below 1.0; otherwise INCONCLUSIVE, with about how many more prompts would decide it. Intervals: "
     "bootstrap over prompts (1000 resamples, seed 0), recomputed from tokens.parquet.",
+    "Confidence-threshold drafting (T = 0 reports): beside each best k, the best policy 'propose while the draft's "
+    "top-1 probability ≥ τ, at most k_max' (transformers' assistant_confidence_threshold) over τ = 0.1..0.9 and "
+    "k_max = 2..K. Its tokens/iter is exact; its draft steps after a rejected proposal were not recorded, so its "
+    "speedup is a range; it beats fixed k only when the 95% interval of the gain is above 0 at the pessimistic end.",
     "With --alpha and --cost-ratio and no REPORT: the i.i.d. model's k table, best k and breakeven α (what-if).",
 ])
 
@@ -307,7 +311,7 @@ def recommend(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     def go() -> None:
-        from specprof import decide
+        from specprof import decide, policy_estimate
 
         check_range("--min-speedup", min_speedup, 0, lo_open=True)
         if cost_ratio is not None:
@@ -320,21 +324,24 @@ def recommend(
             return
         if alpha is not None:
             raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
-        analysis = decide.load(report_path, draft or (), domain or (), k_max)
+        analysis = decide.load(report_path, draft or (), domain or (), k_max, policies=True)
         estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
         plans = decide.plans(estimates)
+        policies = decide.policy_estimates(analysis, estimates, cost_ratio)
         if as_json:
             _print_json({
                 "report": str(analysis.path),
                 "min_speedup": min_speedup,
                 "exact": analysis.exact,
-                "recommendations": [decide.recommendation_json(e) for e in estimates],
+                "recommendations": decide.recommendations_json(estimates, policies),
                 "drafts": [decide.plan_json(p) for p in plans],
+                "threshold_policy": decide.policy_grid_json(analysis),
             })
         else:
-            stdout.print(render.recommend_view(estimates, plans, min_speedup))
+            stdout.print(render.recommend_view(estimates, plans, min_speedup, policies, analysis.no_policy))
             if not analysis.exact:
                 stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
+                stdout.print(f"note: {policy_estimate.SAMPLED_NOTE}")
 
     _run(go)
 

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from specprof import costmodel
 from specprof.decide import Check, Comparison, DraftPlan, WhatIf
+from specprof.policy_estimate import NGRAM_NOTE, STEP_BOUND_NOTE, PolicyEstimate
 from specprof.summary import ALL, OFF_CAUSES, Estimate
 
 DECISION_STYLE = {"GO": "bold green", "NO-GO": "bold red", "INCONCLUSIVE": "yellow", "": ""}
@@ -113,8 +114,12 @@ def disagreement_note(estimates: Sequence[Estimate]) -> str | None:
     )
 
 
-def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], min_speedup: float) -> Group:
-    """Per draft: the table at each domain's best k, the reasons and notes under it, the overall line."""
+def recommend_view(
+    estimates: Sequence[Estimate], plans: Sequence[DraftPlan], min_speedup: float,
+    policies: Sequence[PolicyEstimate] = (), no_policy: Sequence[str] = (),
+) -> Group:
+    """Per draft: the table at each domain's best k, the reasons and notes under it, the overall line,
+    then the best confidence-threshold policy per domain beside the best fixed k (when simulated)."""
     parts: list = []
     for p in plans:
         rows = [e for e in estimates if e.draft == p.draft]
@@ -147,8 +152,52 @@ def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], mi
             notes.append(f"speculation is effectively off for {', '.join(off)}; usual causes: {OFF_CAUSES}")
         if (line := disagreement_note(rows)) is not None:
             notes.append(line)
-        parts += [table, *(Text(n) for n in notes), Text(plan_line(p, min_speedup)), Text("")]
+        parts += [table, *(Text(n) for n in notes), Text(plan_line(p, min_speedup))]
+        mine = [q for q in policies if q.draft == p.draft]
+        if mine:
+            parts.append(policy_table(mine))
+        elif p.draft in no_policy:
+            parts.append(Text(f"{p.draft}: {NGRAM_NOTE}"))
+        parts.append(Text(""))
+    if policies:
+        parts.append(Text(f"note: {STEP_BOUND_NOTE}"))
+        parts.append(Text(""))
     return Group(*parts[:-1])
+
+
+POLICY_MARK = {"beats fixed k": "[bold green]beats fixed k[/]", "worse than fixed k": "[red]worse than fixed k[/]"}
+
+
+def policy_table(policies: Sequence[PolicyEstimate]) -> Table:
+    """Per domain: the best "draft while top-1 p ≥ τ, at most k_max" policy against the best fixed k."""
+    table = Table(title="confidence-threshold drafting: stop after a proposal whose top-1 p < τ, at most k_max",
+                  title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                  caption="speedup bounds: the draft runs on to k_max after a rejection (lower) or stops there "
+                          "(upper); 95% CI over prompts; gain vs fixed k: both together",
+                  caption_justify="left")
+    for name in ("domain", "fixed k", "speedup", "k_max", "τ", "tokens/iter", "draft steps/iter",
+                 "speedup bounds [95% CI]", "gain vs fixed k", "verdict"):
+        table.add_column(name, justify="left" if name in ("domain", "verdict") else "right", no_wrap=True)
+    for q in policies:
+        table.add_row(
+            f"[bold]{q.domain}[/]" if q.domain == ALL else q.domain,
+            str(q.fixed_k),
+            fmt(q.fixed_speedup),
+            str(q.k_max),
+            f"{q.tau:g}",
+            fmt_interval(q.tokens_per_iter, q.tokens_per_iter_lo, q.tokens_per_iter_hi),
+            fmt_range(q.draft_steps_lo_bound, q.draft_steps_hi_bound),
+            f"{fmt_range(q.speedup_lo_bound, q.speedup_hi_bound)} [{fmt(q.speedup_lo)}, {fmt(q.speedup_hi)}]",
+            f"[{q.gain_lo:+.3f}, {q.gain_hi:+.3f}]",
+            POLICY_MARK.get(q.verdict, q.verdict),
+        )
+    return table
+
+
+def fmt_range(lo: float, hi: float, digits: int = 2) -> str:
+    """"a–b" for a bounded figure, one number when the bounds agree at this precision."""
+    a, b = fmt(lo, digits), fmt(hi, digits)
+    return a if a == b else f"{a}–{b}"
 
 
 def plan_line(p: DraftPlan, min_speedup: float) -> str:
