@@ -149,3 +149,13 @@ def load_report(path: str | Path) -> Report:
     if not (directory / FILES["tokens"]).exists():
         raise SpecprofError(f"{directory}: {FILES['tokens']} is missing; the report is incomplete")
     return Report(directory, run)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write a file for people to open (a page, a plot, a corpus) atomically, with the permissions a plain
+    `open()` would give it (0666 less the umask) rather than the private 0600 of a temp file."""
+    path = Path(path)
+    atomic_write(path, lambda f: f.write(data))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
