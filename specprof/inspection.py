@@ -1,8 +1,8 @@
 """`inspect`: which prompts a draft is bad at, and where in the text it fails.
 
 Per prompt: α (mean accept_prob over its continuation) and tokens per iteration at draft length k
-(the same block counts `recommend` pools). The N prompts with the lowest α (ties keep report
-order), or one prompt by id, come with their continuation split into tokens: each token's text,
+(the same block counts `recommend` pools). The N prompts with the lowest α (ties: the longer
+continuation first), or one prompt by id, come with their continuation split into tokens: each token's text,
 the target's token and the draft's proposal, `match`, `accept_prob`, and where a speculative block
 starts at k. At T = 0 the blocks are exact (`trace.simulate_blocks` on `match`); at T > 0 a
 sampled run's blocks are random, so none are marked and tokens are shaded by accept_prob instead.
@@ -94,12 +94,14 @@ class Inspection:
 
 
 def prompt_figures(t: DraftTrace, k: int) -> list[PromptFigures]:
-    """Per prompt of `t`, lowest α first (a stable sort: ties keep the report's order)."""
+    """Per prompt of `t`, lowest α first (ties: longer continuation first, then the report's order)."""
     b = t.blocks
     with np.errstate(invalid="ignore", divide="ignore"):
         alpha = t.accept_sum / t.n_tokens  # [n_prompts]
         tokens_per_iter = b.emitted[:, k - 1] / b.iterations[:, k - 1]  # [n_prompts]
-    order = np.argsort(np.nan_to_num(alpha, nan=np.inf), kind="stable")
+    # Lowest α first; among equal α the longer continuation first (more evidence of the same
+    # failure), then report order. lexsort sorts by its last key first and is stable.
+    order = np.lexsort((-t.n_tokens, np.nan_to_num(alpha, nan=np.inf)))
     return [
         PromptFigures(str(t.prompt_ids[i]), str(t.domains[i]), int(t.n_tokens[i]), float(alpha[i]),
                       float(tokens_per_iter[i]), float(b.iterations[i, k - 1]))

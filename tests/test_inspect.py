@@ -34,8 +34,8 @@ def test_json_ranks_every_prompt_by_alpha_with_tokens_per_iter_at_k(small_report
     tokens = tokens_of(small_report, close)
     by_prompt = {pid: rows["match"].to_numpy() for pid, rows in tokens.groupby("prompt_id")}
     assert [p["prompt_id"] for p in data["prompts"]] != [] and len(data["prompts"]) == 8
-    alphas = [p["alpha"] for p in data["prompts"]]
-    assert alphas == sorted(alphas)  # lowest α first
+    ranked = [(p["alpha"], -p["n_tokens"]) for p in data["prompts"]]
+    assert ranked == sorted(ranked)  # lowest α first; equal α: the longer continuation first
     for p in data["prompts"]:
         match = by_prompt[p["prompt_id"]]
         assert p["alpha"] == pytest.approx(match.mean())  # T = 0: α is the match rate
@@ -160,6 +160,11 @@ def test_sampled_run_shades_tokens_by_accept_prob(tiny, corpus, tmp_path, cli):
         for t in view.tokens:
             assert tuple(colours[t.position]) == render.shade(t.accept_prob)
         assert "┊" not in text.plain
+        page = htmlreport.token_spans(view, exact=False)
+        shaded = re.findall(r'data-pos="(\d+)"[^>]*style="background: rgb\((\d+), (\d+), (\d+)\)"', page)
+        assert {int(p): tuple(map(int, rgb)) for p, *rgb in shaded} == {
+            t.position: render.shade(t.accept_prob) for t in view.tokens}
+        assert " rej" not in page and " bs" not in page
     assert render.shade(0.0) == (205, 49, 49) and render.shade(1.0) == (40, 160, 70)
     assert render.shade(0.5) == (230, 180, 40)
 
