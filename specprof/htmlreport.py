@@ -88,8 +88,9 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
         body += [
             figure(speedup, "Empirical speedup (measured tokens/iter and forward times) with its 95% interval, "
                             "and Leviathan et al.'s i.i.d. model at the same α and costs; above 1 speculation pays."),
-            figure(positions, "r_i = P(at least i draft tokens accepted in a block) at k = k_max; "
-                              "tokens/iter at k = 1 + Σ_{i≤k} r_i away from the end of a continuation."),
+            figure(positions, "r_i = P(at least i draft tokens accepted in a block), blocks of k = k_max. "
+                              "At any draft length k, tokens/iter = 1 + Σ_{i≤k} r_i with r_i taken at that k "
+                              "(away from the end of a continuation)."),
             figure(accepted, "How many of the k proposals each block accepted (whole corpus)."),
             worst_section(worst[p.draft]),
         ]
