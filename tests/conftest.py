@@ -68,3 +68,18 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def small_report(tiny, corpus, tmp_path_factory) -> Path:
+    """A finished greedy profile of `corpus` (2 domains × 4 prompts): drafts close and ngram, k = 1..4."""
+    from typer.testing import CliRunner
+
+    from specprof.cli import app
+
+    out = tmp_path_factory.mktemp("small-report") / "report"
+    args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", "ngram",
+            "--k-max", 4, "--max-new-tokens", 24, "--out", out]
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
