@@ -10,27 +10,39 @@ from __future__ import annotations
 
 import os
 import sys
+
+# Before numpy loads, and only for the decision commands (torch may use OpenBLAS in `profile`):
+# OpenBLAS's thread pool costs more than it saves on the bootstrap's small products (1000
+# resamples × a few hundred prompts) and oversubscribes shared CI runners; one thread made the
+# bootstrap of a million-row report 2.5× faster on 2 busy cores. An explicit setting wins.
+if {"recommend", "gate", "compare"} & set(sys.argv[1:3]):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 
 from specprof import __version__, render
 from specprof.errors import SpecprofError
 
-HELP = """Profile speculative-decoding acceptance per domain and draft length before turning speculation on.
+try:
+    from typer._click import exceptions as click_errors  # recent typer carries its own copy of click
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_errors
 
-Names as in vLLM: tokens/iter is the mean acceptance length (accepted draft tokens + the bonus
-token, per target forward pass); draft acceptance rate is accepted / drafted tokens at that k;
-α is the per-token acceptance rate, which does not depend on k.
-"""
+HELP = (
+    "Profile speculative-decoding acceptance per domain and draft length before turning speculation on.\n\n"
+    "Names as in vLLM: tokens/iter is the mean acceptance length (accepted draft tokens plus the bonus token, "
+    "per target forward pass); draft acceptance rate is accepted / drafted draft tokens at that k; "
+    "α is the per-token acceptance rate, which does not depend on k."
+)
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True, emoji=False)
+stderr = Console(stderr=True, soft_wrap=True, emoji=False)
 STATE = {"debug": bool(os.environ.get("SPECPROF_DEBUG"))}
 
 
@@ -56,8 +68,7 @@ def _main(
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    if debug:
-        STATE["debug"] = True
+    STATE["debug"] = debug
 
 
 def _quiet_transformers() -> None:
@@ -78,7 +89,6 @@ def check_range(flag: str, value: float, lo: float | None = None, hi: float | No
         raise SpecprofError(f"{flag} {value}: must be ≤ {hi}")
 
 
-DEFAULT_DRAFTS = ("ngram", "early-exit:26")
 
 
 @app.command()
@@ -91,7 +101,8 @@ def profile(
         None,
         "--draft",
         help="Draft (repeatable): a model (id, directory, .gguf), early-exit:L (the target's first L layers) "
-        f"or ngram[:N] (prompt lookup). Default: {' and '.join(DEFAULT_DRAFTS)}.",
+        "or ngram[:N] (prompt lookup). Default: ngram and an early exit at 87% of the target's depth "
+        "(early-exit:26 of SmolLM2's 30 layers).",
     ),
     k_max: int = typer.Option(8, "--k-max", help="Profile every draft length k = 1..K."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Target tokens generated per prompt."),
@@ -105,6 +116,12 @@ def profile(
     ),
     out: Path = typer.Option(Path("specprof-report"), "--out", help="Report directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish an interrupted run in --out (same options); completed prompts are kept."
+    ),
+    too_long: str = typer.Option(
+        "skip", "--too-long", help="Prompts that do not fit the context with --max-new-tokens: skip (warn) or error."
+    ),
     limit: int = typer.Option(
         None,
         "--limit",
@@ -124,8 +141,6 @@ def profile(
     """
 
     def go() -> None:
-        from specprof.profiler import Settings
-
         check_range("--k-max", k_max, 1, 64)
         check_range("--max-new-tokens", max_new_tokens, 1)
         check_range("--temperature", temperature, 0)
@@ -134,18 +149,20 @@ def profile(
             check_range("--batch-size", batch_size, 1)
         if limit is not None:
             check_range("--limit", limit, 1)
+        if too_long not in ("skip", "error"):
+            raise SpecprofError(f"--too-long {too_long}: use skip or error")
+        if resume and overwrite:
+            raise SpecprofError("--resume and --overwrite: choose one")
         from specprof.corpus import load_corpus
 
         corpus = load_corpus(prompts, domain or (), limit)
         _quiet_transformers()
-        import torch
-
         from specprof import drafts, models, profiler
         from specprof.store import RunStore
 
         dev = models.resolve_device(device)
         dt = models.resolve_dtype(dtype, dev)
-        settings = Settings(
+        settings = profiler.Settings(
             k_max=k_max,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -154,40 +171,266 @@ def profile(
             batch_size=batch_size or (64 if dev.type == "cuda" else 32),
             chat_template=not no_chat_template,
         )
-        specs = list(draft or DEFAULT_DRAFTS)
+        specs = list(draft or [])
         if len(set(specs)) != len(specs):
             raise SpecprofError(f"--draft {next(s for s in specs if specs.count(s) > 1)}: given twice")
+        for spec in specs:
+            drafts.parse_kind(spec)  # a bad --draft fails before minutes of loading
         with stderr.status("loading models…"):
             tgt = models.load_model(target, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+            specs = specs or drafts.default_specs(tgt.num_layers)
             loaded = [
                 drafts.load_draft(s, tgt, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
                 for s in specs
             ]
-        run_info = {
-            "target": tgt.describe(),
-            "drafts": [d.info for d in loaded],
-            "device": str(dev),
-            "dtype": str(dt).removeprefix("torch."),
-            "torch_version": torch.__version__,
-            "settings": {
-                "k_max": settings.k_max,
-                "max_new_tokens": settings.max_new_tokens,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "seed": settings.seed,
-                "batch_size": settings.batch_size,
-                "chat_template": settings.chat_template,
-            },
-            "corpus": {"path": str(prompts), "domains": domain or [], "limit": limit, "n_prompts": len(corpus)},
-        }
-        store = RunStore.create(out, run_info, overwrite=overwrite)
-        with _progress_bar(len(corpus)) as update:
-            result = profiler.run_profile(corpus, tgt, loaded, settings, store, progress=update)
+        prepared = profiler.prepare(corpus, tgt, loaded, settings, too_long)  # bad prompts fail before any write
+        run_info = profiler.describe_run(tgt, loaded, settings, corpus, str(prompts), domain or [], limit, dev, dt)
+        store = RunStore.resume(out, run_info) if resume else RunStore.create(out, run_info, overwrite=overwrite)
+        try:
+            if store.finished:
+                stdout.print(f"the run in {out}/ already finished; nothing to resume")
+                return
+            with _interruptible(), _progress_bar(len(prepared[0])) as update:
+                result = profiler.run_profile(
+                    corpus, tgt, loaded, settings, store, progress=update, notice=_notice, prepared=prepared
+                )
+        except KeyboardInterrupt:
+            saved = len(store.run["completed_prompts"])
+            stderr.print(
+                f"interrupted: {saved} of {len(corpus)} prompts are saved in {out}/; resume with:\n"
+                f"  {_resume_command(prompts, out)}",
+                markup=False,
+                highlight=False,
+            )
+            raise typer.Exit(code=130) from None
+        finally:
+            store.close()
         for d in dict.fromkeys(result.summary["draft"]):
             stdout.print(render.profile_table(result.summary, d))
         stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
 
     _run(go)
+
+
+def _notice(message: str) -> None:
+    stderr.print(f"specprof: {message}", markup=False, highlight=False)
+
+
+def _resume_command(prompts: Path, out: Path) -> str:
+    """The command line that resumes this run: the user's own arguments plus --resume."""
+    import shlex
+
+    argv = STATE.get("argv")
+    if argv is None:  # called as a library (tests): name the essentials
+        argv = ["profile", str(prompts), "--out", str(out), "..."]
+    args = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["specprof", *args, "--resume"])
+
+
+class _interruptible:
+    """Turn SIGTERM into KeyboardInterrupt for the duration, so both stop cleanly after the last saved batch."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        try:
+            self.previous = signal.signal(signal.SIGTERM, stop)
+        except ValueError:  # not the main thread
+            self.previous = None
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+def _print_json(obj: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False))
+
+
+RECOMMEND_HELP = "\n\n".join([
+    "Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.",
+    "At each domain's best k: α (per-token acceptance, independent of k); tokens/iter (mean acceptance length, "
+    "bonus token included, as vLLM and SGLang report it); draft acceptance rate (accepted / drafted tokens); "
+    "per-position acceptance r_i = P(accepted ≥ i); the empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)) "
+    "from measured times; and Leviathan et al.'s i.i.d. speedup (1 − α^(k+1)) / (1 − α) / (k·c + 1).",
+    "GO when the lower 95% bound of the speedup at the best k reaches --min-speedup; NO-GO when its upper bound "
+    "is below 1.0; otherwise INCONCLUSIVE, with about how many more prompts would decide it. Intervals: "
+    "bootstrap over prompts (1000 resamples, seed 0), recomputed from tokens.parquet.",
+    "With --alpha and --cost-ratio and no REPORT: the i.i.d. model's k table, best k and breakeven α (what-if).",
+])
+
+GATE_HELP = "\n\n".join([
+    "CI check: exit 0 when every check passes, 1 when any fails, 2 for bad input.",
+    "--min-speedup and --min-alpha are checked on the lower 95% bootstrap bounds (over prompts) unless --point, "
+    "at each domain's best k unless --k. --baseline OLD --max-alpha-drop X fails when α fell by more than X in "
+    "any checked domain. Default: every draft, every domain and ALL.",
+])
+
+COMPARE_HELP = "\n\n".join([
+    "α and speedup of B against A per draft × domain, and whether each difference is significant.",
+    "Differences are B − A with 95% bootstrap intervals over prompts (paired when both reports hold the same "
+    "prompts); significant (*) when the interval excludes 0. Drafts pair by name, or in report order when no "
+    "name is shared (a new checkpoint of one draft). Reports of different targets or sampling settings are "
+    "refused unless --force.",
+])
+
+
+@app.command(help=RECOMMEND_HELP)
+def recommend(
+    report_path: Path = typer.Argument(
+        None, metavar="[REPORT]", help="Report directory (or its tokens.parquet/summary.parquet). Omit for what-if."
+    ),
+    cost_ratio: float = typer.Option(
+        None, "--cost-ratio", help="Plan for other hardware: c = draft step / target step, verification as one step."
+    ),
+    min_speedup: float = typer.Option(1.1, "--min-speedup", help="GO threshold on the speedup's lower bound."),
+    draft: list[str] = typer.Option(None, "--draft", help="Only this draft (repeatable)."),
+    domain: list[str] = typer.Option(None, "--domain", help="Only this domain (repeatable; ALL for the corpus)."),
+    alpha: float = typer.Option(None, "--alpha", help="What-if mode (no REPORT): acceptance rate α."),
+    k_max: int = typer.Option(None, "--k-max", help="Consider k = 1..K (what-if default 8; report: its k_max)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    def go() -> None:
+        from specprof import decide
+
+        check_range("--min-speedup", min_speedup, 0, lo_open=True)
+        if cost_ratio is not None:
+            check_range("--cost-ratio", cost_ratio, 0)
+        if report_path is None:
+            if alpha is None or cost_ratio is None:
+                raise SpecprofError("give a REPORT, or --alpha and --cost-ratio for the what-if table")
+            w = decide.what_if(alpha, cost_ratio, 8 if k_max is None else k_max)
+            _print_json(decide.what_if_json(w)) if as_json else stdout.print(render.what_if_view(w))
+            return
+        if alpha is not None:
+            raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
+        analysis = decide.load(report_path, draft or (), domain or (), k_max)
+        estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
+        plans = decide.plans(estimates)
+        if as_json:
+            _print_json({
+                "report": str(analysis.path),
+                "min_speedup": min_speedup,
+                "exact": analysis.exact,
+                "recommendations": [decide.recommendation_json(e) for e in estimates],
+                "drafts": [decide.plan_json(p) for p in plans],
+            })
+        else:
+            stdout.print(render.recommend_view(estimates, plans, min_speedup))
+            if not analysis.exact:
+                stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
+
+    _run(go)
+
+
+@app.command(help=GATE_HELP)
+def gate(
+    report_path: Path = typer.Argument(..., metavar="REPORT", help="Report directory or a file in it."),
+    min_speedup: float = typer.Option(None, "--min-speedup", help="Fail below this speedup (lower bound)."),
+    min_alpha: float = typer.Option(None, "--min-alpha", help="Fail below this α (lower bound)."),
+    domain: list[str] = typer.Option(None, "--domain", help="Check this domain (repeatable). Default: all and ALL."),
+    draft: list[str] = typer.Option(None, "--draft", help="Check this draft (repeatable). Default: all."),
+    k: int = typer.Option(None, "--k", help="Check at this k. Default: each domain's best k."),
+    point: bool = typer.Option(False, "--point", help="Check point estimates instead of lower 95% bounds."),
+    baseline: Path = typer.Option(None, "--baseline", help="An older report to compare α with."),
+    max_alpha_drop: float = typer.Option(None, "--max-alpha-drop", help="Fail when α fell by more than X."),
+    force: bool = typer.Option(False, "--force", help="Compare with a baseline of another target/settings."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    def go() -> int:
+        from specprof import decide
+
+        analysis = decide.load(report_path, draft or (), domain or ())
+        old = decide.load(baseline) if baseline is not None else None
+        checks = decide.gate(analysis, min_speedup, min_alpha, domain or (), k, point, old, max_alpha_drop, force)
+        passed = all(c.passed for c in checks)
+        if as_json:
+            _print_json({"passed": passed, "checks": [decide.check_json(c) for c in checks]})
+        else:
+            stdout.print(render.gate_view(checks))
+        return 0 if passed else 1
+
+    code = _run(go)
+    if code:
+        raise typer.Exit(code=code)
+
+
+@app.command(help=COMPARE_HELP)
+def compare(
+    report_a: Path = typer.Argument(..., metavar="REPORT_A", help="The old report (A)."),
+    report_b: Path = typer.Argument(..., metavar="REPORT_B", help="The new report (B)."),
+    force: bool = typer.Option(False, "--force", help="Compare reports of different targets or sampling settings."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    def go() -> None:
+        from specprof import decide
+
+        a, b = decide.load(report_a), decide.load(report_b)
+        comparisons = decide.compare(a, b, force)
+        if as_json:
+            _print_json({"a": str(a.path), "b": str(b.path),
+                         "comparisons": [decide.comparison_json(c) for c in comparisons]})
+        else:
+            stdout.print(render.compare_view(comparisons, str(report_a), str(report_b)))
+
+    _run(go)
+
+
+@app.command()
+def verify(
+    report: Path = typer.Argument(..., help="A report directory written by `specprof profile`."),
+    k: list[int] = typer.Option(
+        None, "--k", help="Draft length (repeatable). Default: each domain's best k by predicted speedup."
+    ),
+    limit: int = typer.Option(None, "--limit", help="Only the first N prompts of each domain (default: all)."),
+    draft: list[str] = typer.Option(None, "--draft", help="Only this draft of the report (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
+) -> None:
+    """Run real speculative decoding on the report's prompts and check its predictions on this machine.
+
+    Times the target alone and speculative decoding after a warm-up, prefill and decode apart, and
+    prints predicted vs measured tokens/iter and speedup per domain (decode phase, as the cost model
+    prices it; the end-to-end speedup, prefill included, beside it). At temperature 0 the speculative
+    output must equal the target's token for token and tokens/iter must equal the report's exactly;
+    any difference is diagnosed (position, tokens, logit margin, float32 re-check) and exits 1.
+    At temperature > 0 a measured acceptance rate outside the report's α interval is flagged.
+    """
+
+    def go() -> Any:
+        if limit is not None:
+            check_range("--limit", limit, 1)
+        for value in k or ():
+            check_range("--k", value, 1)
+        _quiet_transformers()
+        from specprof import verify as verifier
+
+        with stderr.status("loading the report and models…"):
+            plan = verifier.prepare(str(report), k or (), limit, draft or ())
+        with _progress_bar(plan.total_generations, "verifying", "generations") as update:
+            return verifier.execute(plan, progress=update)
+
+    result = _run(go)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        stdout.print(render.verify_table(result.rows, result.temperature))
+        for d in result.divergences:
+            stdout.print(f"[red]error:[/] {render.divergence_line(d)}", highlight=False)
+        for r in result.rows:
+            if r.check and result.temperature > 0:
+                stdout.print(f"[yellow]flag:[/] draft {r.draft}, {r.domain}, k={r.k}: {r.check}", highlight=False)
+        stdout.print(f"device {result.device}, dtype {result.dtype}; "
+                     + ("identical outputs" if result.temperature == 0 and result.identical_outputs else
+                        "outputs differ" if result.temperature == 0 else "sampled (outputs are not compared)"))
+    if result.failed:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -332,14 +575,14 @@ class _distill_bar:
 class _progress_bar:
     """A Rich progress bar on stderr: prompts done, generated tokens per second, ETA."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, label: str = "profiling", unit: str = "prompts"):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("profiling"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("prompts"),
+            TextColumn(unit),
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             console=stderr,
@@ -354,6 +597,9 @@ class _progress_bar:
         start = time.perf_counter()
 
         def update(p: Any) -> None:
+            if hasattr(p, "done"):  # verify: generations done
+                self.progress.update(self.task, completed=p.done)
+                return
             rate = p.tokens_done / max(time.perf_counter() - start, 1e-9)
             self.progress.update(self.task, completed=p.prompts_done, rate=f"{rate:.0f} tok/s")
 
@@ -365,17 +611,17 @@ class _progress_bar:
 
 def main() -> None:
     """Console-script entry point: usage errors become one line and exit code 2, like our own errors."""
+    STATE["argv"] = sys.argv[1:]
     try:
         code = app(standalone_mode=False)
-    except click.UsageError as e:
-        message = e.format_message()
-        if e.ctx is not None and e.ctx.command_path:
-            message = f"{message} (see: {e.ctx.command_path} --help)"
-        render.print_error(stderr, message)
+    except click_errors.UsageError as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # help was printed; nothing to add
+            message = e.format_message()
+            if e.ctx is not None and e.ctx.command_path:
+                message = f"{message} (see: {e.ctx.command_path} --help)"
+            render.print_error(stderr, message)
         sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         stderr.print("aborted")
         sys.exit(130)
     sys.exit(code or 0)

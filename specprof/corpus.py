@@ -12,6 +12,7 @@ field "prompt"`). This module does not tokenize or apply chat templates: prompts
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterable, Sequence
@@ -99,6 +100,15 @@ def select(prompts: Sequence[Prompt], domains: Sequence[str] = (), limit: int | 
             taken[p.domain] = taken.get(p.domain, 0) + 1
             kept.append(p)
     return kept
+
+
+def fingerprint(prompts: Iterable[Prompt]) -> str:
+    """A hash of the selected prompts (ids, domains, texts): a resumed run must see the same corpus."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(json.dumps(p.as_record(), sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
 
 
 def domains_of(prompts: Iterable[Prompt]) -> list[str]:

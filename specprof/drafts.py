@@ -22,6 +22,15 @@ from specprof.errors import SpecprofError
 from specprof.models import LoadedModel, check_same_vocab, load_model
 
 DEFAULT_NGRAM = 3
+DEFAULT_EXIT_DEPTH = 0.87  # of the target's layers: deep enough to agree often (SmolLM2: 26 of 30, α ≈ 0.46)
+
+
+def default_specs(num_layers: int) -> list[str]:
+    """The drafts profiled when none is given: prompt lookup, and an early exit when the target has depth."""
+    specs = ["ngram"]
+    if num_layers >= 2:
+        specs.append(f"early-exit:{min(max(round(num_layers * DEFAULT_EXIT_DEPTH), 1), num_layers - 1)}")
+    return specs
 
 
 @dataclass

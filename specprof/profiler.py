@@ -26,7 +26,7 @@ from specprof.corpus import Prompt
 from specprof.drafts import Draft, ModelDraft, NgramDraft
 from specprof.errors import SpecprofError
 from specprof.generation import Generation, generate
-from specprof.models import LoadedModel, encode_prompt, eos_token_ids
+from specprof.models import LoadedModel, context_limit, encode_prompt, eos_token_ids
 from specprof.store import RunStore
 from specprof.summary import Timings, summarize, trace_drafts
 
@@ -213,8 +213,8 @@ def _check_finite(values: torch.Tensor, valid: torch.Tensor, ids: Sequence[str],
     if bad.any():
         row, position = (int(v) for v in bad.nonzero()[0])
         raise SpecprofError(
-            f"prompt {ids[row]}: the {who} model produced NaN/inf logits at position {position}; "
-            "try --dtype float32"
+            f"prompt {ids[row]}: the {who} model produced NaN/inf logits at position {position} "
+            "(broken weights, or overflow in float16/bfloat16: try --dtype float32)"
         )
 
 
@@ -227,10 +227,12 @@ def measure_timings(
     target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int
 ) -> Timings:
     forward = timings.forward_seconds(target.model, context, list(range(1, k_max + 2)))
+    draft_times = {d.name: timings.draft_seconds(d, context) for d in drafts}
     return Timings(
         target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
-        draft_step_s={d.name: timings.draft_step_seconds(d, context) for d in drafts},
+        draft_step_s={name: step for name, (step, _) in draft_times.items()},
         context_tokens=len(context),
+        draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
     )
 
 
@@ -259,6 +261,69 @@ class ProfileResult:
     run: dict
 
 
+NoticeCallback = Callable[[str], None]
+TOO_LONG = ("skip", "error")
+
+
+def drop_too_long(
+    encoded: Sequence[Encoded], limits: Sequence[int | None], max_new_tokens: int, too_long: str
+) -> tuple[list[Encoded], list[str]]:
+    """Prompts whose tokens plus `max_new_tokens` fit every model's context; the others' ids.
+
+    `too_long="error"` raises for the first prompt that does not fit instead of skipping it.
+    """
+    known = [n for n in limits if n]
+    if not known:
+        return list(encoded), []
+    context = min(known)
+    kept, skipped = [], []
+    for e in encoded:
+        if len(e.ids) + max_new_tokens <= context:
+            kept.append(e)
+        elif too_long == "error":
+            raise SpecprofError(
+                f"{e.prompt.source}: prompt {e.prompt.id!r} has {len(e.ids)} tokens; with --max-new-tokens "
+                f"{max_new_tokens} it exceeds the model context of {context} (--too-long skip to skip it)"
+            )
+        else:
+            skipped.append(e.prompt.id)
+    if not kept:
+        raise SpecprofError(f"every prompt is longer than the model context of {context} tokens")
+    return kept, skipped
+
+
+def profile_batch_adaptive(
+    batch: Sequence[Encoded],
+    target: LoadedModel,
+    drafts: Sequence[Draft],
+    settings: Settings,
+    size: int,
+    notice: NoticeCallback,
+) -> tuple[BatchResult, int]:
+    """`profile_batch` in sub-batches of `size`, halving `size` on CUDA out-of-memory down to 1.
+
+    Returns the result and the size that worked, which the following batches start from.
+    """
+    while True:
+        try:
+            parts = [profile_batch(batch[i : i + size], target, drafts, settings) for i in range(0, len(batch), size)]
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise SpecprofError(
+                    f"out of GPU memory at batch size 1 (prompt {batch[0].prompt.id}); "
+                    "lower --max-new-tokens or use --dtype bfloat16"
+                ) from None
+            size = max(1, size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            notice("CUDA out of memory: halving the batch size until it fits (run.json records the final size)")
+            continue
+        return BatchResult(
+            pd.concat([p.tokens for p in parts], ignore_index=True),
+            pd.concat([p.prompts for p in parts], ignore_index=True),
+        ), size
+
+
 def run_profile(
     prompts: Sequence[Prompt],
     target: LoadedModel,
@@ -266,21 +331,99 @@ def run_profile(
     settings: Settings,
     store: RunStore,
     progress: ProgressCallback | None = None,
+    notice: NoticeCallback | None = None,
+    too_long: str = "skip",
+    prepared: tuple[list[Encoded], list[str]] | None = None,
 ) -> ProfileResult:
-    """Profile every prompt with every draft, measure timings and write the finished report."""
-    encoded = encode_all(prompts, target, settings.chat_template)
+    """Profile every prompt with every draft, measure timings and write the finished report.
+
+    Batches already recorded in `store` (a resumed run) are skipped; each new batch is recorded as
+    soon as it is done, so an interruption loses at most the batch in flight.
+    """
+    said: set[str] = set()
+
+    def say(message: str) -> None:
+        if notice and message not in said:
+            said.add(message)
+            notice(message)
+
+    encoded, skipped = prepared or prepare(prompts, target, drafts, settings, too_long)
+    if skipped:
+        say(f"skipped {len(skipped)} prompt(s) longer than the model context: {', '.join(skipped[:5])}"
+            + (" …" if len(skipped) > 5 else ""))
+    store.update(skipped_prompts=skipped)
     batches = make_batches(encoded, settings.batch_size)
-    done_prompts, done_tokens = 0, 0
+    done = store.completed_batches
+    done_prompts = sum(len(b) for i, b in enumerate(batches) if i in done)
+    done_tokens = 0
+    size = int(store.run.get("final_batch_size") or settings.batch_size)
+    if progress:
+        progress(Progress(done_prompts, len(encoded), 0))
     for index, batch in enumerate(batches):
-        result = profile_batch(batch, target, drafts, settings)
+        if index in done:
+            continue
+        result, new_size = profile_batch_adaptive(batch, target, drafts, settings, size, say)
+        if new_size != size:
+            size = new_size
+            store.update(final_batch_size=size)
         store.append_batch(index, result.tokens, result.prompts)
         done_prompts += len(batch)
         done_tokens += int(result.prompts["n_generated"].sum())
         if progress:
             progress(Progress(done_prompts, len(encoded), done_tokens))
+    store.update(final_batch_size=size)
     tokens = store.tokens()
     measured = measure_timings(target, drafts, timing_context(encoded, tokens, settings.k_max), settings.k_max)
     traces = trace_drafts(tokens, settings.k_max, exact=settings.temperature == 0)
     summary_frame, blocks_frame = summarize(traces, measured)
     run = store.finish(summary_frame, blocks_frame, measured)
     return ProfileResult(str(store.directory), summary_frame, run)
+
+
+def prepare(
+    prompts: Sequence[Prompt], target: LoadedModel, drafts: Sequence[Draft], settings: Settings, too_long: str
+) -> tuple[list[Encoded], list[str]]:
+    """Tokenize the prompts and set aside (or refuse) those that do not fit every model's context."""
+    encoded = encode_all(prompts, target, settings.chat_template)
+    limits = [context_limit(target)] + [context_limit_of(d) for d in drafts]
+    return drop_too_long(encoded, limits, settings.max_new_tokens, too_long)
+
+
+def context_limit_of(draft: Draft) -> int | None:
+    if isinstance(draft, NgramDraft):
+        return None
+    return getattr(draft.model.config.get_text_config(), "max_position_embeddings", None)
+
+
+def describe_run(
+    target: LoadedModel,
+    drafts: Sequence[Draft],
+    settings: Settings,
+    prompts: Sequence[Prompt],
+    corpus_path: str,
+    domains: Sequence[str],
+    limit: int | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict:
+    """What run.json records about a run; `store.IDENTITY` names the entries a resume must match."""
+    from specprof.corpus import fingerprint
+
+    return {
+        "target": target.describe(),
+        "drafts": [d.info for d in drafts],
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch_version": torch.__version__,
+        "settings": {
+            "k_max": settings.k_max,
+            "max_new_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "seed": settings.seed,
+            "batch_size": settings.batch_size,
+            "chat_template": settings.chat_template,
+        },
+        "corpus": {"path": corpus_path, "domains": list(domains), "limit": limit, "n_prompts": len(prompts)},
+        "corpus_fingerprint": fingerprint(prompts),
+    }

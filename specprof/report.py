@@ -77,8 +77,14 @@ def write_table(path: Path, frame: pd.DataFrame | pa.Table, name: str) -> None:
     atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
 
-def read_table(path: Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """Read one report table, checking it is ours, not from the future, and has the columns we need."""
+def read_table(
+    path: Path, name: str, columns: list[str] | None = None, read_dictionary: list[str] | None = None
+) -> pa.Table:
+    """Read one report table, checking it is ours, not from the future, and has the columns we need.
+
+    `read_dictionary` names string columns to read dictionary-encoded (pandas categoricals): much
+    faster for the few distinct drafts, domains and prompt ids of a large tokens table.
+    """
     try:
         file = pq.ParquetFile(path)
     except FileNotFoundError:
@@ -91,6 +97,8 @@ def read_table(path: Path, name: str, columns: list[str] | None = None) -> pa.Ta
     if missing:
         raise SpecprofError(f"{path}: missing column {missing[0]!r}; not a specprof {name} table")
     try:
+        if read_dictionary:  # only once the columns are known to exist (pyarrow raises KeyError otherwise)
+            file = pq.ParquetFile(path, read_dictionary=read_dictionary)
         return file.read(columns=columns)
     except Exception as e:
         raise SpecprofError(f"{path}: cannot read ({e})") from None
@@ -104,8 +112,10 @@ class Report:
     def path(self, name: str) -> Path:
         return self.directory / FILES[name]
 
-    def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        return read_table(self.path(name), name, columns)
+    def table(
+        self, name: str, columns: list[str] | None = None, read_dictionary: list[str] | None = None
+    ) -> pa.Table:
+        return read_table(self.path(name), name, columns, read_dictionary)
 
     def frame(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
         return self.table(name, columns).to_pandas()

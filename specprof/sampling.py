@@ -64,5 +64,6 @@ def choose(logits: torch.Tensor, probs: torch.Tensor, temperature: float, genera
     """The next token per row: greedy argmax at temperature 0, else a seeded sample from `probs`."""
     if temperature == 0:
         return logits.float().argmax(dim=-1)
-    assert generators is not None  # internal: profiler always passes generators when sampling
+    if generators is None:
+        raise ValueError("sampling needs one generator per row")
     return sample(probs, generators)

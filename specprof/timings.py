@@ -2,6 +2,9 @@
 
 t_T(n): the target verifying n tokens with a KV cache at a typical context length, n = 1..k_max+1.
 t_D: a draft's time per proposed token (one cached forward step; a lookup for n-gram drafts).
+Catch-up: after a block whose k proposals were all accepted, the draft has not yet seen its own
+last proposal, so its next step feeds 2 tokens; the extra t_D(2) − t_D(1) is measured too
+(on a CPU a 2-token step costs about 1.4–1.7 single steps; on a GPU about one).
 Each figure is the median of several repeats after warm-up, with CUDA synchronised before the
 clock is read. Batch size 1: speculative decoding pays off at low batch, and that is what
 `verify` measures too.
@@ -28,7 +31,12 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def forward_seconds(model: torch.nn.Module, context: list[int], ns: list[int]) -> dict[int, float]:
-    """Median seconds for a forward of n new tokens after a cached prefix, for each n in `ns`."""
+    """Median seconds for a forward of n new tokens after a cached prefix, for each n in `ns`.
+
+    The ns are measured round-robin (n = 1, 2, …, then again), not one n after another: on a
+    shared or throttling machine the load drifts, and measuring every n under the same drift keeps
+    the ratios t_T(k+1)/t_T(1), which the speedup depends on, honest.
+    """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -37,19 +45,25 @@ def forward_seconds(model: torch.nn.Module, context: list[int], ns: list[int]) -
     prefix, new = ids[:, : ids.shape[1] - n_max], ids[:, ids.shape[1] - n_max :]
     cache = DynamicCache(config=model.config)
     model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
-    result = {}
-    for n in ns:
-        times = []
-        for i in range(WARMUP + REPEATS):
+    times: dict[int, list[float]] = {n: [] for n in ns}
+    for i in range(WARMUP + REPEATS):
+        for n in ns:
             _sync(device)
             start = time.perf_counter()
             model(input_ids=new[:, :n], cache=cache, use_cache=True, logits_to_keep=n)
             _sync(device)
             if i >= WARMUP:
-                times.append(time.perf_counter() - start)
+                times[n].append(time.perf_counter() - start)
             cache.crop(-n)
-        result[n] = statistics.median(times)
-    return result
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def draft_seconds(draft: Draft, context: list[int]) -> tuple[float, float]:
+    """(seconds per proposed token, extra seconds of a 2-token catch-up step); n-gram drafts catch up for free."""
+    if isinstance(draft, ModelDraft):
+        times = forward_seconds(draft.model, context, [1, 2])
+        return times[1], max(times[2] - times[1], 0.0)
+    return draft_step_seconds(draft, context), 0.0
 
 
 def draft_step_seconds(draft: Draft, context: list[int]) -> float:

@@ -85,27 +85,44 @@ def run_lengths(match: np.ndarray) -> np.ndarray:
 def count_blocks_exact(match: np.ndarray, lengths: np.ndarray, k_max: int) -> BlockCounts:
     """Greedy blocks for all prompts and all k; `match` is [n_prompts, max_len], zero-padded.
 
-    Vectorised over prompts; equal to `simulate_blocks` row by row (tests check this).
+    Vectorised over prompts: each step advances every unfinished prompt by one block, and prompts
+    drop out of the working set as they finish, so the work is the number of blocks, not
+    prompts × max_len. Block records are tallied with one bincount per k. Equal to
+    `simulate_blocks` row by row (tests check this).
     """
     n = match.shape[0]
-    runs = run_lengths(match)  # zero padding ends every run at the row's end
-    rows = np.arange(n)
+    runs = run_lengths(match)  # [n, max_len + 1]; zero padding ends every run at the row's end
+    flat_runs = runs.ravel()
+    row_base = np.arange(n, dtype=np.int64) * runs.shape[1]
+    lengths = np.asarray(lengths, dtype=np.int64)
     iterations = np.zeros((n, k_max))
     accepted = np.zeros((n, k_max))
     emitted = np.zeros((n, k_max))
     histogram = np.zeros((n, k_max, k_max + 1))
     for ki in range(k_max):
         k = ki + 1
-        start = np.zeros(n, dtype=np.int64)
-        active = start < lengths
-        while active.any():
-            take = np.minimum(runs[rows, np.minimum(start, runs.shape[1] - 1)], k)
-            iterations[active, ki] += 1
-            accepted[active, ki] += take[active]
-            emitted[active, ki] += np.minimum(take + 1, lengths - start)[active]
-            histogram[rows[active], ki, take[active]] += 1
-            start = np.where(active, start + take + 1, start)
-            active = start < lengths
+        rows = np.flatnonzero(lengths > 0)  # [n_active] prompts with a block still to place
+        start = np.zeros(len(rows), dtype=np.int64)  # [n_active] where each one's next block starts
+        seen_rows, seen_take, seen_emit = [], [], []
+        while rows.size:
+            take = np.minimum(flat_runs[row_base[rows] + start], k)  # accepted draft tokens in this block
+            left = lengths[rows] - start
+            seen_rows.append(rows)
+            seen_take.append(take)
+            seen_emit.append(np.minimum(take + 1, left))  # the bonus token only exists inside y
+            start = start + take + 1
+            going = start < lengths[rows]
+            rows, start = rows[going], start[going]
+        if not seen_rows:
+            continue
+        block_rows = np.concatenate(seen_rows)  # [n_blocks] one entry per block of every prompt
+        block_take = np.concatenate(seen_take)
+        iterations[:, ki] = np.bincount(block_rows, minlength=n)
+        accepted[:, ki] = np.bincount(block_rows, weights=block_take, minlength=n)
+        emitted[:, ki] = np.bincount(block_rows, weights=np.concatenate(seen_emit), minlength=n)
+        histogram[:, ki, : k + 1] = np.bincount(block_rows * (k + 1) + block_take, minlength=n * (k + 1)).reshape(
+            n, k + 1
+        )
     return BlockCounts(iterations, accepted, emitted, histogram)
 
 

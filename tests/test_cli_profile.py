@@ -36,6 +36,12 @@ def test_profile_writes_the_report_contract(tiny, corpus, tmp_path, cli):
         assert list(pd.read_parquet(out / f"{name}.parquet").columns) == list(types)  # plain pandas
     summary = pd.read_parquet(out / "summary.parquet")
     assert set(summary["domain"]) == {"alpha", "beta", "ALL"}
+    # intervals (bootstrap over prompts) hold their point; every row carries the decision at its k
+    assert (summary.alpha_lo <= summary.alpha).all() and (summary.alpha <= summary.alpha_hi).all()
+    assert (summary.speedup_lo <= summary.speedup).all() and (summary.speedup <= summary.speedup_hi).all()
+    assert set(summary["decision"]) <= {"GO", "NO-GO", "INCONCLUSIVE"}
+    # 4 prompts per domain are too few to decide: the terminal says so
+    assert "INCONCLUSIVE" in r.stdout and "only 4 prompts" in r.stdout
     assert sorted(summary["k"].unique()) == [1, 2, 3, 4]
     blocks = pd.read_parquet(out / "blocks.parquet")
     # the histogram holds every iteration: Σ over accepted = tokens / tokens_per_iter

@@ -1,0 +1,127 @@
+"""How fast `recommend`, `gate` and `compare` answer on a large report, against reading its tokens alone.
+
+Builds a synthetic greedy report of ~1M token rows (2 drafts × 4,000 prompts × 125 positions in 13
+domains; each prompt's match rate drawn from Beta(3, 2)), then times, in fresh processes as a CI
+job would run them: `specprof recommend --json`, `specprof gate`, `specprof compare`, and as the
+baseline `python -c "pandas.read_parquet(tokens.parquet)"` (Python start-up + imports + reading the
+same file), and Python start-up with specprof's imports. Also the in-process time of load + trace +
+bootstrap. No torch involved. Timings on a busy shared machine are unreliable: compare the ratios.
+
+    python benchmarks/decide_speed.py [--prompts 4000] [--positions 125] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI sets it for these commands (see cli.py)
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from specprof import decide, report, schema
+
+DOMAINS = [f"domain-{i:02d}" for i in range(13)]
+
+
+def build_report(directory: Path, n_prompts: int, n_positions: int, seed: int = 0) -> int:
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    frames = []
+    for draft in ("draft-a", "draft-b"):
+        rate = rng.beta(3.0, 2.0, size=n_prompts)
+        match = rng.random((n_prompts, n_positions)) < rate[:, None]
+        n = n_prompts * n_positions
+        frames.append(pd.DataFrame({
+            "draft": draft,
+            "prompt_id": np.repeat([f"p{i:06d}" for i in range(n_prompts)], n_positions),
+            "domain": np.repeat([DOMAINS[i % len(DOMAINS)] for i in range(n_prompts)], n_positions),
+            "position": np.tile(np.arange(n_positions, dtype=np.int32), n_prompts),
+            "target_token": rng.integers(0, 50000, n).astype(np.int32),
+            "draft_token": rng.integers(0, 50000, n).astype(np.int32),
+            "match": match.ravel(),
+            "accept_prob": match.ravel().astype(np.float32),
+            "target_p": np.ones(n, np.float32),
+            "draft_q": np.ones(n, np.float32),
+            "target_entropy": np.zeros(n, np.float32),
+            "draft_top1_p": np.ones(n, np.float32),
+        }))
+    tokens = pd.concat(frames, ignore_index=True)
+    report.write_table(directory / "tokens.parquet", tokens, "tokens")
+    report.write_json(directory / "run.json", {
+        "schema_version": schema.SCHEMA_VERSION,
+        "target": {"name": "synthetic", "fingerprint": "synthetic"},
+        "settings": {"k_max": 8, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": n_positions,
+                     "chat_template": True},
+        "timings": {"target_forward_s": [0.020 + 0.0005 * n for n in range(9)],
+                    "draft_step_s": {"draft-a": 0.002, "draft-b": 0.004}, "context_tokens": 256},
+        "finished_at": "2025-01-01T00:00:00+00:00",
+    })
+    return len(tokens)
+
+
+def wall(cmd: list[str], repeats: int) -> tuple[float, int]:
+    times, code = [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        code = subprocess.run(cmd, capture_output=True).returncode
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), code
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=4000)
+    ap.add_argument("--positions", type=int, default=125)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "report"
+        rows = build_report(path, args.prompts, args.positions)
+        cli = [sys.executable, "-m", "specprof"]
+        read = f"import pandas; pandas.read_parquet({str(path / 'tokens.parquet')!r})"
+        baseline, _ = wall([sys.executable, "-c", read], args.repeats)
+        startup, _ = wall([sys.executable, "-c", "import specprof.cli, specprof.decide"], args.repeats)
+        recommend, rc_r = wall([*cli, "recommend", str(path), "--json"], args.repeats)
+        gate, rc_g = wall([*cli, "gate", str(path), "--min-speedup", "1.0"], args.repeats)
+        compare, rc_c = wall([*cli, "compare", str(path), str(path)], args.repeats)
+        in_process = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            decide.estimates(decide.load(path))
+            in_process.append(time.perf_counter() - start)
+        inproc = statistics.median(in_process)
+
+    table = [
+        ("token rows", f"{rows:,}"),
+        ("prompts × drafts", f"{args.prompts} × 2, {len(DOMAINS)} domains, k = 1..8"),
+        ("baseline: python + read tokens.parquet", f"{baseline:.2f} s"),
+        ("python + import specprof.cli, decide", f"{startup:.2f} s"),
+        ("specprof recommend --json", f"{recommend:.2f} s ({recommend / baseline:.1f}× baseline), exit {rc_r}"),
+        ("specprof gate --min-speedup 1.0", f"{gate:.2f} s ({gate / baseline:.1f}× baseline), exit {rc_g}"),
+        ("specprof compare A A", f"{compare:.2f} s ({compare / baseline:.1f}× baseline), exit {rc_c}"),
+        ("in-process load + trace + bootstrap", f"{inproc:.2f} s"),
+    ]
+    emit(table, {"rows": rows, "baseline_s": baseline, "startup_s": startup, "recommend_s": recommend, "gate_s": gate,
+                 "compare_s": compare, "in_process_s": inproc, "repeats": args.repeats})
+
+
+def emit(table: list[tuple[str, str]], record: dict) -> None:
+    width = max(len(k) for k, _ in table)
+    for key, value in table:
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Bootstrap over prompts, percentile intervals, and the GO / NO-GO / INCONCLUSIVE rule (DESIGN.md §3).
+
+Tokens inside one prompt are correlated (a draft that loses the thread loses it for many tokens),
+so the resampling unit is the prompt, never the token. Every figure specprof reports is a ratio of
+sums over prompts (α = Σ accept_prob / Σ tokens, tokens/iter = Σ emitted / Σ iterations), so a
+resample is a vector of prompt weights (how many times each prompt was drawn) and the whole
+bootstrap is one matrix product: weights [B, n_prompts] @ per-prompt sums [n_prompts, m].
+
+Resamples are seeded per (seed, domain) with a stable hash, so a figure does not change when other
+drafts or domains are filtered in or out, and two runs print the same intervals. Drafts profiled on
+the same prompts share one set of resamples per domain (a paired design, and half the work).
+
+Example: two prompts with (accepted, tokens) = (3, 4) and (1, 4) pool to α = 4/8 = 0.5; the
+resamples are {1,1} (α = 0.75), {1,2} (0.5) and {2,2} (0.25) with odds 1:2:1.
+
+What this module does not do: read reports, trace blocks or price k (`summary`, `costmodel`).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Decision = Literal["GO", "NO-GO", "INCONCLUSIVE"]
+DECISIONS: tuple[Decision, ...] = ("GO", "NO-GO", "INCONCLUSIVE")
+
+SEED = 0
+N_RESAMPLES = 1000
+CONFIDENCE = 0.95
+MIN_SPEEDUP = 1.1  # DESIGN.md §3: GO needs the lower bound of S at the best k to reach this
+NO_GO_BELOW = 1.0  # NO-GO when even the upper bound of S stays below break-even
+# Below this many prompts a percentile bootstrap has too few distinct resamples to mean anything:
+# the decision stays INCONCLUSIVE whatever the interval says.
+MIN_PROMPTS = 5
+
+
+def rng_for(seed: int, *names: str) -> np.random.Generator:
+    """A generator fixed by the seed and the names (crc32: stable across processes, unlike hash())."""
+    return np.random.default_rng([seed, *(zlib.crc32(n.encode()) for n in names)])
+
+
+def resample_weights(n_prompts: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_resamples, n_prompts] counts: how often each prompt is drawn in each resample (rows sum to n)."""
+    if n_prompts == 0:
+        return np.zeros((n_resamples, 0))
+    draws = rng.integers(0, n_prompts, size=(n_resamples, n_prompts))
+    offsets = (np.arange(n_resamples) * n_prompts)[:, None]
+    return np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_prompts).reshape(
+        n_resamples, n_prompts
+    ).astype(np.float64)
+
+
+def ratio_of_sums(weights: np.ndarray, numerators: np.ndarray, denominators: np.ndarray) -> np.ndarray:
+    """Σ w·num / Σ w·den for each weight row: [B, n] with [n, m] and [n, m] → [B, m] (NaN where 0/0)."""
+    m = numerators.shape[1]
+    sums = weights @ np.concatenate([numerators, denominators], axis=1)  # one product for both: [B, 2m]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums[:, :m] / sums[:, m:]
+
+
+def percentile_interval(samples: np.ndarray, point: np.ndarray, confidence: float = CONFIDENCE) -> tuple:
+    """The central `confidence` percentile interval along axis 0, widened to contain `point`.
+
+    A percentile interval can miss its own point estimate when very few prompts make the resample
+    distribution lopsided; widening keeps `lo ≤ point ≤ hi` true for every report.
+    """
+    tail = (1.0 - confidence) / 2
+    finite = np.where(np.isfinite(samples), samples, np.nan)
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanquantile(finite, [tail, 1.0 - tail], axis=0) if samples.shape[0] else (point, point)
+    point = np.asarray(point, dtype=np.float64)
+    return np.fmin(lo, point), np.fmax(hi, point)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    more_prompts: int | None  # INCONCLUSIVE: about how many more prompts in the domain would decide it
+    reason: str  # one line for the terminal; "" when the decision speaks for itself
+
+
+def decide(
+    speedup: float,
+    speedup_lo: float,
+    speedup_hi: float,
+    n_prompts: int,
+    min_speedup: float = MIN_SPEEDUP,
+) -> Verdict:
+    """DESIGN.md §3: GO when lo ≥ min_speedup, NO-GO when hi < 1.0, else INCONCLUSIVE.
+
+    For INCONCLUSIVE, the interval's half-widths are scaled as 1/√n (the standard error of a mean
+    over prompts): GO needs n' = n·((S − lo) / (S − min_speedup))², NO-GO n' = n·((hi − S) / (1 − S))².
+    The answer is the extra prompts n' − n for whichever decision the point estimate points at. When
+    1.0 ≤ S < min_speedup no number of prompts decides it: the gain is real but small.
+    Example: S = 1.3 with [1.05, 1.55] from 12 prompts needs 12·(0.25/0.2)² = 18.75 → 7 more for GO.
+    """
+    if not all(math.isfinite(v) for v in (speedup, speedup_lo, speedup_hi)):
+        return Verdict("INCONCLUSIVE", None, "no finite speedup (no tokens in this domain)")
+    if n_prompts < MIN_PROMPTS:
+        why = f"only {n_prompts} prompts; intervals need {MIN_PROMPTS}+"
+        return Verdict("INCONCLUSIVE", MIN_PROMPTS - n_prompts, why)
+    if speedup_lo >= min_speedup:
+        return Verdict("GO", None, "")
+    if speedup_hi < NO_GO_BELOW:
+        return Verdict("NO-GO", None, "")
+    if speedup > min_speedup:
+        more = _more(n_prompts * ((speedup - speedup_lo) / (speedup - min_speedup)) ** 2, n_prompts)
+        return Verdict("INCONCLUSIVE", more, f"likely GO; ~{more} more prompts would decide it")
+    if speedup < NO_GO_BELOW:
+        more = _more(n_prompts * ((speedup_hi - speedup) / (NO_GO_BELOW - speedup)) ** 2, n_prompts)
+        return Verdict("INCONCLUSIVE", more, f"likely NO-GO; ~{more} more prompts would decide it")
+    return Verdict("INCONCLUSIVE", None, f"marginal: 1.0 ≤ S < {min_speedup:g}; more prompts won't make it GO")
+
+
+def _more(needed: float, n_prompts: int) -> int:
+    return max(1, math.ceil(needed - 1e-9) - n_prompts)
+
+
+def difference_significant(diff_lo: float, diff_hi: float) -> bool:
+    """A bootstrap interval of B − A that excludes 0."""
+    return bool(diff_lo > 0 or diff_hi < 0)
