@@ -488,12 +488,12 @@ def distill(
         from specprof import distill as distill_mod
         from specprof import distill_eval, models
 
-        src = distill_mod.read_source(source)
-        if src.kind == "report":
+        if distill_mod.is_report(source):
             given = [f for f, v in [("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
                                     ("--no-chat-template", no_chat_template or None)] if v is not None]
             if given:
                 raise SpecprofError(f"{given[0]}: only for a prompt corpus; a report's continuations are reused")
+        src = distill_mod.read_source(source)
         if max_new_tokens is not None:
             check_range("--max-new-tokens", max_new_tokens, 1)
         if batch_size is not None:
@@ -565,6 +565,8 @@ class _distill_bar:
                 )
             elif phase == "save":
                 self.progress.update(self._task("saving", 1), completed=f.get("done", 0), info="")
+            elif phase == "notice":
+                self.progress.console.print(f"[yellow]note:[/] {f['message']}", highlight=False)
 
         return events
 

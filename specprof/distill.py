@@ -62,7 +62,7 @@ class DistillSettings:
 
 
 @dataclass
-class Sequence_:
+class TokenSequence:
     """One prompt and the target's continuation, as token ids."""
 
     prompt_id: str
@@ -121,7 +121,7 @@ def check_architecture(model: torch.nn.Module, where: str = "--target") -> None:
 # ---------------------------------------------------------------- 1. sequences
 
 
-def sequences_from_report(directory: Path) -> tuple[list[Sequence_], dict]:
+def sequences_from_report(directory: Path) -> tuple[list[TokenSequence], dict]:
     """Prompt tokens and greedy continuations of a finished profile report (one draft's rows)."""
     from specprof.report import load_report
 
@@ -142,7 +142,7 @@ def sequences_from_report(directory: Path) -> tuple[list[Sequence_], dict]:
     out = []
     for row in prompts.itertuples():
         ids = [int(t) for t in row.prompt_tokens]
-        out.append(Sequence_(row.prompt_id, row.domain, ids + [int(t) for t in continuation.get(row.prompt_id, [])],
+        out.append(TokenSequence(row.prompt_id, row.domain, ids + [int(t) for t in continuation.get(row.prompt_id, [])],
                              len(ids)))
     return out, report.run
 
@@ -150,21 +150,21 @@ def sequences_from_report(directory: Path) -> tuple[list[Sequence_], dict]:
 def sequences_from_corpus(
     encoded: Sequence, target: LoadedModel, max_new_tokens: int, batch_size: int,
     progress: Callable[[int, int], None] | None = None,
-) -> list[Sequence_]:
+) -> list[TokenSequence]:
     """Greedy continuations generated exactly as `profile` does: same batches, same `generate`."""
     from specprof.generation import generate
     from specprof.models import eos_token_ids
     from specprof.profiler import make_batches
 
     eos = eos_token_ids(target)
-    out: list[Sequence_] = []
+    out: list[TokenSequence] = []
     done = 0
     for batch in make_batches(encoded, batch_size):
         gen = generate(target.model, [e.ids for e in batch], max_new_tokens=max_new_tokens, eos_ids=eos,
                        pad_id=eos[0] if eos else 0)
         continuation = gen.continuation.cpu()
         for i, e in enumerate(batch):
-            out.append(Sequence_(e.prompt.id, e.prompt.domain, e.ids + continuation[i, : gen.lengths[i]].tolist(),
+            out.append(TokenSequence(e.prompt.id, e.prompt.domain, e.ids + continuation[i, : gen.lengths[i]].tolist(),
                                  len(e.ids)))
         done += len(batch)
         if progress:
@@ -176,7 +176,7 @@ def sequences_from_corpus(
 # ---------------------------------------------------------------- 2. the frozen pass, once
 
 
-def _common_prefix(sequences: Sequence[Sequence_]) -> int:
+def _common_prefix(sequences: Sequence[TokenSequence]) -> int:
     """Length of the prefix every prompt shares (a chat template's system prompt): trained once, not per prompt."""
     if len(sequences) < 2:
         return 0
@@ -190,7 +190,7 @@ def _common_prefix(sequences: Sequence[Sequence_]) -> int:
 
 @torch.no_grad()  # not inference_mode: the cached tensors take part in training's autograd graph
 def cache_frozen(
-    target: LoadedModel, sequences: Sequence[Sequence_], settings: DistillSettings,
+    target: LoadedModel, sequences: Sequence[TokenSequence], settings: DistillSettings,
     batch_tokens: int = 8192, progress: Callable[[int], None] | None = None,
 ) -> list[Cached]:
     """Run the target teacher-forced over every sequence once; keep what training needs (see `Cached`)."""
@@ -435,7 +435,9 @@ def train(
             recent = losses[-eval_every:]
             history.append({"step": step, "loss": sum(recent) / len(recent), "heldout_alpha": score})
             pace = (time.perf_counter() - start) / step  # seconds per step, evaluations included
-            horizon[0] = min(total, step + max(0, int((deadline - time.perf_counter()) / pace)))
+            left_s = deadline - time.perf_counter()
+            if left_s < pace * (total - step):  # the deadline comes first: decay towards the step it allows
+                horizon[0] = step + max(0, int(left_s / pace))
         if progress:
             elapsed = time.perf_counter() - start
             progress(TrainProgress(step, horizon[0], epoch_done, losses[-1],
@@ -510,7 +512,7 @@ class Source:
     kind: Literal["report", "corpus"]
     target_spec: str | None  # the report's target, when SOURCE is a report
     target_fingerprint: str | None
-    sequences: list[Sequence_] | None = None  # report: prompts and greedy continuations
+    sequences: list[TokenSequence] | None = None  # report: prompts and greedy continuations
     prompts: list | None = None  # corpus: `corpus.Prompt` records
 
 
@@ -553,7 +555,7 @@ class DistillResult:
     record: dict  # what distill.json holds
 
 
-Events = Callable[..., None]  # events(phase, **fields): "generate", "cache", "train", "evaluate", "save"
+Events = Callable[..., None]  # events(phase, **fields): "generate", "cache", "train", "save", "notice"
 
 SAVE_RESERVE_S = 20.0  # of --max-minutes, kept for the final evaluation and saving
 
@@ -590,18 +592,28 @@ def _distill(source: Source, target: LoadedModel, settings: DistillSettings, gen
     times: dict[str, float] = {}
 
     clock = time.perf_counter()
+    skipped: list[str] = []
     if source.sequences is not None:
         sequences = source.sequences
     else:
-        from specprof.profiler import encode_all
+        from specprof.models import context_limit
+        from specprof.profiler import drop_too_long, encode_all
 
         encoded = encode_all(source.prompts, target, generation.chat_template)
+        # as `profile` does by default: prompts that do not fit the context with the continuation are skipped
+        encoded, skipped = drop_too_long(encoded, [context_limit(target)], generation.max_new_tokens, "skip")
+        if skipped:
+            emit("notice", message=f"skipped {len(skipped)} prompt(s) longer than the model context: "
+                 + ", ".join(skipped[:5]) + (" …" if len(skipped) > 5 else ""))
         emit("generate", done=0, total=len(encoded), tokens=0)
         sequences = sequences_from_corpus(
             encoded, target, generation.max_new_tokens, generation.batch_size,
             progress=lambda done, tokens: emit("generate", done=done, total=len(encoded), tokens=tokens),
         )
     times["generation_s"] = time.perf_counter() - clock
+    # One order whatever the source (a report lists prompts in batch order): the split, the batches
+    # and so the trained weights are the same from a report as from its corpus.
+    sequences = sorted(sequences, key=lambda s: (s.domain, s.prompt_id))
     held = distill_eval.split_holdout([s.domain for s in sequences], settings.holdout, settings.seed)
 
     clock = time.perf_counter()
@@ -649,6 +661,7 @@ def _distill(source: Source, target: LoadedModel, settings: DistillSettings, gen
             "train_prompts": len(train_items),
             "heldout_prompts": len(heldout),
             "heldout_prompt_ids": [c.prompt_id for c in heldout],
+            "skipped_prompts": skipped,
             "train_positions": sum(len(c.positions) for c in train_items),
             "train_continuation_tokens": sum(int(c.scored.sum()) for c in train_items),
             "heldout_tokens": sum(int(c.scored.sum()) for c in heldout),

@@ -18,6 +18,7 @@ from specprof.summary import trace_drafts
 LAYERS = 2  # of the 4-layer `deep` target: the draft has 3
 K_MAX = 8
 MAX_NEW = 40
+EPOCHS = 8
 
 
 def load(path):
@@ -106,14 +107,20 @@ def test_profile_is_exact_for_a_distilled_draft(distilled, tiny, corpus, tmp_pat
     config.assistant_confidence_threshold = 0.0
     calls = []
     hook = target.model.register_forward_hook(lambda *a: calls.append(1))
-    # five prompts that end on EOS and five cut by the length limit: both ways a block can be cut short
-    chosen = [*prompts.index[prompts.finish_reason == "eos"][:5], *prompts.index[prompts.finish_reason == "length"][:5]]
-    assert len(chosen) == 10
+    # prompts that end on EOS and prompts cut by the length limit: both ways a block can be cut short
+    ended = list(prompts.index[prompts.finish_reason == "eos"][:5])
+    cut = list(prompts.index[prompts.finish_reason == "length"][:5])
+    assert ended and len(cut) == 5, prompts.finish_reason.value_counts()  # the tiny target ends 2 of 40 on EOS
+    chosen = ended + cut
     try:
         for prompt_id in chosen:
             row = list(t.prompt_ids).index(prompt_id)
             prompt = torch.tensor([list(prompts.loc[prompt_id, "prompt_tokens"])])
             rows = tokens[(tokens.draft == str(out)) & (tokens.prompt_id == prompt_id)].sort_values("position")
+            alone = target.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=MAX_NEW,
+                                          do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
+            greedy = alone[0, prompt.shape[1]:].tolist()
+            assert greedy == rows.target_token.tolist(), prompt_id  # the report holds the target's greedy output
             for k in range(1, K_MAX + 1):
                 config.num_assistant_tokens = k
                 calls.clear()
@@ -121,7 +128,7 @@ def test_profile_is_exact_for_a_distilled_draft(distilled, tiny, corpus, tmp_pat
                     prompt, attention_mask=torch.ones_like(prompt), assistant_model=assistant,
                     max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
                 )
-                assert output[0, prompt.shape[1]:].tolist() == rows.target_token.tolist(), (prompt_id, k)
+                assert output[0, prompt.shape[1]:].tolist() == greedy, (prompt_id, k)
                 assert t.blocks.iterations[row, k - 1] == len(calls), (prompt_id, k)
     finally:
         hook.remove()
@@ -157,19 +164,31 @@ def _cached(tiny, corpus, **overrides):
     return target, settings, distill.cache_frozen(target, sequences, settings)
 
 
+@torch.no_grad()
+def _mean_loss(head, items, objective):
+    """The objective over every trained position of `items` at once (not a running mean of steps)."""
+    states, mask, rows, cols = distill._pad_batch(items, torch.device("cpu"), torch.float32)
+    return distill.loss_fn(head.logits(head.hidden(states, mask)[rows, cols]), items, objective,
+                           torch.device("cpu")).item()
+
+
 @pytest.mark.parametrize("objective", ["kl", "ce"])
 def test_loss_falls_and_alpha_on_the_training_prompts_rises(tiny, corpus, objective):
-    target, settings, cached = _cached(tiny, corpus, objective=objective, epochs=8, lr=3e-3, patience=100)
-    train_items = cached
+    target, settings, train_items = _cached(tiny, corpus, objective=objective, epochs=EPOCHS, lr=3e-3, patience=100)
     head = distill.DraftHead(target.model, LAYERS)
     early_exit = distill.alpha(distill.count_matches(None, target, train_items))
     initial = distill.alpha(distill.count_matches(head, target, train_items))
+    loss_before = _mean_loss(head, train_items, objective)
     # selecting on the training prompts themselves keeps the best weights for them
     result = distill.train(head, target, train_items, train_items, settings, deadline=float("inf"))
-    assert result.stopped == "epochs" and result.epochs_run == 8
-    losses = [h["loss"] for h in result.history[1:]]
-    assert losses[-1] < 0.5 * losses[0], losses  # the training loss falls, a lot
+    assert result.stopped == "epochs" and result.epochs_run == EPOCHS
+    loss_after = _mean_loss(head, train_items, objective)
     trained = distill.alpha(distill.count_matches(head, target, train_items))
+    # measured: KL 0.35 → 0.19, cross-entropy 2.38 → 1.66 (its floor is the tiny target's own uncertainty)
+    assert loss_after < 0.8 * loss_before, (loss_before, loss_after)
+    steps = [h["loss"] for h in result.history[1:]]
+    assert steps[-1] < steps[0], steps  # the running training loss falls too
+    # measured: early exit 0.24, the untrained copy of layer 2 0.41, trained 0.58 (KL) / 0.65 (CE)
     assert trained > max(early_exit, initial) + 0.1, (early_exit, initial, trained)
 
 
@@ -218,7 +237,8 @@ def test_trained_head_on_cached_states_equals_the_saved_draft(kind, tmp_path):
     target = load(tmp_path / "target")
     distill.check_architecture(target.model)
     settings = distill.DistillSettings(layers=1, positions="all")
-    sequences = [distill.Sequence_("a", "x", list(range(5, 17)), 4), distill.Sequence_("b", "x", [5, 6, 40, 41, 42], 2)]
+    sequences = [distill.TokenSequence("a", "x", list(range(5, 17)), 4),
+                 distill.TokenSequence("b", "x", [5, 6, 40, 41, 42], 2)]
     cached = distill.cache_frozen(target, sequences, settings)
     head = distill.DraftHead(target.model, 1)
     with torch.no_grad():
