@@ -184,11 +184,11 @@ def test_loss_falls_and_alpha_on_the_training_prompts_rises(tiny, corpus, object
     assert result.stopped == "epochs" and result.epochs_run == EPOCHS
     loss_after = _mean_loss(head, train_items, objective)
     trained = distill.alpha(distill.count_matches(head, target, train_items))
-    # measured: KL 0.35 → 0.19, cross-entropy 2.38 → 1.66 (its floor is the tiny target's own uncertainty)
+    # measured: KL 0.35 → 0.18, cross-entropy 2.38 → 1.55 (its floor is the tiny target's own uncertainty)
     assert loss_after < 0.8 * loss_before, (loss_before, loss_after)
     steps = [h["loss"] for h in result.history[1:]]
     assert steps[-1] < steps[0], steps  # the running training loss falls too
-    # measured: early exit 0.24, the untrained copy of layer 2 0.41, trained 0.58 (KL) / 0.65 (CE)
+    # measured: early exit 0.24, the untrained copy of layer 2 0.41, trained 0.60 (KL) / 0.69 (CE)
     assert trained > max(early_exit, initial) + 0.1, (early_exit, initial, trained)
 
 
