@@ -445,7 +445,7 @@ def distill(
     layers: int = typer.Option(..., "--layers", help="L: the draft runs the target's first L layers (frozen) "
                                "plus one trained layer (a copy of layer L), the final norm and the LM head."),
     out: Path = typer.Option(..., "--out", help="DRAFT_DIR: an ordinary transformers model directory."),
-    epochs: int = typer.Option(8, "--epochs", help="Passes over the training prompts (at most)."),
+    epochs: int = typer.Option(16, "--epochs", help="Passes over the training prompts (at most)."),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate (AdamW, cosine decay). Default: per objective."),
     objective: str = typer.Option("kl", "--objective", help="kl: KL to the target's distribution; "
                                   "ce: cross-entropy on the target's tokens."),

@@ -4,6 +4,7 @@ transformers model whose frozen weights are the target's, and the profile stays 
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pandas as pd
@@ -69,6 +70,9 @@ def test_saved_directory_is_an_ordinary_model_with_the_targets_frozen_weights(di
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     out, _ = distilled
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not the private mode of a temporary directory
     draft = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, nothing of ours
     assert type(draft).__name__ == "LlamaForCausalLM" and draft.config.num_hidden_layers == LAYERS + 1
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(tiny["deep"]).get_vocab()
