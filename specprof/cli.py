@@ -512,6 +512,147 @@ def verify(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def distill(
+    source: Path = typer.Argument(
+        ..., help="A profile report directory (its continuations are reused) or a prompt corpus (generated first)."
+    ),
+    target: str = typer.Option(
+        None, "--target", help="Target model: HF id, local directory or .gguf. Default: the report's target, "
+        "or the embedded SmolLM2-135M-Instruct for a corpus."
+    ),
+    layers: int = typer.Option(..., "--layers", help="L: the draft runs the target's first L layers (frozen) "
+                               "plus one trained layer (a copy of layer L), the final norm and the LM head."),
+    out: Path = typer.Option(..., "--out", help="DRAFT_DIR: an ordinary transformers model directory."),
+    epochs: int = typer.Option(16, "--epochs", help="Passes over the training prompts (at most)."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (AdamW, cosine decay). Default: per objective."),
+    objective: str = typer.Option("kl", "--objective", help="kl: KL to the target's distribution; "
+                                  "ce: cross-entropy on the target's tokens."),
+    max_minutes: float = typer.Option(12.0, "--max-minutes", help="Wall-clock bound on the whole run "
+                                      "(generation included); training stops early enough to save."),
+    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of prompts per domain held out for "
+                                  "early stopping and the before/after table (by prompt, never by token)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the held-out split, batch order and initialisation."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Corpus only: target tokens per prompt "
+                                       "(default 128, as profile)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Corpus only: prompts per generation batch."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Corpus only: feed prompts as plain text."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), float32, "
+                              "bfloat16, float16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing DRAFT_DIR."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos' own code."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin/.pt) checkpoints."),
+) -> None:
+    """Train a small draft on the target's own continuations and save it as a model directory.
+
+    The draft is the target's first L layers (frozen), one trained layer, the norm and the LM head:
+    an ordinary transformers model (--draft DRAFT_DIR in profile, assistant_model in transformers,
+    a draft model in serving engines). Prints held-out α per domain before (early-exit:L) and after;
+    DRAFT_DIR/distill.json records it with the settings, data size and time.
+    """
+
+    def go() -> None:
+        import time
+
+        started = time.perf_counter()
+        check_range("--layers", layers, 1)
+        check_range("--epochs", epochs, 1)
+        check_range("--max-minutes", max_minutes, 0, lo_open=True)
+        if lr is not None:
+            check_range("--lr", lr, 0, lo_open=True)
+        if objective not in ("kl", "ce"):
+            raise SpecprofError(f"--objective {objective}: use kl or ce")
+        _quiet_transformers()
+        from specprof import distill as distill_mod
+        from specprof import distill_eval, models
+
+        if distill_mod.is_report(source):
+            given = [f for f, v in [("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
+                                    ("--no-chat-template", no_chat_template or None)] if v is not None]
+            if given:
+                raise SpecprofError(f"{given[0]}: only for a prompt corpus; a report's continuations are reused")
+        src = distill_mod.read_source(source)
+        if max_new_tokens is not None:
+            check_range("--max-new-tokens", max_new_tokens, 1)
+        if batch_size is not None:
+            check_range("--batch-size", batch_size, 1)
+        settings = distill_mod.DistillSettings(
+            layers=layers, epochs=epochs, objective=objective, holdout=holdout, seed=seed, max_minutes=max_minutes,
+            **({"lr": lr} if lr is not None else {"lr": distill_mod.DEFAULT_LR[objective]}),
+        )
+        distill_eval.check_holdout(holdout)
+        dev = models.resolve_device(device)
+        dt = models.resolve_dtype(dtype, dev)
+        with stderr.status("loading the target…"):
+            tgt = models.load_model(target or src.target_spec, dev, dt, trust_remote_code=trust_remote_code,
+                                    allow_pickle=allow_pickle)
+        distill_mod.check_target(tgt, src, layers)
+        generation = distill_mod.GenerationSettings(
+            max_new_tokens=max_new_tokens or 128,
+            batch_size=batch_size or (64 if dev.type == "cuda" else 32),
+            chat_template=not no_chat_template,
+        )
+        with _distill_bar() as events:
+            result = distill_mod.run_distill(src, tgt, settings, out, generation, started=started,
+                                             overwrite=overwrite, events=events)
+        record = result.record
+        stdout.print(distill_eval.render_table(
+            result.table, layers, f"held-out α per domain ({record['data']['heldout_prompts']} prompts not trained on)"
+        ))
+        t = record["training"]
+        stdout.print(
+            f"{t['steps']} steps ({t['epochs']:.1f} epochs, stopped by {t['stopped_by']}) in "
+            f"{record['time_s']['total_s'] / 60:.1f} min; draft written to {out}/ "
+            f"(profile it with: specprof profile PROMPTS --draft early-exit:{layers} --draft {out})"
+        )
+
+    _run(go)
+
+
+class _distill_bar:
+    """Rich progress on stderr: generation and caching by prompts, then training with loss, held-out α, tokens/s."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), console=stderr, transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def _task(self, phase: str, total: float | None) -> Any:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=total, info="")
+        return self.tasks[phase]
+
+    def __enter__(self) -> Callable:
+        self.progress.start()
+
+        def events(phase: str, **f: Any) -> None:
+            if phase == "generate":
+                self.progress.update(self._task("generating", f["total"]), completed=f["done"],
+                                     info=f"{f['tokens']} tokens")
+            elif phase == "cache":
+                self.progress.update(self._task("caching", f["total"]), completed=f["done"], info="frozen layers")
+            elif phase == "train":
+                p = f["progress"]
+                self.progress.update(
+                    self._task("training", p.total_steps), completed=p.step,
+                    info=f"loss {p.loss:.3f}  held-out α {p.heldout_alpha:.3f}  {p.tokens_per_s:.0f} tok/s",
+                )
+            elif phase == "save":
+                self.progress.update(self._task("saving", 1), completed=f.get("done", 0), info="")
+            elif phase == "notice":
+                self.progress.console.print(f"[yellow]note:[/] {f['message']}", highlight=False)
+
+        return events
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+
 class _progress_bar:
     """A Rich progress bar on stderr: prompts done, generated tokens per second, ETA."""
 
