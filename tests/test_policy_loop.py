@@ -19,7 +19,7 @@ from specprof import drafts, models, speculate, trace
 from specprof.policy import simulate_policy
 
 K_MAX = 8
-MAX_NEW = 32
+MAX_NEW = 32  # the settings of the `greedy_profile` fixture (conftest.py)
 # (k_max, τ wanted): the tiny drafts' top-1 probabilities lie around 0.08–0.35, so these stop some
 # blocks early, leave others running into a confident mismatch, and stop others at the mismatch.
 POLICIES = [(2, 0.16), (4, 0.12), (8, 0.16), (8, 0.2), (5, 0.3), (3, 0.1)]
@@ -35,19 +35,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def report(tiny, corpus, tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from specprof.cli import app
-
-    out = tmp_path_factory.mktemp("policy") / "report"
-    args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", tiny["far"],
-            "--draft", "early-exit:1", "--draft", "ngram:2", "--k-max", K_MAX, "--max-new-tokens", MAX_NEW,
-            "--batch-size", 3, "--out", out]
-    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    tokens = pd.read_parquet(out / "tokens.parquet")
-    prompts = pd.read_parquet(out / "prompts.parquet").set_index("prompt_id")
+def report(greedy_profile):
+    tokens = pd.read_parquet(greedy_profile / "tokens.parquet")
+    prompts = pd.read_parquet(greedy_profile / "prompts.parquet").set_index("prompt_id")
     return tokens, prompts
 
 
