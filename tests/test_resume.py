@@ -151,6 +151,7 @@ def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(big_corpus, tin
     out = tmp_path / "r"
     proc = start(args(big_corpus, tiny, out))
     wait_for_batches(out, proc, 1)
+    proc.send_signal(signal.SIGSTOP)  # alive but paused: it cannot finish before the second writer looks
     r = run(args(big_corpus, tiny, out, "--resume"))
     assert r.returncode == 2
     assert f"another specprof run (pid {proc.pid}) is writing this directory" in r.stderr
