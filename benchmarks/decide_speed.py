@@ -1,7 +1,8 @@
 """How fast `recommend`, `gate` and `compare` answer on a large report, against reading its tokens alone.
 
 Builds a synthetic greedy report of ~1M token rows (2 drafts × 4,000 prompts × 125 positions in 13
-domains; each prompt's match rate drawn from Beta(3, 2)), then times, in fresh processes as a CI
+domains; each prompt's match rate drawn from Beta(3, 2), the draft's top-1 probability from Beta(5, 2)
+where it matches and Beta(2, 5) where not), then times, in fresh processes as a CI
 job would run them: `specprof recommend --json`, `specprof gate`, `specprof compare`, and as the
 baseline `python -c "pandas.read_parquet(tokens.parquet)"` (Python start-up + imports + reading the
 same file), and Python start-up with specprof's imports. Also the in-process time of load + trace +
@@ -53,7 +54,8 @@ def build_report(directory: Path, n_prompts: int, n_positions: int, seed: int = 
             "target_p": np.ones(n, np.float32),
             "draft_q": np.ones(n, np.float32),
             "target_entropy": np.zeros(n, np.float32),
-            "draft_top1_p": np.ones(n, np.float32),
+            # confidence that tells matches from mismatches, as a trained draft's does: threshold policies vary
+            "draft_top1_p": np.where(match.ravel(), rng.beta(5.0, 2.0, n), rng.beta(2.0, 5.0, n)).astype(np.float32),
         }))
     tokens = pd.concat(frames, ignore_index=True)
     report.write_table(directory / "tokens.parquet", tokens, "tokens")
@@ -95,12 +97,17 @@ def main() -> None:
         recommend, rc_r = wall([*cli, "recommend", str(path), "--json"], args.repeats)
         gate, rc_g = wall([*cli, "gate", str(path), "--min-speedup", "1.0"], args.repeats)
         compare, rc_c = wall([*cli, "compare", str(path), str(path)], args.repeats)
-        in_process = []
+        in_process, with_policies = [], []
         for _ in range(args.repeats):
             start = time.perf_counter()
             decide.estimates(decide.load(path))
             in_process.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            analysis = decide.load(path, policies=True)
+            decide.policy_estimates(analysis, decide.estimates(analysis))
+            with_policies.append(time.perf_counter() - start)
         inproc = statistics.median(in_process)
+        policies = statistics.median(with_policies)
 
     table = [
         ("token rows", f"{rows:,}"),
@@ -111,9 +118,11 @@ def main() -> None:
         ("specprof gate --min-speedup 1.0", f"{gate:.2f} s ({gate / baseline:.1f}× baseline), exit {rc_g}"),
         ("specprof compare A A", f"{compare:.2f} s ({compare / baseline:.1f}× baseline), exit {rc_c}"),
         ("in-process load + trace + bootstrap", f"{inproc:.2f} s"),
+        ("  + threshold policies (9 τ × k_max 2..8)", f"{policies:.2f} s ({policies / inproc:.1f}× without)"),
     ]
     emit(table, {"rows": rows, "baseline_s": baseline, "startup_s": startup, "recommend_s": recommend, "gate_s": gate,
-                 "compare_s": compare, "in_process_s": inproc, "repeats": args.repeats})
+                 "compare_s": compare, "in_process_s": inproc, "in_process_policies_s": policies,
+                 "repeats": args.repeats})
 
 
 def emit(table: list[tuple[str, str]], record: dict) -> None:

@@ -15,7 +15,7 @@ import sys
 # OpenBLAS's thread pool costs more than it saves on the bootstrap's small products (1000
 # resamples × a few hundred prompts) and oversubscribes shared CI runners; one thread made the
 # bootstrap of a million-row report 2.5× faster on 2 busy cores. An explicit setting wins.
-if {"recommend", "gate", "compare"} & set(sys.argv[1:3]):
+if {"recommend", "gate", "compare", "inspect", "report"} & set(sys.argv[1:3]):
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from collections.abc import Callable
@@ -41,8 +41,19 @@ HELP = (
 )
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-stdout = Console(soft_wrap=True, emoji=False)
-stderr = Console(stderr=True, soft_wrap=True, emoji=False)
+
+
+def _console(**kwargs: Any) -> Console:
+    """A Rich console. Piped or redirected output has no terminal width, and Rich would cut tables
+    to 80 columns; give it 160 there (COLUMNS still wins)."""
+    console = Console(soft_wrap=True, emoji=False, **kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160
+    return console
+
+
+stdout = _console()
+stderr = _console(stderr=True)
 STATE = {"debug": bool(os.environ.get("SPECPROF_DEBUG"))}
 
 
@@ -261,6 +272,10 @@ RECOMMEND_HELP = "\n\n".join([
     "GO when the lower 95% bound of the speedup at the best k reaches --min-speedup; NO-GO when its upper bound "
     "is below 1.0; otherwise INCONCLUSIVE, with about how many more prompts would decide it. Intervals: "
     "bootstrap over prompts (1000 resamples, seed 0), recomputed from tokens.parquet.",
+    "Confidence-threshold drafting (T = 0 reports): beside each best k, the best policy 'propose while the draft's "
+    "top-1 probability ≥ τ, at most k_max' (transformers' assistant_confidence_threshold) over τ = 0.1..0.9 and "
+    "k_max = 2..K. Its tokens/iter is exact; its draft steps after a rejected proposal were not recorded, so its "
+    "speedup is a range; it beats fixed k only when the 95% interval of the gain is above 0 at the pessimistic end.",
     "With --alpha and --cost-ratio and no REPORT: the i.i.d. model's k table, best k and breakeven α (what-if).",
 ])
 
@@ -296,7 +311,7 @@ def recommend(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     def go() -> None:
-        from specprof import decide
+        from specprof import decide, policy_estimate
 
         check_range("--min-speedup", min_speedup, 0, lo_open=True)
         if cost_ratio is not None:
@@ -309,21 +324,24 @@ def recommend(
             return
         if alpha is not None:
             raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
-        analysis = decide.load(report_path, draft or (), domain or (), k_max)
+        analysis = decide.load(report_path, draft or (), domain or (), k_max, policies=True)
         estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
         plans = decide.plans(estimates)
+        policies = decide.policy_estimates(analysis, estimates, cost_ratio)
         if as_json:
             _print_json({
                 "report": str(analysis.path),
                 "min_speedup": min_speedup,
                 "exact": analysis.exact,
-                "recommendations": [decide.recommendation_json(e) for e in estimates],
+                "recommendations": decide.recommendations_json(estimates, policies),
                 "drafts": [decide.plan_json(p) for p in plans],
+                "threshold_policy": decide.policy_grid_json(analysis),
             })
         else:
-            stdout.print(render.recommend_view(estimates, plans, min_speedup))
+            stdout.print(render.recommend_view(estimates, plans, min_speedup, policies, analysis.no_policy))
             if not analysis.exact:
                 stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
+                stdout.print(f"note: {policy_estimate.SAMPLED_NOTE}")
 
     _run(go)
 
@@ -377,6 +395,67 @@ def compare(
                          "comparisons": [decide.comparison_json(c) for c in comparisons]})
         else:
             stdout.print(render.compare_view(comparisons, str(report_a), str(report_b)))
+
+    _run(go)
+
+
+INSPECT_HELP = "\n\n".join([
+    "Which prompts a draft is bad at, and where in the text it fails.",
+    "Ranks the prompts by α (per-prompt acceptance; the match rate at T = 0) and shows the --worst N (default 5) "
+    "with their tokens/iter at k (default: the draft's best k) and their continuation token by token: accepted "
+    "tokens green, rejected ones (match false: the draft proposed another token) white on red, ┊ where a "
+    "speculative block at k starts. At T > 0 every token is shaded from red to green by accept_prob β and no "
+    "blocks are marked. --prompt ID shows one prompt in full with every rejected token and the draft's proposal.",
+    "Loads only the target's tokenizer (from the report's run.json, or --tokenizer), never model weights. "
+    "--export FILE.jsonl writes the shown prompts as a PROMPTS corpus to profile again or train a draft on.",
+])
+
+REPORT_HELP = "\n\n".join([
+    "One self-contained HTML page of a report: settings, tables and plots, no network needed to open it.",
+    "Per draft: a table per domain (α with its 95% interval, best k, tokens/iter, speedup with its interval, "
+    "decision: the figures of recommend --json); plots of α per domain, speedup against k (empirical and "
+    "i.i.d.), per-position acceptance r_i and the histogram of accepted tokens per block; the five prompts with "
+    "the lowest α, coloured token by token as in inspect. --png DIR also writes each plot as a PNG file.",
+])
+
+
+@app.command("inspect", help=INSPECT_HELP)
+def inspect_command(
+    report_path: Path = typer.Argument(..., metavar="REPORT", help="Report directory or a file in it."),
+    draft: str = typer.Option(None, "--draft", help="The draft to inspect. Default: the report's first."),
+    domain: str = typer.Option(None, "--domain", help="Rank the prompts of this domain only."),
+    worst: int = typer.Option(5, "--worst", help="Show the N prompts with the lowest α."),
+    prompt: str = typer.Option(None, "--prompt", help="Show this prompt id in full instead."),
+    k: int = typer.Option(None, "--k", help="Draft length for blocks and tokens/iter. Default: the best k."),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="Tokenizer directory or id, if not the target's."),
+    export: Path = typer.Option(None, "--export", help="Write the shown prompts to this .jsonl corpus."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    def go() -> None:
+        from specprof import inspection
+
+        result = inspection.inspect_report(report_path, None, draft, domain, worst, prompt, k, tokenizer)
+        exported = inspection.write_corpus(export, result.shown) if export is not None else None
+        if as_json:
+            _print_json(inspection.inspection_json(result, exported))
+        else:
+            stdout.print(render.inspect_view(result, exported))
+
+    _run(go)
+
+
+@app.command(help=REPORT_HELP)
+def report(
+    report_path: Path = typer.Argument(..., metavar="REPORT", help="Report directory or a file in it."),
+    html: Path = typer.Option(..., "--html", help="Write the page to this file."),
+    png: Path = typer.Option(None, "--png", help="Also write each plot as a PNG into this directory."),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="Tokenizer directory or id, if not the target's."),
+) -> None:
+    def go() -> None:
+        from specprof import htmlreport
+
+        written = htmlreport.write(report_path, html, png, tokenizer)
+        stdout.print(f"wrote {html}" + (f" and {len(written)} PNG files to {png}/" if png is not None else ""))
 
     _run(go)
 

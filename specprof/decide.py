@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from specprof import costmodel, report, stats
+from specprof import costmodel, policy_estimate, report, stats
 from specprof.errors import SpecprofError
+from specprof.policy import PolicyCounts
 from specprof.summary import (
     ALL,
     OFF_CAUSES,
@@ -50,22 +51,32 @@ class Analysis:
     timings: Timings | None
     exact: bool  # T = 0: blocks are exact; T > 0: the chain estimate
     domains: tuple[str, ...]  # the corpus domains, first-seen order (without ALL)
+    # per draft: confidence-threshold policies (`load(..., policies=True)` at T = 0; else empty)
+    policies: dict[str, PolicyCounts] = field(default_factory=dict)
+    # drafts without a confidence to threshold (n-gram lookups propose with probability 1 or not at all)
+    no_policy: tuple[str, ...] = ()
 
     def trace(self, draft: str) -> DraftTrace:
         return next(t for t in self.traces if t.draft == draft)
 
 
 def load(
-    path: str | Path, drafts: Sequence[str] = (), domains: Sequence[str] = (), k_max: int | None = None
+    path: str | Path, drafts: Sequence[str] = (), domains: Sequence[str] = (), k_max: int | None = None,
+    policies: bool = False,
 ) -> Analysis:
-    """Read a report (its directory or a file in it), check the filters and trace every k = 1..k_max."""
+    """Read a report (its directory or a file in it), check the filters and trace every k = 1..k_max.
+
+    With `policies` (and T = 0) also simulate the confidence-threshold policies (`policy_estimate`).
+    """
     rep = report.load_report(path)
     settings = rep.run.get("settings") or {}
     temperature = float(settings.get("temperature", 0.0))
     run_k_max = int(settings.get("k_max", 8))
     if k_max is not None and k_max < 1:
         raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
-    table = rep.table("tokens", TOKEN_COLUMNS, read_dictionary=["draft", "prompt_id", "domain"])
+    exact = temperature == 0
+    columns = TOKEN_COLUMNS + (["draft_top1_p"] if policies and exact else [])
+    table = rep.table("tokens", columns, read_dictionary=["draft", "prompt_id", "domain"])
     names = [str(d) for d in table.column("draft").unique().to_pylist()]
     all_domains = tuple(str(d) for d in table.column("domain").unique().to_pylist())
     for d in drafts:
@@ -81,8 +92,13 @@ def load(
     if domains and ALL not in domains:
         frame = frame[frame["domain"].isin(domains)]
     timings = Timings.from_dict(rep.run["timings"]) if rep.run.get("timings") else None
-    traces = _trace_drafts(frame, k_max or run_k_max, exact=temperature == 0)
-    return Analysis(rep.directory, rep.run, traces, timings, temperature == 0, all_domains)
+    traces = _trace_drafts(frame, k_max or run_k_max, exact=exact)
+    no_policy = tuple(d["name"] for d in rep.run.get("drafts") or [] if d.get("kind") == "ngram")
+    simulated = {}
+    if policies and exact:
+        simulated = policy_estimate.trace_policies(frame, [t for t in traces if t.draft not in no_policy])
+    return Analysis(rep.directory, rep.run, traces, timings, exact, all_domains, simulated,
+                    tuple(t.draft for t in traces if t.draft in no_policy))
 
 
 def estimates(
@@ -93,6 +109,13 @@ def estimates(
 ) -> list[Estimate]:
     """Per draft × domain (then ALL unless filtered): figures for every k with intervals and verdicts."""
     return estimate_all(a.traces, a.timings, cost_ratio, domains, min_speedup)
+
+
+def policy_estimates(
+    a: Analysis, estimates: Sequence[Estimate], cost_ratio: float | None = None
+) -> list[policy_estimate.PolicyEstimate]:
+    """The best confidence-threshold policy beside each estimate's best fixed k (empty unless loaded with them)."""
+    return policy_estimate.estimate_policies(a.traces, a.policies, estimates, a.timings, cost_ratio)
 
 
 # --- recommend -------------------------------------------------------------------------------------
@@ -157,6 +180,39 @@ def recommendation_json(e: Estimate) -> dict[str, Any]:
         "why": (e.why() + (f" (usual causes: {OFF_CAUSES})" if e.effectively_off else "")) or None,
         "model_disagreement": d.line() if (d := e.disagreement()) else None,
         "timing_warning": e.costs.warning,
+    }
+
+
+def recommendations_json(
+    estimates: Sequence[Estimate], policies: Sequence[policy_estimate.PolicyEstimate] = ()
+) -> list[dict[str, Any]]:
+    """`recommendation_json` of each estimate plus its best threshold policy ("threshold_policy", or None)."""
+    by = {(p.draft, p.domain): p for p in policies}
+    out = []
+    for e in estimates:
+        p = by.get((e.draft, e.domain))
+        out.append({**recommendation_json(e), "threshold_policy": policy_estimate.policy_json(p) if p else None})
+    return out
+
+
+def policy_grid_json(a: Analysis) -> dict[str, Any]:
+    """What the threshold policies are, the grid searched, and which of their figures are exact."""
+    if not a.exact:
+        return {"simulated": False, "note": policy_estimate.SAMPLED_NOTE}
+    counts = next(iter(a.policies.values()), None)
+    if counts is None:
+        short = any(t.blocks.k_max < 2 for t in a.traces)
+        why = "threshold policies need k_max ≥ 2" if short else policy_estimate.NGRAM_NOTE
+        return {"simulated": False, "note": why}
+    return {
+        "simulated": True,
+        "rule": "propose the draft's top-1 token; stop after a proposal whose top-1 probability is below tau, "
+                "or after k_max proposals (transformers' assistant_confidence_threshold, fixed)",
+        "taus": list(counts.taus),
+        "k_max": list(counts.k_maxes),
+        "pick": "the highest speedup_lo_bound; ties to the smaller k_max, then the higher tau",
+        "note": policy_estimate.STEP_BOUND_NOTE,
+        "not_simulated": {d: policy_estimate.NGRAM_NOTE for d in a.no_policy},
     }
 
 

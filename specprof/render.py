@@ -13,6 +13,7 @@ from rich.text import Text
 
 from specprof import costmodel
 from specprof.decide import Check, Comparison, DraftPlan, WhatIf
+from specprof.policy_estimate import NGRAM_NOTE, STEP_BOUND_NOTE, PolicyEstimate
 from specprof.summary import ALL, OFF_CAUSES, Estimate
 
 DECISION_STYLE = {"GO": "bold green", "NO-GO": "bold red", "INCONCLUSIVE": "yellow", "": ""}
@@ -113,8 +114,12 @@ def disagreement_note(estimates: Sequence[Estimate]) -> str | None:
     )
 
 
-def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], min_speedup: float) -> Group:
-    """Per draft: the table at each domain's best k, the reasons and notes under it, the overall line."""
+def recommend_view(
+    estimates: Sequence[Estimate], plans: Sequence[DraftPlan], min_speedup: float,
+    policies: Sequence[PolicyEstimate] = (), no_policy: Sequence[str] = (),
+) -> Group:
+    """Per draft: the table at each domain's best k, the reasons and notes under it, the overall line,
+    then the best confidence-threshold policy per domain beside the best fixed k (when simulated)."""
     parts: list = []
     for p in plans:
         rows = [e for e in estimates if e.draft == p.draft]
@@ -124,7 +129,7 @@ def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], mi
                      "speedup [95% CI]", "i.i.d.", "decision"):
             table.add_column(name, justify="left" if name in ("domain", "r_1..r_k (%)", "decision") else "right",
                              no_wrap=True)
-        notes = []
+        reasons: dict[str, list[str]] = {}  # one note per distinct reason, naming its domains
         for e in rows:
             i = e.at()
             table.add_row(
@@ -140,14 +145,59 @@ def recommend_view(estimates: Sequence[Estimate], plans: Sequence[DraftPlan], mi
                 styled(e.verdict().decision),
             )
             if e.why():
-                notes.append(f"  {e.domain}: {e.verdict().decision} — {e.why()}")
+                reasons.setdefault(f"{e.verdict().decision} — {e.why()}", []).append(e.domain)
+        notes = [f"  {', '.join(domains)}: {reason}" for reason, domains in reasons.items()]
         off = [e.domain for e in rows if e.effectively_off and e.domain != ALL]
         if off:
             notes.append(f"speculation is effectively off for {', '.join(off)}; usual causes: {OFF_CAUSES}")
         if (line := disagreement_note(rows)) is not None:
             notes.append(line)
-        parts += [table, *(Text(n) for n in notes), Text(plan_line(p, min_speedup)), Text("")]
+        parts += [table, *(Text(n) for n in notes), Text(plan_line(p, min_speedup))]
+        mine = [q for q in policies if q.draft == p.draft]
+        if mine:
+            parts.append(policy_table(mine))
+        elif p.draft in no_policy:
+            parts.append(Text(f"{p.draft}: {NGRAM_NOTE}"))
+        parts.append(Text(""))
+    if policies:
+        parts.append(Text(f"note: {STEP_BOUND_NOTE}"))
+        parts.append(Text(""))
     return Group(*parts[:-1])
+
+
+POLICY_MARK = {"beats fixed k": "[bold green]beats fixed k[/]", "worse than fixed k": "[red]worse than fixed k[/]"}
+
+
+def policy_table(policies: Sequence[PolicyEstimate]) -> Table:
+    """Per domain: the best "draft while top-1 p ≥ τ, at most k_max" policy against the best fixed k."""
+    table = Table(title="confidence-threshold drafting: stop after a proposal whose top-1 p < τ, at most k_max",
+                  title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                  caption="speedup bounds: the draft runs on to k_max after a rejection (lower) or stops there "
+                          "(upper); 95% CI over prompts; gain vs fixed k: both together",
+                  caption_justify="left")
+    for name in ("domain", "fixed k", "speedup", "k_max", "τ", "tokens/iter", "draft steps/iter",
+                 "speedup bounds [95% CI]", "gain vs fixed k", "verdict"):
+        table.add_column(name, justify="left" if name in ("domain", "verdict") else "right", no_wrap=True)
+    for q in policies:
+        table.add_row(
+            f"[bold]{q.domain}[/]" if q.domain == ALL else q.domain,
+            str(q.fixed_k),
+            fmt(q.fixed_speedup),
+            str(q.k_max),
+            f"{q.tau:g}",
+            fmt_interval(q.tokens_per_iter, q.tokens_per_iter_lo, q.tokens_per_iter_hi),
+            fmt_range(q.draft_steps_lo_bound, q.draft_steps_hi_bound),
+            f"{fmt_range(q.speedup_lo_bound, q.speedup_hi_bound)} [{fmt(q.speedup_lo)}, {fmt(q.speedup_hi)}]",
+            f"[{q.gain_lo:+.3f}, {q.gain_hi:+.3f}]",
+            POLICY_MARK.get(q.verdict, q.verdict),
+        )
+    return table
+
+
+def fmt_range(lo: float, hi: float, digits: int = 2) -> str:
+    """"a–b" for a bounded figure, one number when the bounds agree at this precision."""
+    a, b = fmt(lo, digits), fmt(hi, digits)
+    return a if a == b else f"{a}–{b}"
 
 
 def plan_line(p: DraftPlan, min_speedup: float) -> str:
@@ -279,3 +329,105 @@ def divergence_line(d) -> str:
         f"{what}: prompt {d.prompt_id} ({where}) position {d.position}: expected token {d.expected_token}, "
         f"got {d.got_token}; top-1/top-2 logit margin {fmt(d.margin, 4)}; {verdict}"
     )
+
+
+# --- inspect ---------------------------------------------------------------------------------------
+
+ACCEPTED = "green"
+REJECTED = "bold bright_white on red3"
+BLOCK_MARK = "┊"  # printed before each speculative block after the first (T = 0)
+
+
+def shade(accept_prob: float) -> tuple[int, int, int]:
+    """An RGB background from red (β = 0) through amber to green (β = 1), for sampled runs."""
+    b = min(max(float(accept_prob), 0.0), 1.0)
+    red, amber, green = (205, 49, 49), (230, 180, 40), (40, 160, 70)
+    lo, hi, f = (red, amber, 2 * b) if b < 0.5 else (amber, green, 2 * b - 1)
+    return tuple(round(x + f * (y - x)) for x, y in zip(lo, hi))  # type: ignore[return-value]
+
+
+def shown_piece(text: str) -> str:
+    """A token's text as printed: a newline shows as ↵ before the break, so a rejected newline is visible."""
+    return text.replace("\n", "↵\n")
+
+
+def token_text(view, exact: bool) -> Text:
+    """The continuation of an `inspection.PromptView`, one styled run per token.
+
+    Each token's style carries its position (`style.meta["position"]`), so the colouring can be
+    checked token by token. T = 0: accepted tokens green, rejected (match false) white on red, a
+    dim ┊ where each block at k starts. T > 0: every token on a background shaded by accept_prob.
+    """
+    from rich.color import Color
+    from rich.style import Style
+
+    text = Text()
+    for t in view.tokens:
+        if exact and t.block_start and t.position > 0:
+            text.append(BLOCK_MARK, style="dim cyan")
+        meta = {"position": t.position, "match": t.match}
+        if exact:
+            style = Style.parse(ACCEPTED if t.match else REJECTED) + Style(meta=meta)
+        else:
+            style = Style(color="black", bgcolor=Color.from_rgb(*shade(t.accept_prob)), meta=meta)
+        text.append(shown_piece(t.text), style=style)
+    return text
+
+
+def inspect_view(i, exported=None) -> Group:
+    """`specprof inspect`: the ranking table, then each shown prompt's coloured continuation."""
+    how_k = f"best k for {i.scope}" if i.k_is_best else "--k"
+    sampling = "greedy: exact blocks" if i.exact else f"T = {i.temperature:g}: tokens shaded by accept_prob β"
+    parts: list = [Text(f"draft {i.draft} · k = {i.k} ({how_k}) · {sampling}")]
+    if len(i.drafts) > 1:
+        parts.append(Text(f"other drafts: {', '.join(d for d in i.drafts if d != i.draft)} (pick with --draft)",
+                          style="dim"))
+    single = i.one_prompt
+    title = f"prompt {i.shown[0].figures.prompt_id}" if single else (
+        f"lowest α in {i.scope}: {len(i.shown)} of {len(i.prompts)} prompts")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("prompt", "domain", "tokens", "α", f"tokens/iter (k={i.k})", "rejected"):
+        table.add_column(name, justify="left" if name in ("prompt", "domain") else "right")
+    for v in i.shown:
+        f = v.figures
+        table.add_row(f.prompt_id, f.domain, str(f.n_tokens), fmt(f.alpha, 3), fmt(f.tokens_per_iter),
+                      str(v.rejected))
+    parts.append(table)
+    for v in i.shown:
+        f = v.figures
+        head = Text(f"── {f.prompt_id} ({f.domain}): α {fmt(f.alpha, 3)}, {fmt(f.tokens_per_iter)} tokens/iter at "
+                    f"k={i.k}, {v.rejected} of {f.n_tokens} tokens rejected", style="bold")
+        prompt = v.prompt_text if single else _one_line(v.prompt_text, 160)
+        parts += [head, Text("prompt: ", style="dim") + Text(prompt), token_text(v, i.exact)]
+        if single:
+            parts.append(rejections_table(v))
+        parts.append(Text(""))
+    if i.exact:
+        legend = Text("green: accepted · ") + Text("white on red", style=REJECTED) + Text(
+            f": rejected (the target's token; the draft proposed another) · {BLOCK_MARK}: a block at k={i.k} starts"
+        )
+    else:
+        legend = Text("background from red (β = 0) to green (β = 1): the chance speculative sampling accepts the "
+                      "draft at that token; blocks are random at T > 0 and not marked")
+    parts.append(legend)
+    if exported is not None:
+        parts.append(Text(f"wrote {len(i.shown)} prompts to {exported} (profile them with: specprof profile "
+                          f"{exported})"))
+    return Group(*parts)
+
+
+def rejections_table(v) -> Table:
+    """Every rejected position of one prompt: what the target wrote and what the draft proposed."""
+    table = Table(title="rejected tokens", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("position", "target", "draft proposed", "accept_prob"):
+        table.add_column(name, justify="right" if name in ("position", "accept_prob") else "left")
+    for t in v.tokens:
+        if not t.match:
+            table.add_row(str(t.position), repr(t.text), repr(t.draft_text) if t.draft_token >= 0 else "(none)",
+                          fmt(t.accept_prob, 3))
+    return table
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

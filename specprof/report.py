@@ -34,6 +34,7 @@ def atomic_write(path: Path, write: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the permissions open() would give, not the temp file's private 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -43,6 +44,12 @@ def atomic_write(path: Path, write: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -149,3 +156,9 @@ def load_report(path: str | Path) -> Report:
     if not (directory / FILES["tokens"]).exists():
         raise SpecprofError(f"{directory}: {FILES['tokens']} is missing; the report is incomplete")
     return Report(directory, run)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write a file for people to open (a page, a plot, a corpus) atomically."""
+    path = Path(path)
+    atomic_write(path, lambda f: f.write(data))

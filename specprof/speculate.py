@@ -20,6 +20,12 @@ probabilities, so its draft distribution is a point mass (accept x with probabil
 target_probs(x); on rejection sample the target with x removed). An n-gram draft of k tokens is k
 lookups on the growing context, the semantics that keep the profile exact.
 
+Confidence threshold (`confidence_threshold` τ, optional): a model draft stops proposing after a
+proposal whose probability under the draft (greedy: its top-1 probability; sampling: the sampled
+token's) is below τ, as transformers' `assistant_confidence_threshold` does with a fixed τ; the
+low-confidence token is still proposed. An n-gram draft has no probabilities and ignores τ. This is
+the loop `policy` simulates from a report.
+
 Both caches are prefilled with the prompt minus its last token, which stays pending: the first
 iteration verifies [last prompt token, proposals…], so iterations are counted exactly as the
 profile's blocks and transformers' assisted generation count target forward passes, and every
@@ -49,12 +55,15 @@ class Iteration:
     budget: int  # draft tokens asked for: k, fewer near max_new_tokens
     proposals: tuple[int, ...]  # what the draft proposed (an n-gram draft may stop short of the budget)
     accepted: int  # how many of them the target accepted
+    confident_stop: bool = False  # the draft stopped below the budget on its confidence threshold
 
     @property
     def tested(self) -> int:
         """Draft positions the target judged: the accepted ones plus the first rejection (a missing
-        n-gram proposal is a rejection), so Σ accepted / Σ tested estimates α."""
-        return self.accepted + (self.accepted < self.budget)
+        n-gram proposal is a rejection; a stop on the confidence threshold is not), so
+        Σ accepted / Σ tested estimates α."""
+        asked = len(self.proposals) if self.confident_stop else self.budget
+        return self.accepted + (self.accepted < asked)
 
 
 @dataclass
@@ -119,20 +128,26 @@ class ModelProposer:
         self.cache, self.cached = _prefill(self.model, prompt), len(prompt) - 1
 
     def propose(self, context: list[int], k: int, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[list[int], torch.Tensor | None]:
-        """k proposals after `context`, and at T > 0 the draft probabilities they were sampled from [k, V]."""
+                generator: torch.Generator | None,
+                confidence_threshold: float | None = None) -> tuple[list[int], torch.Tensor | None]:
+        """Up to k proposals after `context` (fewer when one falls below `confidence_threshold`), and at
+        T > 0 the draft probabilities they were sampled from [n, V]."""
         step = torch.tensor(context[self.cached :], device=self.device)  # 1 token, 2 after a full acceptance
         tokens, probs = [], []
         for _ in range(k):
             logits = _forward(self.model, self.cache, step, keep=1)[-1]
             if temperature == 0:
                 token = logits.argmax()
+                token_probs = torch.softmax(logits.float(), dim=-1) if confidence_threshold is not None else None
             else:
                 probs.append(sampling.probabilities(logits, temperature, top_p))
                 token = sampling.sample(probs[-1][None], [generator])[0]
+                token_probs = probs[-1]
             tokens.append(token)
             step = token[None]  # the last proposal is never fed: the target verifies it
-        self.cached = len(context) + k - 1
+            if confidence_threshold is not None and float(token_probs[token]) < confidence_threshold:
+                break  # after the proposal, as transformers' ConfidenceCriteria: the uncertain token is verified
+        self.cached = len(context) + len(tokens) - 1
         return torch.stack(tokens).tolist(), (torch.stack(probs) if probs else None)
 
     def rollback(self, valid: int) -> None:
@@ -152,7 +167,8 @@ class NgramProposer:
         pass
 
     def propose(self, context: list[int], k: int, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[list[int], None]:
+                generator: torch.Generator | None, confidence_threshold: float | None = None) -> tuple[list[int], None]:
+        """Up to k lookups; a lookup has no probability, so `confidence_threshold` does not apply."""
         tokens: list[int] = []
         for _ in range(k):
             token = ngram.propose_next(context + tokens, self.max_ngram)
@@ -223,8 +239,10 @@ def speculative_generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    confidence_threshold: float | None = None,
 ) -> SpecOutput:
-    """Generate up to `max_new_tokens` tokens after `prompt` by speculative decoding with draft length k."""
+    """Generate up to `max_new_tokens` tokens after `prompt` by speculative decoding with draft length k
+    (with `confidence_threshold` τ: at most k, stopping after a proposal whose draft probability is below τ)."""
     if k < 1 or not prompt:
         raise ValueError(f"need k ≥ 1 and a non-empty prompt (k={k}, {len(prompt)} prompt tokens)")
     device = next(target.parameters()).device
@@ -237,7 +255,7 @@ def speculative_generate(
     while len(out.tokens) < max_new_tokens and not (out.tokens and out.tokens[-1] in eos):
         budget = min(k, max_new_tokens - len(out.tokens) - 1)  # the last token always comes from the target
         proposals, draft_probs = ([], None) if budget == 0 else proposer.propose(
-            context, budget, temperature, top_p, generator)
+            context, budget, temperature, top_p, generator, confidence_threshold)
         ids = torch.tensor(context[-1:] + proposals, device=device)
         target_logits = _forward(target, cache, ids, keep=len(ids))  # [n + 1, V]: one pass verifies all
         if temperature == 0:
@@ -249,7 +267,9 @@ def speculative_generate(
         proposer.rollback(len(context) + accepted)
         new = proposals[:accepted] + [bonus]
         stop = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))  # nothing after EOS
-        out.iterations.append(Iteration(len(out.tokens), budget, tuple(proposals), accepted))
+        confident_stop = confidence_threshold is not None and isinstance(proposer, ModelProposer) and \
+            len(proposals) < budget
+        out.iterations.append(Iteration(len(out.tokens), budget, tuple(proposals), accepted, confident_stop))
         out.tokens += new[:stop]
         context += new[:stop]
     end = _clock(device)

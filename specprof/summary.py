@@ -192,15 +192,19 @@ def draw_weights(seed: int, name: str, n_prompts: int, n_resamples: int, cache: 
 
 
 def resampled_sums(
-    t: DraftTrace, seed: int = stats.SEED, n_resamples: int = stats.N_RESAMPLES, cache: dict | None = None
+    t: DraftTrace, seed: int = stats.SEED, n_resamples: int = stats.N_RESAMPLES, cache: dict | None = None,
+    values: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """[B, 2 + 2·k_max] resampled sums for each domain of `t`, and for ALL.
 
     ALL is stratified: prompts are resampled within their domain and the domains' sums added, so each
     resample keeps the corpus's domain mix (the mix is the traffic you chose, not sampling noise),
     and ALL costs nothing beyond the domains themselves.
+
+    `values` [n_prompts, m] replaces `prompt_sums(t)`: other per-prompt sums resampled with the same
+    weights (a paired bootstrap, as for the threshold policies against fixed k).
     """
-    values = prompt_sums(t)
+    values = prompt_sums(t) if values is None else values
     out: dict[str, np.ndarray] = {}
     for domain, mask in domain_groups(t):
         if domain == ALL:

@@ -68,3 +68,35 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def small_report(tiny, corpus, tmp_path_factory) -> Path:
+    """A finished greedy profile of `corpus` (2 domains × 4 prompts): drafts close and ngram, k = 1..4."""
+    from typer.testing import CliRunner
+
+    from specprof.cli import app
+
+    out = tmp_path_factory.mktemp("small-report") / "report"
+    args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", "ngram",
+            "--k-max", 4, "--max-new-tokens", 24, "--out", out]
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def greedy_profile(tiny, corpus, tmp_path_factory) -> Path:
+    """A finished greedy profile of `corpus` with drafts close, far, early-exit:1 and ngram:2, k = 1..8,
+    32 new tokens: the report the speculative loops (plain and with a confidence threshold) are checked on."""
+    from typer.testing import CliRunner
+
+    from specprof.cli import app
+
+    out = tmp_path_factory.mktemp("greedy-profile") / "report"
+    args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", tiny["far"],
+            "--draft", "early-exit:1", "--draft", "ngram:2", "--k-max", 8, "--max-new-tokens", 32,
+            "--batch-size", 3, "--out", out]
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out

@@ -199,6 +199,18 @@ def _bad_reports(reports, tmp_path):
     cases.append(("future", future, check, f"{future / 'tokens.parquet'}: schema version 99 is newer than this "
                   "specprof understands (1); upgrade specprof"))
 
+    half = _copy(reports, tmp_path / "h")
+    run = json.loads((half / "run.json").read_text())
+    del run["finished_at"]  # what an interrupted profile leaves
+    (half / "run.json").write_text(json.dumps(run))
+    cases.append(("half-written", half, check, f"{half}: the profile run did not finish (half-written report); "
+                  "finish it with `specprof profile … --resume`"))
+
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("not a report")
+    cases.append(("not a report", stranger, check, None))
+
     cases.append(("domain", reports["main"], [*check, "--domain", "nope"],
                   f"--domain nope: not in {reports['main']} (domains: code, prose, ALL)"))
     cases.append(("draft", reports["main"], [*check, "--draft", "nope"], None))
@@ -219,6 +231,20 @@ def test_gate_bad_input_exits_2_with_one_line(reports, cli, tmp_path):
         assert "Traceback" not in r.output
         if line is not None:
             assert err == f"specprof: error: {line}", name
+
+
+def test_recommend_and_compare_refuse_bad_reports_with_one_line(reports, cli, tmp_path):
+    for name, path, _, line in _bad_reports(reports, tmp_path):
+        if name not in ("missing", "corrupt", "foreign", "future", "half-written", "not a report"):
+            continue
+        for args in (["recommend", path], ["compare", reports["main"], path]):
+            r = cli(*args)
+            assert r.exit_code == 2, (name, args[0], r.output)
+            err = r.stderr.strip()
+            assert err.count("\n") == 0 and err.startswith("specprof: error: "), (name, args[0], err)
+            assert "Traceback" not in r.output
+            if line is not None:
+                assert err == f"specprof: error: {line}", (name, args[0])
 
 
 def test_gate_refuses_a_baseline_of_another_target(reports, cli, tmp_path):

@@ -13,7 +13,7 @@ from specprof import drafts, models, sampling, speculate, trace
 from specprof.summary import trace_drafts
 
 K_MAX = 8
-MAX_NEW = 32
+MAX_NEW = 32  # the settings of the `greedy_profile` fixture (conftest.py)
 DRAFT_KINDS = ["close", "far", "early-exit:1", "ngram:2"]
 
 
@@ -79,19 +79,9 @@ def test_accept_sampled_residual_distribution():
 # --- greedy: the loop reproduces the profile exactly ------------------------------------------
 
 @pytest.fixture(scope="module")
-def greedy_report(tiny, corpus, tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from specprof.cli import app
-
-    out = tmp_path_factory.mktemp("spec") / "report"
-    args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", tiny["far"],
-            "--draft", "early-exit:1", "--draft", "ngram:2", "--k-max", K_MAX, "--max-new-tokens", MAX_NEW,
-            "--batch-size", 3, "--out", out]
-    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    tokens = pd.read_parquet(out / "tokens.parquet")
-    prompts = pd.read_parquet(out / "prompts.parquet").set_index("prompt_id")
+def greedy_report(greedy_profile):
+    tokens = pd.read_parquet(greedy_profile / "tokens.parquet")
+    prompts = pd.read_parquet(greedy_profile / "prompts.parquet").set_index("prompt_id")
     return tokens, prompts, {t.draft: t for t in trace_drafts(tokens, K_MAX, exact=True)}
 
 
