@@ -20,7 +20,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI sets it for the
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from processes import wall
 
 from specprof import decide, report, schema
 
@@ -69,15 +69,6 @@ def build_report(directory: Path, n_prompts: int, n_positions: int, seed: int = 
         "finished_at": "2025-01-01T00:00:00+00:00",
     })
     return len(tokens)
-
-
-def wall(cmd: list[str], repeats: int) -> tuple[float, int]:
-    times, code = [], 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        code = subprocess.run(cmd, capture_output=True).returncode
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), code
 
 
 def main() -> None:

@@ -15,23 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from processes import wall
+
 IMPORTS = ("torch", "transformers", "safetensors")
-
-
-def wall(cmd: list[str], repeats: int) -> tuple[float, int]:
-    times, code = [], 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        code = subprocess.run(cmd, capture_output=True).returncode
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), code
 
 
 def heavy_imports(args: list[str]) -> list[str]:
