@@ -126,17 +126,18 @@ def timing_warning(target_forward_s: np.ndarray) -> str | None:
     """A line when measured verification times cannot describe one machine at rest, else None.
 
     One pass over n tokens should never cost more than n one-token steps (decoding them one by one
-    would be cheaper), nor a third less than a pass over fewer tokens. Either means the machine was
-    busy while `profile` timed it.
+    would be cheaper), nor a third less than a one-token step (it reads the same weights). Either
+    means the machine was busy while `profile` timed it. A curve that is not monotone is not flagged:
+    CPU matmul kernels differ by shape, and t_T(4) < t_T(3) holds on an idle machine too.
     """
     t = np.asarray(target_forward_s, dtype=np.float64)
     n = np.arange(1, len(t) + 1)
     slow = np.flatnonzero(t > n * t[0] * 1.05)
-    dips = np.flatnonzero(t < 0.67 * np.maximum.accumulate(t))
-    if not slow.size and not dips.size:
+    fast = np.flatnonzero(t < 0.67 * t[0])
+    if not slow.size and not fast.size:
         return None
     where = f"t_T({slow[0] + 1}) = {t[slow[0]] / t[0]:.1f}× t_T(1)" if slow.size else (
-        f"t_T({dips[0] + 1}) < t_T({int(np.argmax(t[: dips[0]])) + 1})"
+        f"t_T({fast[0] + 1}) < t_T(1)"
     )
     return (
         f"the measured verification times look disturbed ({where}): the machine was probably busy while "
@@ -169,14 +170,15 @@ class Costs:
         """From measured seconds; `target_forward_s[n - 1]` = t_T(n) must cover n = 1..k_max + 1.
         `draft_catchup_s` is t_C = t_D(2) − t_D(1), priced once `for_blocks` knows f_k.
 
-        Verifying more tokens never costs less than verifying fewer, so t_T(n) is taken as the running
-        maximum of the measured times: a dip (t_T(2) < t_T(1) on a busy CPU) is timer noise, and
-        pricing it would show a speedup where a draft saves nothing.
+        Each t_T(n) is priced as measured, dips included: on a CPU the kernels change with the
+        number of rows, and verifying 4 tokens can really cost less than 3 (`verify` confirms it
+        on SmolLM2). Only t_T(n) < t_T(1) is taken as timer noise (a pass over n tokens reads
+        the same weights as a one-token step), so v_k ≥ 1.
         """
         if len(target_forward_s) < k_max + 1:
             raise ValueError(f"target times cover k ≤ {len(target_forward_s) - 1}, asked for {k_max}")
         raw = np.asarray(target_forward_s[: k_max + 1], dtype=np.float64)
-        times = np.maximum.accumulate(raw)
+        times = np.maximum(raw, raw[0])
         t1 = float(times[0])
         verify = tuple(float(t / t1) for t in times[1:])
         return cls(draft_step_s / t1, verify, measured=True, warning=timing_warning(raw),

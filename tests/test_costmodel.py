@@ -63,17 +63,25 @@ def test_costs_measured_equals_the_design_formula():
     assert costmodel.speedup_measured(2.4, 2, 0.002, [0.010, 0.012, 0.015]) == pytest.approx(24 / 19)
 
 
-def test_measured_verification_never_gets_cheaper():
+def test_measured_verification_never_gets_cheaper_than_one_step():
     # t_T(2) = 8 ms < t_T(1) = 10 ms is timer noise: v_1 is taken as 1, not 0.8; v_2 = 15/10.
     costs = costmodel.Costs.from_times(0.001, [0.010, 0.008, 0.015], 2)
     assert costs.verify_cost == (1.0, 1.5)
 
 
+def test_a_dip_in_verification_times_is_priced_as_measured():
+    # SmolLM2 on a 2-core CPU, idle: t_T(n) = 56, 95, 115, 84, 78 ms, the same in the live loop (the
+    # matmul kernels change with the number of rows). k = 3 verifies 4 tokens: priced 84/56, not 115/56.
+    costs = costmodel.Costs.from_times(0.049, [0.056, 0.095, 0.115, 0.084, 0.078], 4)
+    np.testing.assert_allclose(costs.verify_cost, [95 / 56, 115 / 56, 84 / 56, 78 / 56])
+    assert costs.warning is None
+
+
 def test_disturbed_timings_are_flagged():
     # t_T(2) = 3.5 t_T(1): one pass over 2 tokens dearer than 2 single steps; cannot be a machine at rest.
     assert "t_T(2) = 3.5× t_T(1)" in costmodel.Costs.from_times(0.001, [0.010, 0.035, 0.036], 2).warning
-    # t_T(3) half of t_T(2): a dip far beyond noise.
-    assert "t_T(3) < t_T(2)" in costmodel.Costs.from_times(0.001, [0.010, 0.020, 0.010], 2).warning
+    # t_T(3) 40% under t_T(1): a pass over 3 tokens cannot be that much cheaper than one step.
+    assert "t_T(3) < t_T(1)" in costmodel.Costs.from_times(0.001, [0.010, 0.020, 0.006], 2).warning
     # A CPU's honest rise (×1.1, ×1.3) is fine.
     assert costmodel.Costs.from_times(0.001, [0.010, 0.011, 0.013], 2).warning is None
 
