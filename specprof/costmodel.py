@@ -147,7 +147,11 @@ def timing_warning(target_forward_s: np.ndarray) -> str | None:
 
 @dataclass(frozen=True)
 class Costs:
-    """The price of one iteration at each k, in target steps: k·c + v_k (the denominator of S)."""
+    """The price of one iteration at each k, in target steps: k·c + v_k (the denominator of S).
+
+    With `for_blocks`, priced over the blocks a trace holds: an iteration in which the draft proposed
+    n tokens costs n·c + v_n (v_0 = 1: the target alone), plus the catch-up after fully accepted blocks.
+    """
 
     cost_ratio: float  # c = t_D / t_T(1): one draft step over one target step
     verify_cost: tuple[float, ...]  # [k - 1]: v_k = t_T(k+1) / t_T(1), the target verifying k + 1 tokens
@@ -155,6 +159,8 @@ class Costs:
     warning: str | None = None  # measured times that cannot be right (a busy machine): say so, don't hide it
     catchup_ratio: float = 0.0  # t_C / t_T(1): the draft's extra cost of a 2-token catch-up step
     full_fraction: tuple[float, ...] = ()  # [k - 1]: f_k, blocks at k that accepted all k (empty: none known)
+    # [k - 1][n]: the fraction of blocks at k in which the draft proposed n = 0..k tokens (empty: always k)
+    proposed_fraction: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
     def flat(cls, cost_ratio: float, k_max: int) -> Costs:
@@ -184,9 +190,14 @@ class Costs:
         return cls(draft_step_s / t1, verify, measured=True, warning=timing_warning(raw),
                    catchup_ratio=draft_catchup_s / t1)
 
-    def for_blocks(self, full_fraction: Sequence[float]) -> Costs:
-        """These costs for a set of prompts whose blocks at k accepted all k a fraction f_k of the time."""
-        return replace(self, full_fraction=tuple(float(f) for f in full_fraction[: self.k_max]))
+    def for_blocks(self, full_fraction: Sequence[float], proposed_fraction: np.ndarray | None = None) -> Costs:
+        """These costs for a set of prompts whose blocks at k accepted all k a fraction f_k of the time,
+        and proposed n tokens a fraction `proposed_fraction[k - 1, n]` of the time (default: always k)."""
+        proposed = () if proposed_fraction is None else tuple(
+            tuple(float(x) for x in row[: k + 1]) for k, row in enumerate(proposed_fraction[: self.k_max], 1)
+        )
+        return replace(self, full_fraction=tuple(float(f) for f in full_fraction[: self.k_max]),
+                       proposed_fraction=proposed)
 
     @property
     def k_max(self) -> int:
@@ -199,8 +210,17 @@ class Costs:
         return full * self.catchup_ratio
 
     def iteration(self) -> np.ndarray:
-        """[k_max] k·c + v_k + f_k·t_C/t_T(1): one iteration's time in target steps."""
-        return np.arange(1, self.k_max + 1) * self.cost_ratio + np.asarray(self.verify_cost) + self.catchup()
+        """[k_max] k·c + v_k + f_k·t_C/t_T(1): one iteration's time in target steps, or with the blocks'
+        proposal counts E[n·c + v_n] + f_k·t_C/t_T(1)."""
+        k = np.arange(1, self.k_max + 1)
+        full = k * self.cost_ratio + np.asarray(self.verify_cost)
+        by_n = np.concatenate([[1.0], self.verify_cost])  # v_n for n = 0..k_max proposals
+        for i, fractions in enumerate(self.proposed_fraction):
+            f = np.asarray(fractions)
+            if f.sum() > 0:
+                n = np.arange(len(f))
+                full[i] = float(f @ (n * self.cost_ratio + by_n[: len(f)]) / f.sum())
+        return full + self.catchup()
 
     def speedup(self, tokens_per_iter: np.ndarray) -> np.ndarray:
         """Empirical S for [..., k_max] tokens per iteration: E_emp(k) / (k·c + v_k)."""

@@ -38,7 +38,7 @@ from specprof.summary import (
 )
 from specprof.summary import trace_drafts as _trace_drafts
 
-TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "match", "accept_prob"]
+TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
 
 
 @dataclass(frozen=True)

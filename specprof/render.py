@@ -86,7 +86,7 @@ def costs_caption(e: Estimate) -> str:
         return f"--cost-ratio c = {c.cost_ratio:g}, verification as one target step"
     line = (
         f"measured costs: a draft step is {100 * c.cost_ratio:.3g}% of a target step; verifying k + 1 tokens costs "
-        f"{min(c.verify_cost):.2f}–{max(c.verify_cost):.2f}× one"
+        f"{min(c.verify_cost):.2f}–{max(c.verify_cost):.2f}× one target step"
     )
     return line + (f"\nwarning: {c.warning}" if c.warning else "")
 

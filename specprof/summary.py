@@ -21,6 +21,7 @@ import pandas as pd
 
 from specprof import costmodel, stats, trace
 from specprof.errors import SpecprofError
+from specprof.ngram import NO_PROPOSAL
 
 ALL = "ALL"
 
@@ -88,7 +89,8 @@ class DraftTrace:
             self.domains[mask],
             self.n_tokens[mask],
             self.accept_sum[mask],
-            trace.BlockCounts(b.iterations[mask], b.accepted[mask], b.emitted[mask], b.histogram[mask]),
+            trace.BlockCounts(b.iterations[mask], b.accepted[mask], b.emitted[mask], b.histogram[mask],
+                              b.proposed[mask]),
         )
 
 
@@ -108,12 +110,14 @@ def trace_drafts(tokens: pd.DataFrame, k_max: int, exact: bool) -> list[DraftTra
         values = rows["match"].to_numpy(np.float64) if exact else rows["accept_prob"].to_numpy(np.float64)
         padded = np.zeros((n_prompts, int(n_tokens.max(initial=0))))
         padded[prompt_codes, positions] = values
+        no_proposal = np.zeros(padded.shape, dtype=bool)
+        no_proposal[prompt_codes, positions] = rows["draft_token"].to_numpy() == NO_PROPOSAL
         accept_sum = np.bincount(prompt_codes, rows["accept_prob"].to_numpy(np.float64), minlength=n_prompts)
         domains = rows["domain"].to_numpy()[np.unique(prompt_codes, return_index=True)[1]]
         counts = (
-            trace.count_blocks_exact(padded, n_tokens, k_max)
+            trace.count_blocks_exact(padded, n_tokens, k_max, no_proposal)
             if exact
-            else trace.count_blocks_expected(padded, n_tokens, k_max)
+            else trace.count_blocks_expected(padded, n_tokens, k_max, no_proposal)
         )
         traces.append(DraftTrace(str(draft), np.asarray(prompt_ids), domains, n_tokens, accept_sum, counts))
     return traces
@@ -140,6 +144,7 @@ class Pooled:
     tokens_per_iter: np.ndarray  # [k_max]
     draft_acceptance_rate: np.ndarray  # [k_max]
     histogram: np.ndarray  # [k_max, k_max + 1]
+    proposed: np.ndarray  # [k_max, k_max + 1] iterations in which the draft proposed exactly n tokens
 
 
 def pool(t: DraftTrace) -> Pooled:
@@ -154,6 +159,7 @@ def pool(t: DraftTrace) -> Pooled:
             tokens_per_iter=b.emitted.sum(0) / iterations,
             draft_acceptance_rate=b.accepted.sum(0) / (k * iterations),
             histogram=b.histogram.sum(0),
+            proposed=b.proposed.sum(0),
         )
 
 
@@ -163,6 +169,13 @@ def full_fraction(histogram: np.ndarray) -> np.ndarray:
     full = histogram[np.arange(k_max), np.arange(1, k_max + 1)]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.nan_to_num(full / histogram.sum(axis=1))
+
+
+def priced(costs: costmodel.Costs, p: Pooled) -> costmodel.Costs:
+    """`costs` for these blocks: how often all k proposals were accepted, and how many were proposed."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        proposed = np.nan_to_num(p.proposed / p.proposed.sum(axis=1, keepdims=True))
+    return costs.for_blocks(full_fraction(p.histogram), proposed)
 
 
 def prompt_sums(t: DraftTrace) -> np.ndarray:
@@ -319,7 +332,7 @@ def estimate(
     if sums is None:
         sums = draw_weights(seed, domain, p.n_prompts, stats.N_RESAMPLES, None) @ prompt_sums(t)
     alpha_samples, tpi_samples = split_ratios(sums)
-    costs = costs.for_blocks(full_fraction(p.histogram))
+    costs = priced(costs, p)
     alpha_lo, alpha_hi = stats.percentile_interval(alpha_samples, p.alpha)
     tpi_lo, tpi_hi = stats.percentile_interval(tpi_samples, p.tokens_per_iter)
     return Estimate(

@@ -4,9 +4,12 @@ t_T(n): the target verifying n tokens with a KV cache at a typical context lengt
 t_D: a draft's time per proposed token (one cached forward step; a lookup for n-gram drafts).
 Catch-up: after a block whose k proposals were all accepted, the draft has not yet seen its own
 last proposal, so its next step feeds 2 tokens; the extra t_D(2) − t_D(1) is measured too
-(on a CPU a 2-token step costs about 1.4–1.7 single steps; on a GPU about one).
-Each figure is the median of several repeats after warm-up, with CUDA synchronised before the
-clock is read. Batch size 1: speculative decoding pays off at low batch, and that is what
+(the loop's catch-up step keeps the last position's logits only: for SmolLM2 on a CPU it costs
+about 1.4 single steps; on a GPU about one).
+Each figure is the mean of several repeats after warm-up, the fastest and the slowest dropped,
+with CUDA synchronised before the clock is read. The mean, not the median: a generation pays
+every step, and on a CPU a pass's time is skewed (SmolLM2, 5 tokens in the live loop: median
+73 ms, mean 78 ms). Batch size 1: speculative decoding pays off at low batch, and that is what
 `verify` measures too.
 """
 
@@ -21,7 +24,13 @@ from specprof import ngram
 from specprof.drafts import Draft, ModelDraft
 
 WARMUP = 2
-REPEATS = 7
+REPEATS = 12
+
+
+def _typical(seconds: list[float]) -> float:
+    """The mean without the fastest and the slowest repeat (a timer hiccup or a stray job)."""
+    kept = sorted(seconds)[1:-1] if len(seconds) > 2 else seconds
+    return statistics.fmean(kept)
 
 
 def _sync(device: torch.device) -> None:
@@ -33,7 +42,7 @@ def _sync(device: torch.device) -> None:
 def forward_seconds(
     model: torch.nn.Module, context: list[int], ns: list[int], all_logits: bool = True
 ) -> dict[int, float]:
-    """Median seconds for a forward of n new tokens after a cached prefix, for each n in `ns`.
+    """Seconds for a forward of n new tokens after a cached prefix, for each n in `ns` (`_typical` of the repeats).
 
     `all_logits`: the pass computes logits at all n positions, as the target's verification does;
     False computes the last position's only, as a draft's catch-up step does (on a CPU the extra
@@ -61,7 +70,7 @@ def forward_seconds(
             if i >= WARMUP:
                 times[n].append(time.perf_counter() - start)
             cache.crop(-n)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return {n: _typical(t) for n, t in times.items()}
 
 
 def draft_seconds(draft: Draft, context: list[int]) -> tuple[float, float]:
@@ -82,4 +91,4 @@ def draft_step_seconds(draft: Draft, context: list[int]) -> float:
         ngram.propose_next(context, draft.max_ngram)
         if i >= WARMUP:
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _typical(times)

@@ -38,6 +38,9 @@ class BlockCounts:
     accepted: np.ndarray  # [n_prompts, k_max] accepted draft tokens, summed over blocks
     emitted: np.ndarray  # [n_prompts, k_max] output tokens, summed over blocks (= continuation length)
     histogram: np.ndarray  # [n_prompts, k_max, k_max + 1] blocks that accepted exactly n tokens
+    # [n_prompts, k_max, k_max + 1] blocks in which the draft proposed exactly n tokens: k, unless it
+    # had nothing to propose (an n-gram draft's lookup found no match) before a proposal was rejected
+    proposed: np.ndarray
 
     @property
     def k_max(self) -> int:
@@ -82,8 +85,19 @@ def run_lengths(match: np.ndarray) -> np.ndarray:
     return runs
 
 
-def count_blocks_exact(match: np.ndarray, lengths: np.ndarray, k_max: int) -> BlockCounts:
-    """Greedy blocks for all prompts and all k; `match` is [n_prompts, max_len], zero-padded.
+def proposals_per_block(take: np.ndarray, left: np.ndarray, stopped: np.ndarray, k: int) -> np.ndarray:
+    """Draft tokens proposed in blocks that accepted `take`: the draft proposes k, unless the first
+    position it failed at (inside the continuation) had no proposal at all (`stopped`), where its
+    lookups ended. After a proposal that is rejected the draft goes on drafting on its own wrong
+    prefix, which nobody recorded: priced at k, as a model draft always proposes."""
+    return np.where((take < k) & (take < left) & stopped, take, k)
+
+
+def count_blocks_exact(
+    match: np.ndarray, lengths: np.ndarray, k_max: int, no_proposal: np.ndarray | None = None
+) -> BlockCounts:
+    """Greedy blocks for all prompts and all k; `match` is [n_prompts, max_len], zero-padded, and
+    `no_proposal` (same shape, default none) marks positions where the draft proposed nothing.
 
     Vectorised over prompts: each step advances every unfinished prompt by one block, and prompts
     drop out of the working set as they finish, so the work is the number of blocks, not
@@ -99,17 +113,24 @@ def count_blocks_exact(match: np.ndarray, lengths: np.ndarray, k_max: int) -> Bl
     accepted = np.zeros((n, k_max))
     emitted = np.zeros((n, k_max))
     histogram = np.zeros((n, k_max, k_max + 1))
+    proposed = np.zeros((n, k_max, k_max + 1))
+    stopped = np.zeros(runs.shape, dtype=bool)  # [n, max_len + 1] like runs, so the flat indices agree
+    if no_proposal is not None:
+        stopped[:, : no_proposal.shape[1]] = no_proposal
+    flat_stopped = stopped.ravel()
     for ki in range(k_max):
         k = ki + 1
         rows = np.flatnonzero(lengths > 0)  # [n_active] prompts with a block still to place
         start = np.zeros(len(rows), dtype=np.int64)  # [n_active] where each one's next block starts
-        seen_rows, seen_take, seen_emit = [], [], []
+        seen_rows, seen_take, seen_emit, seen_proposed = [], [], [], []
         while rows.size:
-            take = np.minimum(flat_runs[row_base[rows] + start], k)  # accepted draft tokens in this block
+            at = row_base[rows] + start
+            take = np.minimum(flat_runs[at], k)  # accepted draft tokens in this block
             left = lengths[rows] - start
             seen_rows.append(rows)
             seen_take.append(take)
             seen_emit.append(np.minimum(take + 1, left))  # the bonus token only exists inside y
+            seen_proposed.append(proposals_per_block(take, left, flat_stopped[at + take], k))
             start = start + take + 1
             going = start < lengths[rows]
             rows, start = rows[going], start[going]
@@ -123,11 +144,17 @@ def count_blocks_exact(match: np.ndarray, lengths: np.ndarray, k_max: int) -> Bl
         histogram[:, ki, : k + 1] = np.bincount(block_rows * (k + 1) + block_take, minlength=n * (k + 1)).reshape(
             n, k + 1
         )
-    return BlockCounts(iterations, accepted, emitted, histogram)
+        proposed[:, ki, : k + 1] = np.bincount(
+            block_rows * (k + 1) + np.concatenate(seen_proposed), minlength=n * (k + 1)
+        ).reshape(n, k + 1)
+    return BlockCounts(iterations, accepted, emitted, histogram, proposed)
 
 
-def count_blocks_expected(accept_prob: np.ndarray, lengths: np.ndarray, k_max: int) -> BlockCounts:
-    """Expected block statistics from per-position acceptance probabilities (the chain estimate).
+def count_blocks_expected(
+    accept_prob: np.ndarray, lengths: np.ndarray, k_max: int, no_proposal: np.ndarray | None = None
+) -> BlockCounts:
+    """Expected block statistics from per-position acceptance probabilities (the chain estimate);
+    `no_proposal` as in `count_blocks_exact` (there the acceptance probability is 0).
 
     `accept_prob` is [n_prompts, max_len], zero-padded. A block starting at s accepts exactly n < k
     with probability Π_{j<n} a[s+j] · (1 − a[s+n]) and all k with Π_{j<k} a[s+j]; `start_prob[s]`
@@ -140,6 +167,10 @@ def count_blocks_expected(accept_prob: np.ndarray, lengths: np.ndarray, k_max: i
     accepted = np.zeros((n_prompts, k_max))
     emitted = np.zeros((n_prompts, k_max))
     histogram = np.zeros((n_prompts, k_max, k_max + 1))
+    proposed = np.zeros((n_prompts, k_max, k_max + 1))
+    stopped = np.zeros((n_prompts, max_len + k_max + 1), dtype=bool)
+    if no_proposal is not None:
+        stopped[:, : no_proposal.shape[1]] = no_proposal
     for ki in range(k_max):
         k = ki + 1
         # prob_n[:, s, n]: block at s accepts exactly n.
@@ -153,12 +184,16 @@ def count_blocks_expected(accept_prob: np.ndarray, lengths: np.ndarray, k_max: i
             live = np.where(remaining[:, s] > 0, start_prob[:, s], 0.0)
             weight = live[:, None] * prob_n[:, s, :]  # [n_prompts, k + 1]
             histogram[:, ki, : k + 1] += weight
+            n_short = np.arange(k)
+            short = np.where(stopped[:, s : s + k] & (n_short < remaining[:, s, None]), weight[:, :k], 0.0)
+            proposed[:, ki, :k] += short  # rejected where nothing was proposed: the lookups ended there
+            proposed[:, ki, k] += weight.sum(1) - short.sum(1)
             iterations[:, ki] += live
             for n in range(k + 1):
                 start_prob[:, s + n + 1] += weight[:, n]
             emitted[:, ki] += (weight * np.minimum(np.arange(k + 1)[None, :] + 1, remaining[:, s, None])).sum(1)
         accepted[:, ki] = (histogram[:, ki, :] * np.arange(k_max + 1)[None, :]).sum(1)
-    return BlockCounts(iterations, accepted, emitted, histogram)
+    return BlockCounts(iterations, accepted, emitted, histogram, proposed)
 
 
 def per_position_acceptance(histogram: np.ndarray, k: int) -> np.ndarray:

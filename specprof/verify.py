@@ -38,7 +38,7 @@ import torch
 from specprof import costmodel, drafts, models, sampling, speculate
 from specprof.errors import SpecprofError
 from specprof.report import load_report
-from specprof.summary import ALL, DraftTrace, Timings, costs_for, domain_groups, full_fraction, pool, trace_drafts
+from specprof.summary import ALL, DraftTrace, Timings, costs_for, domain_groups, pool, priced, trace_drafts
 
 WARMUP_TOKENS = 32  # a short generation of each kind before any clock is read
 # Two tokens whose float32 logits differ by less than this (per run dtype) are a near-tie: low-precision
@@ -187,7 +187,7 @@ def predicted(trace: DraftTrace, mask: np.ndarray, k: int, draft: str, timings: 
     p = pool(trace.select(mask))
     if timings is None:
         return float(p.tokens_per_iter[k - 1]), float("nan")
-    costs = costs_for(draft, timings, None, trace.blocks.k_max).for_blocks(full_fraction(p.histogram))
+    costs = priced(costs_for(draft, timings, None, trace.blocks.k_max), p)
     return float(p.tokens_per_iter[k - 1]), float(costs.speedup(p.tokens_per_iter)[k - 1])
 
 

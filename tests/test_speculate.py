@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -93,6 +94,7 @@ def test_greedy_loop_equals_profile_block_by_block(greedy_report, tiny, which):
     eos = models.eos_token_ids(target)
     t = traces[draft.name]
     assert set(prompts.finish_reason) == {"eos", "length"}  # both endings are exercised
+    exact_checked = set()
     for row, prompt_id in enumerate(t.prompt_ids):
         prompt = [int(x) for x in prompts.loc[prompt_id, "prompt_tokens"]]
         rows = tokens[(tokens.draft == draft.name) & (tokens.prompt_id == prompt_id)].sort_values("position")
@@ -111,6 +113,17 @@ def test_greedy_loop_equals_profile_block_by_block(greedy_report, tiny, which):
                 blocks[-1] = (start, min(accepted, MAX_NEW - start - 1))
             assert [(it.start, it.accepted) for it in out.iterations] == blocks, (which, prompt_id, k)
             assert out.n_iterations == t.blocks.iterations[row, k - 1], (which, prompt_id, k)
+            # Proposals per iteration, as the cost model prices them: where the draft's lookups ended
+            # before a rejection, exactly that many; otherwise k, a bound the loop never exceeds.
+            priced = [it.accepted if len(it.proposals) == it.accepted < k else k for it in out.iterations]
+            assert all(len(it.proposals) <= n for it, n in zip(out.iterations, priced))
+            histogram = t.blocks.proposed[row, k - 1]
+            if len(expected) + k < MAX_NEW:  # max_new_tokens never cut a budget below k: the very blocks
+                assert np.bincount(priced, minlength=K_MAX + 1).tolist() == histogram.tolist(), (which, k)
+                exact_checked.add(which)
+            else:
+                assert sum(priced) <= histogram @ np.arange(K_MAX + 1)
+    assert which in exact_checked
 
 
 def test_greedy_ngram_proposes_k_lookups_on_the_growing_context():

@@ -45,6 +45,21 @@ def test_vectorised_counts_equal_worked_example():
     assert c.histogram[0, 1, :3].tolist() == [1, 0, 2]  # k = 2: one block accepted 0, two accepted 2
 
 
+def test_proposals_stop_where_the_draft_had_nothing_to_propose():
+    # match 1 0 1 1 0 0 1, nothing proposed at positions 1 and 5 (an n-gram lookup that found no match).
+    # k = 2: s=0 accepts 1 and fails at 1, where nothing was proposed: 1 proposal; s=2 accepts 2: 2;
+    # s=5 fails at once, nothing proposed: 0; s=6 accepts the last token: 2 (priced as k).
+    match = np.array([[1, 0, 1, 1, 0, 0, 1]], dtype=float)
+    none = np.array([[0, 1, 0, 0, 0, 1, 0]], dtype=bool)
+    c = trace.count_blocks_exact(match, np.array([7]), 3, none)
+    assert c.proposed[0, 1, :3].tolist() == [1, 1, 2]
+    # k = 3: s=0: 1 proposal; s=2 accepts 2, then is rejected at 4 where a token was proposed: 3;
+    # s=5: 0; s=6: 3.
+    assert c.proposed[0, 2].tolist() == [1, 1, 0, 2]
+    # Without the marks every block proposes k.
+    assert trace.count_blocks_exact(match, np.array([7]), 3).proposed[0, 2].tolist() == [0, 0, 0, 4]
+
+
 match_lists = st.lists(st.booleans(), min_size=0, max_size=60)
 
 
@@ -74,12 +89,13 @@ def test_vectorised_equals_reference(rows, k_max):
             assert c.histogram[i, k - 1, : k + 1].tolist() == hist.tolist()
 
 
-@given(st.lists(match_lists, min_size=1, max_size=4), st.integers(1, 6))
-def test_chain_estimate_with_certain_outcomes_is_exact(rows, k_max):
+@given(st.lists(match_lists, min_size=1, max_size=4), st.integers(1, 6), st.randoms(use_true_random=False))
+def test_chain_estimate_with_certain_outcomes_is_exact(rows, k_max, rng):
     padded, lengths = trace.pad([np.array(r, dtype=float) for r in rows])
-    exact = trace.count_blocks_exact(padded, lengths, k_max)
-    chain = trace.count_blocks_expected(padded, lengths, k_max)
-    for name in ("iterations", "accepted", "emitted", "histogram"):
+    none = (padded == 0) & np.array([[rng.random() < 0.5 for _ in range(padded.shape[1])] for _ in rows], dtype=bool)
+    exact = trace.count_blocks_exact(padded, lengths, k_max, none)
+    chain = trace.count_blocks_expected(padded, lengths, k_max, none)
+    for name in ("iterations", "accepted", "emitted", "histogram", "proposed"):
         np.testing.assert_allclose(getattr(chain, name), getattr(exact, name))
 
 

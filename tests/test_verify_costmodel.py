@@ -40,3 +40,15 @@ def test_older_reports_without_catch_up_times_price_it_at_zero():
     # --cost-ratio plans for other hardware: no measured catch-up there.
     flat = costs_for("d", new, 0.5, 2).for_blocks(full)
     np.testing.assert_allclose(flat.speedup(tokens_per_iter), [1.5 / 1.5, 2.0 / 2.0])
+
+
+def test_blocks_that_proposed_fewer_tokens_are_priced_as_verified():
+    # An n-gram draft at k = 2 on a CPU: c = 0.01, v_1 = 1.6, v_2 = 1.3 (t_T(3) < t_T(2), as measured).
+    # Half its blocks proposed nothing (the target verifies 1 token: 1.0), a quarter 1 (0.01 + 1.6),
+    # a quarter 2 (0.02 + 1.3): 0.5 + 0.4025 + 0.33 = 1.2325 target steps per iteration at k = 2.
+    # k = 1: all proposed 1: 0.01 + 1.6.
+    costs = costmodel.Costs.from_times(0.001, [0.1, 0.16, 0.13], 2)
+    proposed = np.array([[0.0, 1.0, 0.0], [0.5, 0.25, 0.25]])
+    priced = costs.for_blocks([0.0, 0.0], proposed)
+    np.testing.assert_allclose(priced.iteration(), [1.61, 1.2325])
+    np.testing.assert_allclose(costs.for_blocks([0.0, 0.0]).iteration(), [1.61, 1.32])  # always k
