@@ -173,6 +173,7 @@ def count_blocks_expected(
         stopped[:, : no_proposal.shape[1]] = no_proposal
     for ki in range(k_max):
         k = ki + 1
+        offsets = np.arange(k)  # where in a block the draft can fail
         # prob_n[:, s, n]: block at s accepts exactly n.
         window = np.stack([padded[:, j : j + max_len] for j in range(k + 1)], axis=2)
         prefix = np.concatenate([np.ones((n_prompts, max_len, 1)), np.cumprod(window[:, :, :k], axis=2)], axis=2)
@@ -184,8 +185,7 @@ def count_blocks_expected(
             live = np.where(remaining[:, s] > 0, start_prob[:, s], 0.0)
             weight = live[:, None] * prob_n[:, s, :]  # [n_prompts, k + 1]
             histogram[:, ki, : k + 1] += weight
-            n_short = np.arange(k)
-            short = np.where(stopped[:, s : s + k] & (n_short < remaining[:, s, None]), weight[:, :k], 0.0)
+            short = np.where(stopped[:, s : s + k] & (offsets < remaining[:, s, None]), weight[:, :k], 0.0)
             proposed[:, ki, :k] += short  # rejected where nothing was proposed: the lookups ended there
             proposed[:, ki, k] += weight.sum(1) - short.sum(1)
             iterations[:, ki] += live
