@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from processes import wall
 
-from specprof import decide, report, schema
+from specprof.core import decide, reportfiles, schema
 
 DOMAINS = [f"domain-{i:02d}" for i in range(13)]
 
@@ -58,8 +58,8 @@ def build_report(directory: Path, n_prompts: int, n_positions: int, seed: int = 
             "draft_top1_p": np.where(match.ravel(), rng.beta(5.0, 2.0, n), rng.beta(2.0, 5.0, n)).astype(np.float32),
         }))
     tokens = pd.concat(frames, ignore_index=True)
-    report.write_table(directory / "tokens.parquet", tokens, "tokens")
-    report.write_json(directory / "run.json", {
+    reportfiles.write_table(directory / "tokens.parquet", tokens, "tokens")
+    reportfiles.write_json(directory / "run.json", {
         "schema_version": schema.SCHEMA_VERSION,
         "target": {"name": "synthetic", "fingerprint": "synthetic"},
         "settings": {"k_max": 8, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": n_positions,
@@ -84,7 +84,7 @@ def main() -> None:
         cli = [sys.executable, "-m", "specprof"]
         read = f"import pandas; pandas.read_parquet({str(path / 'tokens.parquet')!r})"
         baseline, _ = wall([sys.executable, "-c", read], args.repeats)
-        startup, _ = wall([sys.executable, "-c", "import specprof.cli, specprof.decide"], args.repeats)
+        startup, _ = wall([sys.executable, "-c", "import specprof.ui.cli, specprof.core.decide"], args.repeats)
         recommend, rc_r = wall([*cli, "recommend", str(path), "--json"], args.repeats)
         gate, rc_g = wall([*cli, "gate", str(path), "--min-speedup", "1.0"], args.repeats)
         compare, rc_c = wall([*cli, "compare", str(path), str(path)], args.repeats)
@@ -104,7 +104,7 @@ def main() -> None:
         ("token rows", f"{rows:,}"),
         ("prompts × drafts", f"{args.prompts} × 2, {len(DOMAINS)} domains, k = 1..8"),
         ("baseline: python + read tokens.parquet", f"{baseline:.2f} s"),
-        ("python + import specprof.cli, decide", f"{startup:.2f} s"),
+        ("python + import specprof.ui.cli, decide", f"{startup:.2f} s"),
         ("specprof recommend --json", f"{recommend:.2f} s ({recommend / baseline:.1f}× baseline), exit {rc_r}"),
         ("specprof gate --min-speedup 1.0", f"{gate:.2f} s ({gate / baseline:.1f}× baseline), exit {rc_g}"),
         ("specprof compare A A", f"{compare:.2f} s ({compare / baseline:.1f}× baseline), exit {rc_c}"),

@@ -14,9 +14,9 @@ import argparse
 import torch
 from common import emit, environment, load_target, prompts, timed
 
-from specprof import distill
-from specprof.generation import left_pad, position_ids
-from specprof.profiler import encode_all
+from specprof.engines.hf import distill
+from specprof.engines.hf.generation import left_pad, position_ids
+from specprof.engines.hf.profiler import encode_all
 
 CACHED, FROZEN, WHOLE = "cached", "frozen layers each step", "whole target each step"
 

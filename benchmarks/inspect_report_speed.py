@@ -29,7 +29,7 @@ IMPORTS = ("torch", "transformers", "safetensors")
 def heavy_imports(args: list[str]) -> list[str]:
     """Which of torch / transformers / safetensors a command imports (run in a fresh interpreter)."""
     code = (
-        "import sys\nfrom typer.testing import CliRunner\nfrom specprof.cli import app\n"
+        "import sys\nfrom typer.testing import CliRunner\nfrom specprof.ui.cli import app\n"
         f"r = CliRunner().invoke(app, {args!r})\nassert r.exit_code == 0, r.output\n"
         f"print([m for m in {IMPORTS!r} if m in sys.modules])"
     )
@@ -43,9 +43,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from specprof import report, tokentext
+    from specprof.core import reportfiles, tokentext
 
-    run = report.load_report(args.report).run
+    run = reportfiles.load_report(args.report).run
     start = time.perf_counter()
     tokentext.load(run)
     tokenizer_s = time.perf_counter() - start

@@ -12,8 +12,8 @@ import argparse
 import torch
 from common import emit, environment, load_target, prompts, run_profile, timed
 
-from specprof import models
-from specprof.profiler import Settings
+from specprof.engines.hf import models
+from specprof.engines.hf.profiler import Settings
 
 
 def generate_one_at_a_time(target, corpus, max_new_tokens: int) -> int:

@@ -13,9 +13,9 @@ import argparse
 import torch
 from common import emit, environment, load_target, prompts, run_profile, timed
 
-from specprof import models
-from specprof.drafts import early_exit_view
-from specprof.profiler import Settings
+from specprof.engines.hf import models
+from specprof.engines.hf.drafts import early_exit_view
+from specprof.engines.hf.profiler import Settings
 
 K_MAX = 8
 

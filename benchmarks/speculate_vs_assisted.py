@@ -16,8 +16,8 @@ import argparse
 import torch
 from common import emit, environment, load_target, prompts, timed
 
-from specprof import models, speculate
-from specprof.drafts import early_exit_view
+from specprof.engines.hf import models, speculate
+from specprof.engines.hf.drafts import early_exit_view
 
 
 def ours(target, assistant, ids: list[int], k: int, max_new_tokens: int, eos: list[int]):

@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from specprof import decide, plots, report
+from specprof.core import decide, reportfiles
+from specprof.ui import plots
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ def main() -> None:
     analysis = decide.load(args.report, drafts=[args.draft])
     estimates = decide.estimates(analysis)  # the figures `recommend` and `report --html` show
     plot = plots.speedup_plot(estimates)
-    report.write_file(args.out, plots.to_png(plot, dpi=90))
+    reportfiles.write_file(args.out, plots.to_png(plot, dpi=90))
     run = analysis.run
     print(json.dumps({"out": str(args.out), "report": str(args.report), "draft": args.draft,
                       "device": run.get("device"), "n_prompts": (run.get("corpus") or {}).get("n_prompts")}))

@@ -1,3 +1,3 @@
-from specprof.cli import main
+from specprof.ui.cli import main
 
 main()

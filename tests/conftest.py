@@ -60,7 +60,7 @@ def cli():
     """Run the real `specprof` Typer app; returns the click Result (stdout and stderr apart)."""
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     runner = CliRunner()
 
@@ -75,7 +75,7 @@ def small_report(tiny, corpus, tmp_path_factory) -> Path:
     """A finished greedy profile of `corpus` (2 domains × 4 prompts): drafts close and ngram, k = 1..4."""
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     out = tmp_path_factory.mktemp("small-report") / "report"
     args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", "ngram",
@@ -91,7 +91,7 @@ def greedy_profile(tiny, corpus, tmp_path_factory) -> Path:
     32 new tokens: the report the speculative loops (plain and with a confidence threshold) are checked on."""
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     out = tmp_path_factory.mktemp("greedy-profile") / "report"
     args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", tiny["far"],

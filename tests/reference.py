@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from specprof import ngram
+from specprof.core import ngram
 
 
 @torch.inference_mode()

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from specprof.report import atomic_write
+from specprof.core.reportfiles import atomic_write
 
 
 def test_atomic_write_gives_ordinary_permissions(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import PROMPTS  # noqa: I001
 
-from specprof import models
-from specprof.corpus import load_corpus
-from specprof.generation import generate
+from specprof.core.corpus import load_corpus
+from specprof.engines.hf import models
+from specprof.engines.hf.generation import generate
 
 
 def hf_generate(loaded, ids, max_new_tokens):

@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pyarrow.parquet as pq
 
-from specprof import schema
+from specprof.core import schema
 
 TYPES = {
     "tokens": {"draft": "string", "prompt_id": "string", "domain": "string", "position": "int32",

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from specprof import costmodel
+from specprof.core import costmodel
 
 # 2 domains × 6 prompts: enough prompts per domain (≥ stats.MIN_PROMPTS) for a decision.
 PROMPTS = {
@@ -28,7 +28,7 @@ def reports(tiny, tmp_path_factory):
     """Three profiles: `main` (drafts close, far, ngram), `old` (close only), `far` (far only)."""
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     root = tmp_path_factory.mktemp("decide")
     corpus = root / "prompts.jsonl"
@@ -301,7 +301,7 @@ def test_decision_commands_never_import_torch(reports):
     code = f"""
 import sys
 from typer.testing import CliRunner
-from specprof.cli import app
+from specprof.ui.cli import app
 runner = CliRunner()
 for args in (["recommend", {str(reports['main'])!r}, "--json"],
              ["gate", {str(reports['main'])!r}, "--min-alpha", "0"],

@@ -13,8 +13,8 @@ import safetensors.torch
 import torch
 from tiny import make_tokenizer, vocab_size
 
-from specprof import distill, models
-from specprof.summary import trace_drafts
+from specprof.core.estimate import trace_drafts
+from specprof.engines.hf import distill, models
 
 LAYERS = 2  # of the 4-layer `deep` target: the draft has 3
 K_MAX = 8
@@ -43,7 +43,7 @@ def distilled(tiny, corpus, tmp_path_factory):
     """A draft distilled from the corpus through the CLI (the target's continuations generated first)."""
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     out = tmp_path_factory.mktemp("distill") / "draft"
     args = ["distill", corpus, "--target", tiny["deep"], "--layers", LAYERS, "--out", out,
@@ -158,8 +158,8 @@ def test_a_report_source_reuses_its_continuations(distilled, tiny, corpus, tmp_p
 
 
 def _cached(tiny, corpus, **overrides):
-    from specprof.corpus import load_corpus
-    from specprof.profiler import encode_all
+    from specprof.core.corpus import load_corpus
+    from specprof.engines.hf.profiler import encode_all
 
     target = load(tiny["deep"])
     settings = distill.DistillSettings(layers=LAYERS, **overrides)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import make_model, make_tokenizer
 
-from specprof import report, schema
+from specprof.core import reportfiles, schema
 from specprof.errors import SpecprofError
 
 
@@ -179,22 +179,22 @@ def test_debug_shows_the_traceback(cli, corpus, tiny, tmp_path):
 
 def test_report_directory_errors(tmp_path, tiny, corpus, cli):
     with pytest.raises(SpecprofError, match="no such report directory"):
-        report.load_report(tmp_path / "missing")
+        reportfiles.load_report(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SpecprofError, match="not a specprof report \\(no run.json\\)"):
-        report.load_report(tmp_path / "empty")
+        reportfiles.load_report(tmp_path / "empty")
     out = tmp_path / "r"
     assert cli("profile", corpus, "--target", tiny["target"], "--max-new-tokens", 4, "--out", out).exit_code == 0
     run = json.loads((out / "run.json").read_text())
     write(out / "run.json", json.dumps({**run, "finished_at": None}))
     with pytest.raises(SpecprofError, match="did not finish \\(half-written report\\).*--resume"):
-        report.load_report(out)
+        reportfiles.load_report(out)
     write(out / "run.json", json.dumps({**run, "schema_version": schema.SCHEMA_VERSION + 1}))
     with pytest.raises(SpecprofError, match="schema version 2 is newer than this specprof"):
-        report.load_report(out)
+        reportfiles.load_report(out)
     write(out / "run.json", json.dumps(run))
     import pandas as pd
 
     pd.DataFrame({"a": [1]}).to_parquet(out / "tokens.parquet")  # a foreign parquet file
     with pytest.raises(SpecprofError, match="not a specprof report file \\(no schema version"):
-        report.load_report(out).table("tokens")
+        reportfiles.load_report(out).table("tokens")

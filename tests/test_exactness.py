@@ -12,9 +12,9 @@ import pytest
 import torch
 from reference import greedy_speculative, model_proposer, ngram_proposer
 
-from specprof import models
-from specprof.drafts import early_exit_view
-from specprof.summary import trace_drafts
+from specprof.core.estimate import trace_drafts
+from specprof.engines.hf import models
+from specprof.engines.hf.drafts import early_exit_view
 
 K_MAX = 8
 MAX_NEW = 40
@@ -24,7 +24,7 @@ MAX_NEW = 40
 def report(tiny, corpus, tmp_path_factory):
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     out = tmp_path_factory.mktemp("exact") / "report"
     args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", tiny["far"],

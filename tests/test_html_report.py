@@ -15,7 +15,7 @@ import re
 import pytest
 from browser import Browser, find_chromium
 
-from specprof import htmlreport, plots
+from specprof.ui import htmlreport, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TABLE_KEYS = ("n_prompts", "alpha", "alpha_lo", "alpha_hi", "best_k", "tokens_per_iter", "speedup", "speedup_lo",
@@ -31,7 +31,7 @@ needs_browser = pytest.mark.skipif(
 def page(small_report, tmp_path_factory):
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     out = tmp_path_factory.mktemp("page")
     runner = CliRunner()

@@ -11,9 +11,10 @@ import sys
 import pandas as pd
 import pytest
 
-from specprof import corpus as corpus_loader
-from specprof import htmlreport, inspection, render, tokentext, trace
-from specprof.summary import ALL
+from specprof.core import corpus as corpus_loader
+from specprof.core import inspection, tokentext, trace
+from specprof.core.estimate import ALL
+from specprof.ui import htmlreport, render
 
 
 def as_json(r):
@@ -182,7 +183,7 @@ def test_inspect_and_report_never_load_weights(small_report, tiny, tmp_path):
     code = f"""
 import sys
 from typer.testing import CliRunner
-from specprof.cli import app
+from specprof.ui.cli import app
 runner = CliRunner()
 for args in (["inspect", {str(report)!r}, "--json"], ["inspect", {str(report)!r}, "--prompt", "a-1"],
              ["report", {str(report)!r}, "--html", {str(tmp_path / 'page.html')!r}]):

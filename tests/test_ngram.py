@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprof import ngram
+from specprof.core import ngram
 
 
 def test_worked_examples():

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import torch
 
-from specprof import drafts, models, profiler
-from specprof.corpus import Prompt, load_corpus
-from specprof.store import RunStore
+from specprof.core.corpus import Prompt, load_corpus
+from specprof.core.store import RunStore
+from specprof.engines.hf import drafts, models, profiler
 
 
 def profile(tiny, corpus, out, batch_size, notices):

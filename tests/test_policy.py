@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprof import costmodel, trace
-from specprof.policy import count_policy_blocks, simulate_policy
+from specprof.core import costmodel, trace
+from specprof.core.policy import count_policy_blocks, simulate_policy
 
 MATCH = [bool(int(c)) for c in "1101011"]
 TOP1 = [0.9, 0.4, 0.9, 0.9, 0.8, 0.3, 0.9]

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specprof import report, schema
-from specprof.policy import TAUS, simulate_policy
+from specprof.core import reportfiles, schema
+from specprof.core.policy import TAUS, simulate_policy
 
 POLICY_KEYS = {"k_max", "tau", "tokens_per_iter", "tokens_per_iter_lo", "tokens_per_iter_hi", "tokens_per_iter_exact",
                "draft_steps_per_iter_lo_bound", "draft_steps_per_iter_hi_bound", "speedup_lo_bound",
@@ -27,7 +27,7 @@ def as_json(r):
 def tiny_report(tiny, corpus, tmp_path_factory):
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     out = tmp_path_factory.mktemp("policy-cli") / "report"
     args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", "early-exit:1",
@@ -121,8 +121,8 @@ def write_report(directory, temperature: float = 0.0, doubt_mismatches: bool = T
             "draft_q": match.astype(np.float32), "target_entropy": np.zeros(n, np.float32), "draft_top1_p": top1,
         }))
     directory.mkdir(parents=True)
-    report.write_table(directory / "tokens.parquet", pd.concat(frames, ignore_index=True), "tokens")
-    report.write_json(directory / "run.json", {
+    reportfiles.write_table(directory / "tokens.parquet", pd.concat(frames, ignore_index=True), "tokens")
+    reportfiles.write_json(directory / "run.json", {
         "schema_version": schema.SCHEMA_VERSION,
         "target": {"name": "synthetic", "fingerprint": "synthetic"},
         "drafts": [{"name": "d", "kind": "model"}],

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from specprof import drafts, models, speculate, trace
-from specprof.policy import simulate_policy
+from specprof.core import trace
+from specprof.core.policy import simulate_policy
+from specprof.engines.hf import drafts, models, speculate
 
 K_MAX = 8
 MAX_NEW = 32  # the settings of the `greedy_profile` fixture (conftest.py)
@@ -133,7 +134,7 @@ def test_ngram_ignores_the_threshold(report, tiny):
 def test_assisted_generation_with_threshold_equals_simulation(report, tiny, which):
     """transformers' `assistant_confidence_threshold` (fixed without scikit-learn): same output, and as
     many target forward passes as simulated iterations, prompt by prompt."""
-    from specprof.drafts import early_exit_view
+    from specprof.engines.hf.drafts import early_exit_view
 
     tokens, prompts = report
     target = load(tiny["target"])

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from specprof import models
-from specprof.drafts import early_exit_view
-from specprof.summary import trace_drafts
+from specprof.core.estimate import trace_drafts
+from specprof.engines.hf import models
+from specprof.engines.hf.drafts import early_exit_view
 
 pytestmark = pytest.mark.realmodel
 K_MAX = 8

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from specprof import drafts, models, sampling, speculate, trace
-from specprof.summary import trace_drafts
+from specprof.core import trace
+from specprof.core.estimate import trace_drafts
+from specprof.engines.hf import drafts, models, sampling, speculate
 
 K_MAX = 8
 MAX_NEW = 32  # the settings of the `greedy_profile` fixture (conftest.py)
@@ -253,7 +254,7 @@ def sampled_report(tiny, tmp_path_factory):
 
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     root = tmp_path_factory.mktemp("sampled")
     corpus = root / "same.jsonl"

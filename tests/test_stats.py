@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specprof import costmodel, decide, stats, trace
-from specprof.summary import DraftTrace, estimate
+from specprof.core import costmodel, decide, stats, trace
+from specprof.core.estimate import DraftTrace, estimate
 
 
 def test_weights_are_draw_counts():

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from specprof import drafts, models, speculate, timings
+from specprof.engines.hf import drafts, models, speculate, timings
 
 
 @contextmanager

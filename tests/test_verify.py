@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from specprof import render, report
+from specprof.core import reportfiles
+from specprof.ui import render
 
 K_MAX = 4
 MAX_NEW = 24
@@ -37,7 +38,7 @@ def profile(cli, corpus, target, out, *extra):
 def greedy_report(tiny, corpus, tmp_path_factory):
     from typer.testing import CliRunner
 
-    from specprof.cli import app
+    from specprof.ui.cli import app
 
     out = tmp_path_factory.mktemp("verify") / "report"
     args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--draft", "ngram:2",
@@ -148,7 +149,7 @@ def test_verify_diagnoses_a_near_tie_and_a_real_difference(tiny, corpus, cli, tm
     at_b = (tokens.prompt_id == b_prompt) & (tokens.position == 3)
     real = int(tokens[at_b].target_token.iloc[0])
     tokens.loc[at_b, "target_token"] = (real + 50) % 102  # a token the target does not nearly prefer
-    report.write_table(out / "tokens.parquet", tokens, "tokens")
+    reportfiles.write_table(out / "tokens.parquet", tokens, "tokens")
 
     r = cli("verify", out, "--k", 2, "--json")
     assert r.exit_code == 1, r.output

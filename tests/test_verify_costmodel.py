@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specprof import costmodel
-from specprof.summary import Timings, costs_for, full_fraction
+from specprof.core import costmodel
+from specprof.core.estimate import Timings, costs_for, full_fraction
 
 
 def test_full_fraction_from_the_histogram():

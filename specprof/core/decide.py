@@ -1,0 +1,504 @@
+"""`recommend`, `gate` and `compare`: decisions recomputed from a report's tokens.parquet.
+
+Every command here reads tokens.parquet and run.json (never summary.parquet, a convenience copy
+for other tools), traces blocks for every k, prices them (`costmodel`) and bootstraps over prompts
+(`stats`). The result is plain data: frozen records and JSON-ready dicts; `render` draws them and
+`cli` picks the exit code.
+
+What this module does not do: import torch, print, or exit. It answers on a report of a million
+token rows in about a second (benchmarks/decide_speed.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specprof.core import costmodel, policy_estimate, reportfiles, stats
+from specprof.core.estimate import (
+    ALL,
+    OFF_CAUSES,
+    DraftTrace,
+    Estimate,
+    Timings,
+    costs_for,
+    domain_groups,
+    draw_weights,
+    estimate,
+    estimate_all,
+    prompt_sums,
+    split_ratios,
+)
+from specprof.core.estimate import trace_drafts as _trace_drafts
+from specprof.core.policy import PolicyCounts
+from specprof.errors import SpecprofError
+
+TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A report's traces, ready to price: what all three commands start from."""
+
+    path: Path
+    run: dict[str, Any]
+    traces: list[DraftTrace]  # one per draft, report order
+    timings: Timings | None
+    exact: bool  # T = 0: blocks are exact; T > 0: the chain estimate
+    domains: tuple[str, ...]  # the corpus domains, first-seen order (without ALL)
+    # per draft: confidence-threshold policies (`load(..., policies=True)` at T = 0; else empty)
+    policies: dict[str, PolicyCounts] = field(default_factory=dict)
+    # drafts without a confidence to threshold (n-gram lookups propose with probability 1 or not at all)
+    no_policy: tuple[str, ...] = ()
+
+    def trace(self, draft: str) -> DraftTrace:
+        return next(t for t in self.traces if t.draft == draft)
+
+
+def load(
+    path: str | Path, drafts: Sequence[str] = (), domains: Sequence[str] = (), k_max: int | None = None,
+    policies: bool = False,
+) -> Analysis:
+    """Read a report (its directory or a file in it), check the filters and trace every k = 1..k_max.
+
+    With `policies` (and T = 0) also simulate the confidence-threshold policies (`policy_estimate`).
+    """
+    rep = reportfiles.load_report(path)
+    settings = rep.run.get("settings") or {}
+    temperature = float(settings.get("temperature", 0.0))
+    run_k_max = int(settings.get("k_max", 8))
+    if k_max is not None and k_max < 1:
+        raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
+    exact = temperature == 0
+    columns = TOKEN_COLUMNS + (["draft_top1_p"] if policies and exact else [])
+    table = rep.table("tokens", columns, read_dictionary=["draft", "prompt_id", "domain"])
+    names = [str(d) for d in table.column("draft").unique().to_pylist()]
+    all_domains = tuple(str(d) for d in table.column("domain").unique().to_pylist())
+    for d in drafts:
+        if d not in names:
+            raise SpecprofError(f"--draft {d}: not in {rep.directory} (drafts: {', '.join(sorted(names))})")
+    for d in domains:
+        if d != ALL and d not in all_domains:
+            known = ", ".join(sorted(all_domains))
+            raise SpecprofError(f"--domain {d}: not in {rep.directory} (domains: {known}, ALL)")
+    frame = table.to_pandas()
+    if drafts:
+        frame = frame[frame["draft"].isin(drafts)]
+    if domains and ALL not in domains:
+        frame = frame[frame["domain"].isin(domains)]
+    timings = Timings.from_dict(rep.run["timings"]) if rep.run.get("timings") else None
+    traces = _trace_drafts(frame, k_max or run_k_max, exact=exact)
+    no_policy = tuple(d["name"] for d in rep.run.get("drafts") or [] if d.get("kind") == "ngram")
+    simulated = {}
+    if policies and exact:
+        simulated = policy_estimate.trace_policies(frame, [t for t in traces if t.draft not in no_policy])
+    return Analysis(rep.directory, rep.run, traces, timings, exact, all_domains, simulated,
+                    tuple(t.draft for t in traces if t.draft in no_policy))
+
+
+def estimates(
+    a: Analysis,
+    cost_ratio: float | None = None,
+    domains: Sequence[str] = (),
+    min_speedup: float = stats.MIN_SPEEDUP,
+) -> list[Estimate]:
+    """Per draft × domain (then ALL unless filtered): figures for every k with intervals and verdicts."""
+    return estimate_all(a.traces, a.timings, cost_ratio, domains, min_speedup)
+
+
+def policy_estimates(
+    a: Analysis, estimates: Sequence[Estimate], cost_ratio: float | None = None
+) -> list[policy_estimate.PolicyEstimate]:
+    """The best confidence-threshold policy beside each estimate's best fixed k (empty unless loaded with them)."""
+    return policy_estimate.estimate_policies(a.traces, a.policies, estimates, a.timings, cost_ratio)
+
+
+# --- recommend -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DraftPlan:
+    """The overall line for one draft: where to turn speculation on, and one k for all of them."""
+
+    draft: str
+    enable: tuple[str, ...]  # GO domains
+    keep_off: tuple[str, ...]  # NO-GO domains
+    undecided: tuple[str, ...]  # INCONCLUSIVE domains
+    shared_k: int | None  # best single k over the enabled domains, traffic-weighted by prompt count
+    shared_speedup: float | None  # prompt-weighted mean speedup of the enabled domains at shared_k
+
+
+def plan(draft_estimates: Sequence[Estimate]) -> DraftPlan:
+    """Which domains to enable, and the k that maximises Σ n_d·S_d(k) / Σ n_d over them."""
+    rows = [e for e in draft_estimates if e.domain != ALL]
+    by = {d: tuple(e.domain for e in rows if e.verdict().decision == d) for d in stats.DECISIONS}
+    enabled = [e for e in rows if e.verdict().decision == "GO"]
+    shared_k = shared = None
+    if enabled:
+        k_max = min(e.k_max for e in enabled)
+        weights = np.array([e.n_prompts for e in enabled], dtype=np.float64)
+        mean = (weights[:, None] * np.stack([e.speedup[:k_max] for e in enabled])).sum(0) / weights.sum()
+        shared_k = costmodel.best_k({k + 1: float(s) for k, s in enumerate(mean)})
+        shared = float(mean[shared_k - 1])
+    return DraftPlan(draft_estimates[0].draft, by["GO"], by["NO-GO"], by["INCONCLUSIVE"], shared_k, shared)
+
+
+def plans(all_estimates: Sequence[Estimate]) -> list[DraftPlan]:
+    drafts = list(dict.fromkeys(e.draft for e in all_estimates))
+    return [plan([e for e in all_estimates if e.draft == d]) for d in drafts]
+
+
+def recommendation_json(e: Estimate) -> dict[str, Any]:
+    i = e.at()
+    verdict = e.verdict()
+    return {
+        "draft": e.draft,
+        "domain": e.domain,
+        "n_prompts": e.n_prompts,
+        "n_tokens": e.n_tokens,
+        "best_k": e.best_k,
+        "alpha": _num(e.alpha),
+        "alpha_lo": _num(e.alpha_lo),
+        "alpha_hi": _num(e.alpha_hi),
+        "tokens_per_iter": _num(e.tokens_per_iter[i]),
+        "draft_acceptance_rate": _num(e.draft_acceptance_rate[i]),
+        "per_position_acceptance": [_num(r) for r in e.per_position_acceptance()],
+        "speedup": _num(e.speedup[i]),
+        "speedup_lo": _num(e.speedup_lo[i]),
+        "speedup_hi": _num(e.speedup_hi[i]),
+        "speedup_iid": _num(e.speedup_iid[i]),
+        "cost_ratio": _num(e.costs.cost_ratio),
+        "measured_costs": e.costs.measured,
+        "decision": verdict.decision,
+        "more_prompts_needed": verdict.more_prompts,
+        "effectively_off": e.effectively_off,
+        "why": (e.why() + (f" (usual causes: {OFF_CAUSES})" if e.effectively_off else "")) or None,
+        "model_disagreement": d.line() if (d := e.disagreement()) else None,
+        "timing_warning": e.costs.warning,
+    }
+
+
+def recommendations_json(
+    estimates: Sequence[Estimate], policies: Sequence[policy_estimate.PolicyEstimate] = ()
+) -> list[dict[str, Any]]:
+    """`recommendation_json` of each estimate plus its best threshold policy ("threshold_policy", or None)."""
+    by = {(p.draft, p.domain): p for p in policies}
+    out = []
+    for e in estimates:
+        p = by.get((e.draft, e.domain))
+        out.append({**recommendation_json(e), "threshold_policy": policy_estimate.policy_json(p) if p else None})
+    return out
+
+
+def policy_grid_json(a: Analysis) -> dict[str, Any]:
+    """What the threshold policies are, the grid searched, and which of their figures are exact."""
+    if not a.exact:
+        return {"simulated": False, "note": policy_estimate.SAMPLED_NOTE}
+    counts = next(iter(a.policies.values()), None)
+    if counts is None:
+        short = any(t.blocks.k_max < 2 for t in a.traces)
+        why = "threshold policies need k_max ≥ 2" if short else policy_estimate.NGRAM_NOTE
+        return {"simulated": False, "note": why}
+    return {
+        "simulated": True,
+        "rule": "propose the draft's top-1 token; stop after a proposal whose top-1 probability is below tau, "
+                "or after k_max proposals (transformers' assistant_confidence_threshold, fixed)",
+        "taus": list(counts.taus),
+        "k_max": list(counts.k_maxes),
+        "pick": "the highest speedup_lo_bound; ties to the smaller k_max, then the higher tau",
+        "note": policy_estimate.STEP_BOUND_NOTE,
+        "not_simulated": {d: policy_estimate.NGRAM_NOTE for d in a.no_policy},
+    }
+
+
+def plan_json(p: DraftPlan) -> dict[str, Any]:
+    return {
+        "draft": p.draft,
+        "enable": list(p.enable),
+        "keep_off": list(p.keep_off),
+        "undecided": list(p.undecided),
+        "shared_k": p.shared_k,
+        "shared_speedup": _num(p.shared_speedup),
+    }
+
+
+# --- what-if ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The i.i.d. model's k table for a given α and c, with no report."""
+
+    alpha: float
+    cost_ratio: float
+    rows: tuple[tuple[int, float, float], ...]  # (k, tokens per iteration E(α, k), speedup S(α, k, c))
+    best_k: int
+    speedup: float  # S at the best k
+    breakeven_alpha: float  # α* at the best k (inf when c ≥ 1)
+
+
+def what_if(alpha: float, cost_ratio: float, k_max: int) -> WhatIf:
+    if not 0.0 <= alpha <= 1.0:
+        raise SpecprofError(f"--alpha {alpha}: must be between 0 and 1")
+    if not cost_ratio >= 0.0 or math.isinf(cost_ratio):
+        raise SpecprofError(f"--cost-ratio {cost_ratio}: must be a finite number ≥ 0")
+    if k_max < 1:
+        raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
+    rows = tuple(costmodel.iid_table(alpha, cost_ratio, k_max))
+    k = costmodel.best_k({r[0]: r[2] for r in rows})
+    return WhatIf(alpha, cost_ratio, rows, k, rows[k - 1][2], costmodel.breakeven_alpha(k, cost_ratio))
+
+
+def what_if_json(w: WhatIf) -> dict[str, Any]:
+    return {
+        "alpha": w.alpha,
+        "cost_ratio": w.cost_ratio,
+        "best_k": w.best_k,
+        "speedup": w.speedup,
+        "breakeven_alpha": _num(w.breakeven_alpha),
+        "rows": [{"k": k, "tokens_per_iter": e, "speedup": s} for k, e, s in w.rows],
+    }
+
+
+# --- gate ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate check on one draft × domain."""
+
+    draft: str
+    domain: str
+    k: int
+    name: str  # "speedup", "alpha" or "alpha_drop"
+    measured: str  # which figure was checked: "lower bound", "point", "baseline − new"
+    value: float
+    threshold: float
+    passed: bool
+
+
+def gate(
+    a: Analysis,
+    min_speedup: float | None = None,
+    min_alpha: float | None = None,
+    domains: Sequence[str] = (),
+    k: int | None = None,
+    point: bool = False,
+    baseline: Analysis | None = None,
+    max_alpha_drop: float | None = None,
+    force: bool = False,
+) -> list[Check]:
+    """Every check the flags ask for, on every selected draft × domain (default: every domain and ALL)."""
+    if min_speedup is None and min_alpha is None and max_alpha_drop is None:
+        raise SpecprofError("nothing to check: pass --min-speedup, --min-alpha or --baseline with --max-alpha-drop")
+    if (baseline is None) != (max_alpha_drop is None):
+        raise SpecprofError("--baseline and --max-alpha-drop go together: pass both or neither")
+    flags = (("--min-speedup", min_speedup), ("--min-alpha", min_alpha), ("--max-alpha-drop", max_alpha_drop))
+    for flag, value in flags:
+        if value is not None and not (value == value and math.isfinite(value)):
+            raise SpecprofError(f"{flag} {value}: must be a finite number")
+    if k is not None:
+        k_max = min(t.blocks.k_max for t in a.traces)
+        if not 1 <= k <= k_max:
+            raise SpecprofError(f"--k {k}: the report covers k = 1..{k_max}")
+    if baseline is not None:
+        check_comparable(baseline, a, force)
+    pairs = _pair_drafts(baseline, a) if baseline is not None else {}
+    base = {(e.draft, e.domain): e for e in estimates(baseline)} if baseline is not None else {}
+    checks = []
+    current = estimates(a, domains=domains)
+    for e in current:
+        kk = e.best_k if k is None else k
+        i = kk - 1
+        if min_speedup is not None:
+            value = float(e.speedup[i] if point else e.speedup_lo[i])
+            checks.append(Check(e.draft, e.domain, kk, "speedup", _which(point), value, min_speedup,
+                                value >= min_speedup))
+        if min_alpha is not None:
+            value = e.alpha if point else e.alpha_lo
+            checks.append(Check(e.draft, e.domain, kk, "alpha", _which(point), value, min_alpha, value >= min_alpha))
+        if baseline is not None:
+            old = base.get((pairs.get(e.draft, ""), e.domain))
+            if old is None:
+                if domains and e.domain in domains:
+                    raise SpecprofError(f"--domain {e.domain}: not in the baseline report {baseline.path}")
+                continue
+            drop = old.alpha - e.alpha
+            checks.append(Check(e.draft, e.domain, kk, "alpha_drop", "baseline − new", drop, max_alpha_drop,
+                                drop <= max_alpha_drop))
+    return checks
+
+
+def _which(point: bool) -> str:
+    return "point" if point else "lower bound"
+
+
+def check_json(c: Check) -> dict[str, Any]:
+    return {"draft": c.draft, "domain": c.domain, "k": c.k, "check": c.name, "measured": c.measured,
+            "value": _num(c.value), "threshold": c.threshold, "passed": c.passed}
+
+
+# --- compare ---------------------------------------------------------------------------------------
+
+# What must match for two reports to measure the same thing.
+COMPARABLE_SETTINGS = ("temperature", "top_p", "max_new_tokens", "chat_template")
+
+
+def check_comparable(a: Analysis, b: Analysis, force: bool) -> None:
+    """Refuse reports of different targets or sampling settings (unless `force`)."""
+    if force:
+        return
+    ta, tb = a.run.get("target") or {}, b.run.get("target") or {}
+    ida = ta.get("fingerprint") or ta.get("name")
+    idb = tb.get("fingerprint") or tb.get("name")
+    if ida != idb:
+        raise SpecprofError(
+            f"{a.path} and {b.path} profile different targets ({ta.get('name')} vs {tb.get('name')}); "
+            "pass --force to compare anyway"
+        )
+    sa, sb = a.run.get("settings") or {}, b.run.get("settings") or {}
+    for key in COMPARABLE_SETTINGS:
+        if sa.get(key) != sb.get(key):
+            raise SpecprofError(
+                f"{a.path} and {b.path} differ in {key} ({sa.get(key)} vs {sb.get(key)}); "
+                "pass --force to compare anyway"
+            )
+
+
+def _pair_drafts(a: Analysis, b: Analysis) -> dict[str, str]:
+    """Draft in `b` → its counterpart in `a`: same name, or (no shared names, same count) report order.
+
+    A new checkpoint usually has a new name (`ckpt-2000` vs `ckpt-1000`), so with one draft per
+    report the two are paired.
+    """
+    names_a = [t.draft for t in a.traces]
+    names_b = [t.draft for t in b.traces]
+    shared = [n for n in names_b if n in names_a]
+    if shared:
+        return {n: n for n in shared}
+    if len(names_a) == len(names_b):
+        return dict(zip(names_b, names_a))
+    raise SpecprofError(
+        f"{a.path} and {b.path} share no draft names ({', '.join(names_a)} vs {', '.join(names_b)}); "
+        "select one draft in each with --draft"
+    )
+
+
+@dataclass(frozen=True)
+class Difference:
+    """B − A for one figure with its bootstrap interval."""
+
+    a: float
+    b: float
+    diff: float
+    lo: float
+    hi: float
+
+    @property
+    def significant(self) -> bool:
+        return stats.difference_significant(self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    draft_a: str
+    draft_b: str
+    domain: str
+    paired: bool  # the same prompts in both: one resample drives both reports
+    k_a: int  # each report's own best k
+    k_b: int
+    alpha: Difference
+    speedup: Difference  # at each report's best k
+
+
+def compare(a: Analysis, b: Analysis, force: bool = False, seed: int = stats.SEED) -> list[Comparison]:
+    """α and speedup of B against A per draft × domain (domains in both, then ALL), with bootstrap
+    intervals of the differences."""
+    check_comparable(a, b, force)
+    pairs = _pair_drafts(a, b)
+    out = []
+    for tb in b.traces:
+        if tb.draft not in pairs:
+            continue
+        ta = a.trace(pairs[tb.draft])
+        costs_a = costs_for(ta.draft, a.timings, None, ta.blocks.k_max)
+        costs_b = costs_for(tb.draft, b.timings, None, tb.blocks.k_max)
+        sums_a, sums_b, paired = _joint_sums(ta, tb, seed)
+        groups_a = dict(domain_groups(ta))
+        for domain, mask_b in domain_groups(tb):
+            if domain not in groups_a:
+                continue
+            ea = estimate(ta.select(groups_a[domain]), domain, costs_a, sums=sums_a[domain])
+            eb = estimate(tb.select(mask_b), domain, costs_b, sums=sums_b[domain])
+            alpha_a, tpi_a = split_ratios(sums_a[domain])
+            alpha_b, tpi_b = split_ratios(sums_b[domain])
+            speed_a = costs_a.speedup(tpi_a)[:, ea.best_k - 1]
+            speed_b = costs_b.speedup(tpi_b)[:, eb.best_k - 1]
+            out.append(Comparison(
+                ta.draft, tb.draft, domain, paired[domain], ea.best_k, eb.best_k,
+                _difference(ea.alpha, eb.alpha, alpha_b - alpha_a),
+                _difference(float(ea.speedup[ea.best_k - 1]), float(eb.speedup[eb.best_k - 1]), speed_b - speed_a),
+            ))
+    return out
+
+
+def _joint_sums(
+    ta: DraftTrace, tb: DraftTrace, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, bool]]:
+    """Resampled sums of both reports per domain (and ALL, stratified), paired where the prompts agree.
+
+    Where a domain holds the same prompts in both reports, one weight matrix drives both (prompt
+    difficulty then cancels in B − A, and the interval is much narrower); elsewhere the two are
+    resampled independently.
+    """
+    values_a, values_b = prompt_sums(ta), prompt_sums(tb)
+    groups_a, groups_b = dict(domain_groups(ta)), dict(domain_groups(tb))
+    sums_a, sums_b, paired = {}, {}, {}
+    for domain in dict.fromkeys([*groups_a, *groups_b]):
+        if domain == ALL:
+            continue
+        mask_a, mask_b = groups_a.get(domain), groups_b.get(domain)
+        ids_a = ta.prompt_ids[mask_a] if mask_a is not None else np.array([])
+        ids_b = tb.prompt_ids[mask_b] if mask_b is not None else np.array([])
+        paired[domain] = len(ids_a) == len(ids_b) > 0 and set(ids_a) == set(ids_b)
+        if mask_a is not None:
+            weights = draw_weights(seed, f"compare:{domain}", len(ids_a), stats.N_RESAMPLES, None)
+            sums_a[domain] = weights @ values_a[mask_a]
+        if mask_b is not None:
+            if paired[domain]:
+                order = {p: i for i, p in enumerate(ids_a)}
+                weights = weights[:, [order[p] for p in ids_b]]
+            else:
+                weights = draw_weights(seed, f"compare-b:{domain}", len(ids_b), stats.N_RESAMPLES, None)
+            sums_b[domain] = weights @ values_b[mask_b]
+    sums_a[ALL] = np.sum(list(sums_a.values()), axis=0)
+    sums_b[ALL] = np.sum(list(sums_b.values()), axis=0)
+    paired[ALL] = all(paired.values())
+    return sums_a, sums_b, paired
+
+
+def _difference(a: float, b: float, samples: np.ndarray) -> Difference:
+    lo, hi = stats.percentile_interval(samples[:, None], np.array([b - a]))
+    return Difference(a, b, b - a, float(lo[0]), float(hi[0]))
+
+
+def comparison_json(c: Comparison) -> dict[str, Any]:
+    def diff(d: Difference) -> dict[str, Any]:
+        return {"a": _num(d.a), "b": _num(d.b), "diff": _num(d.diff), "diff_lo": _num(d.lo),
+                "diff_hi": _num(d.hi), "significant": d.significant}
+
+    return {"draft_a": c.draft_a, "draft_b": c.draft_b, "domain": c.domain, "paired": c.paired,
+            "best_k_a": c.k_a, "best_k_b": c.k_b, "alpha": diff(c.alpha), "speedup": diff(c.speedup)}
+
+
+def _num(x: float | None) -> float | None:
+    """JSON has no NaN or inf: None stands for 'not defined' (no tokens; a draft that never pays)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None

@@ -1,0 +1,207 @@
+"""Confidence-threshold drafting simulated from a greedy report (DESIGN.md §3, dynamic drafting).
+
+The policy: the draft proposes its next token; when its probability of that token (at T = 0 its
+top-1 probability, `draft_top1_p`) is below τ, the block ends *after* that proposal, otherwise the
+draft goes on, up to k_max proposals. The low-confidence token is still proposed and verified, and
+every block proposes at least one token. These are the semantics of transformers'
+`assistant_confidence_threshold` (`ConfidenceCriteria` is a stopping criterion of the assistant's
+own `generate`: it looks at the token just appended and stops after it), with a fixed τ
+(transformers re-tunes τ between iterations when scikit-learn is installed; we price fixed values).
+
+What is exact and what is bounded, at T = 0. A block starts at s on the target's own prefix. Every
+proposal up to and including the first mismatch is made on the target's prefix, where the profile
+recorded the draft's match and top-1 probability, so whether the draft stopped before the first
+mismatch, hence the accepted count, the tokens per iteration and the number of iterations, is
+exact. After a mismatch the draft goes on proposing on its own wrong prefix, which nobody recorded:
+the number of draft steps of such a block is only bounded, below by stopping at the mismatch
+(`steps_lo`) and above by running on to k_max (`steps_hi`). When the draft stops before the first
+mismatch, or the mismatch itself falls below τ, or is the k_max-th proposal, the count is exact
+and the two bounds agree.
+
+Example: match 1101011, draft_top1_p 0.9 0.4 0.9 0.9 0.8 0.3 0.9, k_max 4, τ 0.5.
+  block at 0: position 0 matches (0.9), position 1 matches but 0.4 < τ: stop. 2 proposals, both
+              accepted, 3 tokens emitted, exactly 2 draft steps; the draft catches up next.
+  block at 3: position 3 matches (0.9), position 4 is a mismatch proposed at 0.8 ≥ τ: the draft went
+              on past it on its own prefix. 1 accepted, 2 emitted, draft steps between 2 and 4.
+  block at 5: position 5 matches at 0.3 < τ: stop. 1 accepted, 2 emitted, exactly 1 step.
+
+Like `trace.simulate_blocks`, the simulation ignores the max_new_tokens budget of a real loop (which
+drafts at most max_new_tokens − t − 1 tokens at position t); tokens and iterations are unaffected.
+
+What this module does not do: read files, import torch, or decide anything (`policy_estimate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from specprof.core import costmodel, trace
+
+TAUS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the grid recommend searches
+
+
+@dataclass(frozen=True)
+class PolicyBlock:
+    start: int  # position in the continuation of the block's first proposal
+    accepted: int  # draft tokens the target accepted
+    emitted: int  # tokens the iteration adds: accepted + 1, fewer at the end of y
+    steps_lo: int  # draft steps (proposals), lower bound: stop at the first mismatch
+    steps_hi: int  # upper bound: run on to k_max after it; = steps_lo when the stop point was observed
+    full: bool  # every proposal was accepted: the draft catches up on 2 tokens next iteration
+
+
+def simulate_policy(match: Sequence[bool], top1_p: Sequence[float], k_max: int, tau: float) -> list[PolicyBlock]:
+    """The greedy trace of one continuation under "draft while top-1 p ≥ τ, at most k_max".
+
+    Example (the module docstring's): match 1101011, top1_p 0.9 0.4 0.9 0.9 0.8 0.3 0.9, k_max 4,
+    τ 0.5 gives (start 0: accepted 2, emitted 3, steps 2–2, full), (3: 1, 2, 2–4, not full),
+    (5: 1, 2, 1–1, full).
+    """
+    if k_max < 1:
+        raise ValueError(f"k_max must be ≥ 1, got {k_max}")
+    n_tokens = len(match)
+    blocks = []
+    start = 0
+    while start < n_tokens:
+        accepted, stop = 0, None  # stop: the number of proposals, when the stop point was observed
+        while start + accepted < n_tokens:
+            pos = start + accepted  # this proposal is made on the target's prefix: its record is valid
+            confident = top1_p[pos] >= tau
+            if not match[pos]:  # proposed and rejected; the draft goes on only if confident and below k_max
+                if not confident or accepted + 1 == k_max:
+                    stop = accepted + 1
+                break
+            accepted += 1
+            if not confident or accepted == k_max:
+                stop = accepted
+                break
+        full = stop == accepted
+        steps_lo, steps_hi = (stop, stop) if stop is not None else (accepted + 1, k_max)
+        blocks.append(PolicyBlock(start, accepted, min(accepted + 1, n_tokens - start), steps_lo, steps_hi, full))
+        start += accepted + 1
+    return blocks
+
+
+
+@dataclass(frozen=True)
+class PolicyCounts:
+    """Per-prompt block statistics of every policy of a grid (τ × k_max), for one draft.
+
+    Arrays are [n_prompts, n_taus, n_k]; the step histograms add a last axis 0..max(k_maxes).
+    """
+
+    taus: tuple[float, ...]
+    k_maxes: tuple[int, ...]
+    iterations: np.ndarray  # [n_prompts, n_taus, n_k] target forward passes (one per block)
+    accepted: np.ndarray  # [n_prompts, n_taus, n_k] accepted draft tokens, summed over blocks
+    full: np.ndarray  # [n_prompts, n_taus, n_k] blocks whose proposals were all accepted
+    steps_lo: np.ndarray  # [n_prompts, n_taus, n_k, k_top + 1] blocks with exactly n draft steps (lower bound)
+    steps_hi: np.ndarray  # [n_prompts, n_taus, n_k, k_top + 1] the same at the upper bound
+
+    def select(self, mask: np.ndarray) -> PolicyCounts:
+        return PolicyCounts(self.taus, self.k_maxes, self.iterations[mask], self.accepted[mask], self.full[mask],
+                            self.steps_lo[mask], self.steps_hi[mask])
+
+    def cost(self, costs: costmodel.Costs) -> tuple[np.ndarray, np.ndarray]:
+        """Per-prompt time in target steps at the lower and upper step bounds: [n_prompts, n_taus, n_k] each.
+
+        A block of n draft steps costs n·c + v_n (the target verifies n + 1 tokens; v_0 = 1), plus the
+        catch-up t_C/t_T(1) when all its proposals were accepted: the same price as a fixed-k iteration.
+        """
+        k_top = self.steps_lo.shape[-1] - 1
+        if costs.k_max < k_top:
+            raise ValueError(f"costs cover k ≤ {costs.k_max}, the policies draft up to {k_top}")
+        steps = np.arange(k_top + 1)
+        per_block = steps * costs.cost_ratio + np.concatenate([[1.0], costs.verify_cost[:k_top]])  # [k_top + 1]
+        catchup = self.full * costs.catchup_ratio
+        return self.steps_lo @ per_block + catchup, self.steps_hi @ per_block + catchup
+
+
+def count_policy_blocks(
+    match: np.ndarray, top1_p: np.ndarray, lengths: np.ndarray, k_maxes: Sequence[int], taus: Sequence[float]
+) -> PolicyCounts:
+    """`simulate_policy` for every prompt × τ × k_max at once; `match` and `top1_p` are [n_prompts, max_len].
+
+    Per block at s with a = the run of matches from s and c = the run of confident positions
+    (top-1 p ≥ τ) from s, and e = min(a, c + 1) the proposals the draft would get accepted with no
+    k_max: accepted = min(e, k_max). All proposals were accepted iff c + 1 ≤ a (a stop on a doubted
+    match) or e ≥ k_max; otherwise e = a, the draft proposed the mismatch at s + a (a + 1 steps)
+    and went on past it, unseen, only if it was confident there (c > a) and a + 1 < k_max. Positions
+    past a row's end count as confident, so a run of matches to the end leaves the count open, as it is.
+
+    So a block depends only on k_max and one small code per position, (e, c + 1 ≤ a, c = a): a table
+    maps (k_max, code) to the block's histogram cell (class × accepted) and its length. Per τ, every
+    (prompt, k_max) row advances one block per step: one gather of its code, one table look-up, one
+    add to its cell (rows are distinct, so fancy-index adds are safe). A row that reaches its end
+    sits on an END code that counts into a spare cell and advances by 0. Equal to `simulate_policy`
+    row by row (tests).
+    """
+    n, width = match.shape
+    taus, k_maxes = tuple(float(t) for t in taus), tuple(int(k) for k in k_maxes)
+    n_taus, n_k, k_top = len(taus), len(k_maxes), max(k_maxes, default=0)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    inside = np.arange(width)[None, :] < lengths[:, None]
+    runs = trace.run_lengths(np.where(inside, match, 0)).astype(np.int32)  # [n, width + 1]
+    n_rows = n * n_k  # row = (prompt, k_max) in C order
+    cells = 3 * (k_top + 1)  # class (0 all accepted, 1 stop seen at the mismatch, 2 steps open) × accepted
+    cell, advance, end_code = _block_table(k_maxes, width, n_rows)
+    n_codes = end_code + 1
+    counts = np.zeros((n_taus, (cells + 1) * n_rows), dtype=np.int32)  # [τ, cell-major]; cell `cells`: done
+    first = np.arange(n_rows)
+    first = first[lengths[first // n_k] > 0]
+    ends = np.stack([lengths, lengths + 1], axis=1)  # a block may step one past the end (its bonus token)
+    for j, tau in enumerate(taus):  # one τ at a time: its codes stay in cache while its rows walk them
+        confident = np.ones((n, width + 1), dtype=np.int8)  # one column past the widest row: confident
+        confident[:, :width] = ~inside | (np.asarray(top1_p) >= tau)
+        conf_runs = trace.run_lengths(confident)[:, : width + 1].astype(np.int32)
+        code = np.empty((n, width + 2), dtype=np.int32)  # [n, width + 2] (e, c + 1 ≤ a, c = a) packed
+        code[:, : width + 1] = (np.minimum(runs, conf_runs + 1) << 2) | ((conf_runs + 1 <= runs) << 1) | (
+            conf_runs == runs)
+        code[np.arange(n)[:, None], ends] = end_code
+        code = code.ravel()
+        index = np.int32 if code.size < 2**31 else np.int64
+        rows = first.astype(np.int32)
+        table = (first % n_k).astype(np.int32) * n_codes  # each row's k_max block of the table
+        position = ((first // n_k) * (width + 2)).astype(index)  # into `code`: the row's next block start
+        stop = position + lengths[first // n_k].astype(index)
+        steps = 0
+        while rows.size:
+            i = table + code[position]
+            counts[j, cell[i] + rows] += 1
+            position += advance[i]
+            steps += 1
+            if steps % 8 == 0:  # drop finished rows now and then, not at every step
+                going = position < stop
+                if going.sum() < 0.75 * len(going):
+                    rows, table, position, stop = rows[going], table[going], position[going], stop[going]
+    hist = counts.reshape(n_taus, cells + 1, n, n_k)[:, :cells].transpose(2, 0, 3, 1).astype(np.float64)
+    hist = hist.reshape(n, n_taus, n_k, 3, k_top + 1)
+    full, seen, open_ = hist[..., 0, :], hist[..., 1, :], hist[..., 2, :]  # [n, τ, k_max, accepted]
+    steps_lo = full.copy()
+    steps_lo[..., 1:] += seen[..., :-1] + open_[..., :-1]  # not all accepted: accepted = a < k_max, a + 1 steps
+    steps_hi = full.copy()
+    steps_hi[..., 1:] += seen[..., :-1]
+    for q, k_max in enumerate(k_maxes):
+        steps_hi[:, :, q, k_max] += open_[:, :, q].sum(-1)  # open: on to k_max
+    accepted = hist.sum(-2) @ np.arange(k_top + 1)
+    return PolicyCounts(taus, k_maxes, hist.sum((-2, -1)), accepted, full.sum(-1), steps_lo, steps_hi)
+
+
+def _block_table(k_maxes: tuple[int, ...], width: int, n_rows: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """For every (k_max, position code): the block's cell offset (cell-major, × n_rows) and its length
+    accepted + 1; flattened [n_k · n_codes]. The last code, END, counts into the spare cell and stays put."""
+    k_top = max(k_maxes, default=0)
+    codes = np.arange(4 * (width + 2) + 1)  # e ≤ width + 1, two flags; then END
+    end_code = len(codes) - 1
+    e, stop_on_match, doubted = codes >> 2, (codes & 2) != 0, (codes & 1) != 0
+    k = np.array(k_maxes)[:, None]
+    take = np.minimum(e[None], k)
+    full = stop_on_match[None] | (e[None] >= k)
+    kind = (~full).astype(np.int64) + (~full & ~doubted[None] & (e[None] + 1 < k))  # 0 full, 1 stop seen, 2 open
+    cell = kind * (k_top + 1) + take
+    advance = take + 1
+    cell[:, end_code], advance[:, end_code] = 3 * (k_top + 1), 0
+    return (cell * n_rows).astype(np.int32).ravel(), advance.astype(np.int32).ravel(), end_code

@@ -1,0 +1,250 @@
+"""Confidence-threshold drafting against fixed k, per draft × domain: what `recommend` shows beside the best k.
+
+For every (k_max, τ) of a grid (`policy.TAUS` × k_max = 2..the report's k_max; k_max = 1 proposes
+one token whatever τ is, the same as fixed k = 1) this prices the policy simulated by `policy`
+with the draft's own `Costs` (a block of n draft steps costs n·c + v_n, plus the catch-up after a
+fully accepted block: the same price as a fixed-k iteration) and pools it per domain.
+
+Tokens per iteration are exact at T = 0. The draft steps after the first rejected proposal are not
+observed, so each policy has two speedups: `speedup_lo_bound` (every such block runs on to k_max)
+and `speedup_hi_bound` (it stops at the rejection). The best policy is the one with the highest
+`speedup_lo_bound` (its guaranteed figure), ties to the smaller k_max, then the higher τ.
+
+"Beats fixed k" needs both uncertainties to agree: the 95% bootstrap interval over prompts of
+speedup_lo_bound(policy) − speedup(best fixed k), resampled with the same prompt weights as the
+fixed-k figures (paired), lies above 0. The gain interval printed is [2.5% quantile of that
+pessimistic difference, 97.5% quantile of the optimistic one]. Like the best k, the best policy is
+picked on the same prompts it is judged on: a small selection optimism, shared by both sides.
+
+At T > 0 nothing here is computed: the draft samples its proposal and transformers stops on the
+sampled token's probability, which the report does not hold (`recommend` says so).
+
+What this module does not do: simulate blocks (`policy`), print (`render`), import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from specprof.core import costmodel, stats
+from specprof.core.estimate import (
+    DraftTrace,
+    Estimate,
+    Timings,
+    costs_for,
+    domain_groups,
+    prompt_sums,
+    resampled_sums,
+    split_ratios,
+)
+from specprof.core.policy import TAUS, PolicyCounts, count_policy_blocks
+
+Verdict = Literal["beats fixed k", "within uncertainty", "worse than fixed k", "too few prompts"]
+
+STEP_BOUND_NOTE = (
+    "tokens/iter of a threshold policy is exact at T = 0; its draft steps are bounded: after the first rejected "
+    "proposal the draft drafts on its own wrong prefix, which the report did not record, so those blocks are priced "
+    "stopping at the rejection (upper speedup) and running on to k_max (lower speedup)"
+)
+NGRAM_NOTE = "an n-gram draft proposes with probability 1 or not at all: no threshold policy"
+SAMPLED_NOTE = (
+    "threshold policies are simulated only at T = 0: when sampling, the draft stops on its sampled token's "
+    "probability, which the report does not hold"
+)
+
+
+def trace_policies(
+    tokens: pd.DataFrame, traces: Sequence[DraftTrace], taus: Sequence[float] = TAUS
+) -> dict[str, PolicyCounts]:
+    """Per draft: `PolicyCounts` for τ × k_max = 2..its k_max, prompts in the order of its `DraftTrace`.
+
+    `tokens` has the columns draft, prompt_id, position, match and draft_top1_p. Drafts not in
+    `traces`, and drafts traced with k_max = 1, get no policies.
+    """
+    out: dict[str, PolicyCounts] = {}
+    by_name = {t.draft: t for t in traces}
+    for draft, rows in tokens.groupby("draft", sort=False, observed=True):
+        t = by_name.get(str(draft))
+        if t is None:
+            continue
+        k_maxes = range(2, t.blocks.k_max + 1)
+        if not k_maxes:
+            continue
+        row = pd.Index(t.prompt_ids).get_indexer(rows["prompt_id"])  # the DraftTrace's prompt order
+        positions = rows["position"].to_numpy(np.int64)
+        width = int(t.n_tokens.max(initial=0))
+        match = np.zeros((len(t.prompt_ids), width), dtype=np.int8)
+        top1_p = np.zeros((len(t.prompt_ids), width), dtype=np.float64)
+        match[row, positions] = rows["match"].to_numpy(np.int8)
+        top1_p[row, positions] = rows["draft_top1_p"].to_numpy(np.float64)
+        out[str(draft)] = count_policy_blocks(match, top1_p, t.n_tokens, k_maxes, taus)
+    return out
+
+
+@dataclass(frozen=True)
+class PolicyEstimate:
+    """The best threshold policy of one draft × domain, beside that domain's best fixed k."""
+
+    draft: str
+    domain: str
+    n_prompts: int
+    k_max: int  # the policy's longest draft
+    tau: float  # stop after a proposal whose top-1 probability is below τ
+    tokens_per_iter: float  # exact at T = 0 (bonus token included, as everywhere)
+    tokens_per_iter_lo: float  # 95% bootstrap interval over prompts
+    tokens_per_iter_hi: float
+    draft_steps_lo_bound: float  # mean draft steps per iteration: stopping at each rejection
+    draft_steps_hi_bound: float  # running on to k_max after it
+    speedup_lo_bound: float  # priced at draft_steps_hi_bound
+    speedup_hi_bound: float  # priced at draft_steps_lo_bound
+    speedup_lo: float  # 2.5% bootstrap quantile of speedup_lo_bound
+    speedup_hi: float  # 97.5% bootstrap quantile of speedup_hi_bound
+    fixed_k: int  # the domain's best fixed k
+    fixed_speedup: float
+    gain_lo: float  # 2.5% quantile of speedup_lo_bound − fixed speedup (paired resamples)
+    gain_hi: float  # 97.5% quantile of speedup_hi_bound − fixed speedup
+
+    @property
+    def beats_fixed_k(self) -> bool:
+        return self.n_prompts >= stats.MIN_PROMPTS and self.gain_lo > 0
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.n_prompts < stats.MIN_PROMPTS:
+            return "too few prompts"
+        if self.gain_lo > 0:
+            return "beats fixed k"
+        if self.gain_hi < 0:
+            return "worse than fixed k"
+        return "within uncertainty"
+
+
+def best_policy(speedup_lo_bound: np.ndarray, taus: Sequence[float], k_maxes: Sequence[int]) -> tuple[int, int]:
+    """(τ index, k_max index) of the highest [n_taus, n_k] lower-bound speedup; ties to the smaller k_max,
+    then the higher τ (less drafting for the same guaranteed speedup)."""
+    order = [(j, q) for q in np.argsort(k_maxes, kind="stable") for j in np.argsort(taus)[::-1]]
+    finite = [s for s in speedup_lo_bound.ravel() if s == s]
+    if not finite:
+        return order[0]
+    top = max(finite)
+    return next((j, q) for j, q in order if speedup_lo_bound[j, q] >= top - costmodel.TIE * abs(top))
+
+
+def estimate_policies(
+    traces: Sequence[DraftTrace],
+    counts: dict[str, PolicyCounts],
+    estimates: Sequence[Estimate],
+    timings: Timings | None,
+    cost_ratio: float | None = None,
+    seed: int = stats.SEED,
+) -> list[PolicyEstimate]:
+    """The best policy for every estimate (draft × domain) whose draft has policies, in estimate order.
+
+    The bootstrap draws the same prompt weights as `summary.estimate_all` (same seed, same domains),
+    so each resample of the policy is paired with the same resample of the fixed-k figures.
+    """
+    wanted = {(e.draft, e.domain): e for e in estimates}
+    found: dict[tuple[str, str], PolicyEstimate] = {}
+    cache: dict = {}
+    for t in traces:
+        pc = counts.get(t.draft)
+        if pc is None:
+            continue
+        n, n_taus, n_k = pc.iterations.shape
+        costs = costs_for(t.draft, timings, cost_ratio, t.blocks.k_max)
+        cost_lo, cost_hi = (c.reshape(n, n_taus * n_k) for c in pc.cost(costs))  # [n, grid] each
+        iterations = pc.iterations.reshape(n, n_taus * n_k)
+        groups = [(d, m) for d, m in domain_groups(t) if (t.draft, d) in wanted]
+        # Pick each domain's policy on the point figures, then resample only the picked columns.
+        picks = {d: _pick(t.n_tokens[m].sum(), cost_hi[m].sum(0), pc) for d, m in groups}
+        chosen = sorted(set(picks.values()))
+        base = prompt_sums(t)  # [n, 2 + 2·k_max]: the fixed-k sums, resampled with the same weights
+        values = np.column_stack([base, iterations[:, chosen], cost_lo[:, chosen], cost_hi[:, chosen]])
+        sums = resampled_sums(t, seed, cache=cache, values=values)
+        m0, width = base.shape[1], len(chosen)
+        for domain, mask in groups:
+            e = wanted[(t.draft, domain)]
+            g = picks[domain]
+            j, q = divmod(g, n_k)
+            tokens = float(t.n_tokens[mask].sum())
+            iters = float(iterations[mask, g].sum())
+            point_lo, point_hi = tokens / cost_hi[mask, g].sum(), tokens / cost_lo[mask, g].sum()
+            s = sums[domain]
+            col = m0 + chosen.index(g)
+            resampled_tokens = s[:, 1 + t.blocks.k_max]  # Σ n_tokens: prompt_sums' first denominator
+            with np.errstate(invalid="ignore", divide="ignore"):
+                tpi = resampled_tokens / s[:, col]
+                shi = resampled_tokens / s[:, col + width]  # priced at the lower step bound
+                slo = resampled_tokens / s[:, col + 2 * width]
+            fixed = e.costs.speedup(split_ratios(s[:, :m0])[1])[:, e.best_k - 1]  # [B] the same resamples
+            fixed_point = float(e.speedup[e.best_k - 1])
+            steps = np.arange(pc.steps_lo.shape[-1])
+            tpi_lo, tpi_hi = _interval(tpi, tokens / iters)
+            found[(t.draft, domain)] = PolicyEstimate(
+                draft=t.draft,
+                domain=domain,
+                n_prompts=int(mask.sum()),
+                k_max=pc.k_maxes[q],
+                tau=pc.taus[j],
+                tokens_per_iter=tokens / iters,
+                tokens_per_iter_lo=tpi_lo,
+                tokens_per_iter_hi=tpi_hi,
+                draft_steps_lo_bound=float(pc.steps_lo[mask, j, q].sum(0) @ steps) / iters,
+                draft_steps_hi_bound=float(pc.steps_hi[mask, j, q].sum(0) @ steps) / iters,
+                speedup_lo_bound=point_lo,
+                speedup_hi_bound=point_hi,
+                speedup_lo=_interval(slo, point_lo)[0],
+                speedup_hi=_interval(shi, point_hi)[1],
+                fixed_k=e.best_k,
+                fixed_speedup=fixed_point,
+                gain_lo=_interval(slo - fixed, point_lo - fixed_point)[0],
+                gain_hi=_interval(shi - fixed, point_hi - fixed_point)[1],
+            )
+    return [found[(e.draft, e.domain)] for e in estimates if (e.draft, e.domain) in found]
+
+
+def _pick(tokens: float, cost_hi: np.ndarray, pc: PolicyCounts) -> int:
+    """The flat grid index (τ-major) of the best policy by its lower-bound speedup tokens / cost_hi [grid]."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo_bound = (tokens / cost_hi).reshape(len(pc.taus), len(pc.k_maxes))
+    j, q = best_policy(lo_bound, pc.taus, pc.k_maxes)
+    return int(j * len(pc.k_maxes) + q)
+
+
+def _interval(samples: np.ndarray, point: float) -> tuple[float, float]:
+    lo, hi = stats.percentile_interval(np.asarray(samples)[:, None], np.array([point], dtype=np.float64))
+    return float(lo[0]), float(hi[0])
+
+
+def policy_json(p: PolicyEstimate) -> dict[str, Any]:
+    num = _num
+    return {
+        "k_max": p.k_max,
+        "tau": p.tau,
+        "tokens_per_iter": num(p.tokens_per_iter),
+        "tokens_per_iter_lo": num(p.tokens_per_iter_lo),
+        "tokens_per_iter_hi": num(p.tokens_per_iter_hi),
+        "tokens_per_iter_exact": True,
+        "draft_steps_per_iter_lo_bound": num(p.draft_steps_lo_bound),
+        "draft_steps_per_iter_hi_bound": num(p.draft_steps_hi_bound),
+        "speedup_lo_bound": num(p.speedup_lo_bound),
+        "speedup_hi_bound": num(p.speedup_hi_bound),
+        "speedup_lo": num(p.speedup_lo),
+        "speedup_hi": num(p.speedup_hi),
+        "fixed_k": p.fixed_k,
+        "fixed_speedup": num(p.fixed_speedup),
+        "gain_lo": num(p.gain_lo),
+        "gain_hi": num(p.gain_hi),
+        "beats_fixed_k": p.beats_fixed_k,
+        "verdict": p.verdict,
+    }
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None

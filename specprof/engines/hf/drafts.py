@@ -1,0 +1,164 @@
+"""Draft kinds behind one small interface: a separate model, the target's early exit, prompt lookup.
+
+DRAFT specs (`--draft`):
+  MODEL          a Hugging Face id, local directory or .gguf file sharing the target's tokenizer
+  early-exit:L   the target's embeddings, first L decoder layers, final norm and LM head
+                 (self-speculative; a view on the target's weights, nothing is copied)
+  ngram[:N]      prompt lookup with n-grams of size N down to 1 (default N = 3), model-free
+
+Every kind proposes from the token prefix alone, which is what makes the profile exact.
+A model draft (`ModelDraft`, early exits included) gives logits; `NgramDraft` gives token proposals.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from specprof.core import ngram
+from specprof.engines.hf.models import LoadedModel, check_same_vocab, load_model
+from specprof.errors import SpecprofError
+
+DEFAULT_NGRAM = 3
+DEFAULT_EXIT_DEPTH = 0.87  # of the target's layers: deep enough to agree often (SmolLM2: 26 of 30, α ≈ 0.46)
+
+
+def default_specs(num_layers: int) -> list[str]:
+    """The drafts profiled when none is given: prompt lookup, and an early exit when the target has depth."""
+    specs = ["ngram"]
+    if num_layers >= 2:
+        specs.append(f"early-exit:{min(max(round(num_layers * DEFAULT_EXIT_DEPTH), 1), num_layers - 1)}")
+    return specs
+
+
+@dataclass
+class ModelDraft:
+    name: str
+    kind: str  # "model" or "early-exit"
+    model: torch.nn.Module
+    info: dict  # what run.json records about it
+    layers: int | None = None  # early exit: how many of the target's layers it runs
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """Teacher-forced logits [B, keep, V] at the last `keep` positions of the (left-padded) input."""
+        from specprof.engines.hf.generation import position_ids
+
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+            logits_to_keep=keep,
+        )
+        return out.logits
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Early exit: logits from the target's own hidden state after `layers` layers ([..., H] → [..., V])."""
+        return self.model.lm_head(self.model.model.norm(hidden))
+
+
+@dataclass
+class NgramDraft:
+    name: str
+    max_ngram: int
+    kind: str = "ngram"
+
+    @property
+    def info(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "max_ngram": self.max_ngram}
+
+    def proposals(self, tokens: list[int], start: int) -> list[int]:
+        """Proposal for each tokens[t], t ≥ start, given tokens[:t] (-1: none)."""
+        return ngram.propose_all(tokens, start, self.max_ngram).tolist()
+
+
+Draft = ModelDraft | NgramDraft
+
+
+def parse_kind(spec: str) -> tuple[str, int | None]:
+    """('ngram', N) / ('early-exit', L) / ('model', None) for a --draft value, or a clear error."""
+    head, sep, arg = spec.partition(":")
+    if head in ("ngram", "early-exit"):
+        if head == "ngram" and not sep:
+            return "ngram", DEFAULT_NGRAM
+        try:
+            value = int(arg)
+        except ValueError:
+            raise SpecprofError(f"--draft {spec}: expected {head}:<integer>") from None
+        if head == "ngram" and not 1 <= value <= 16:
+            raise SpecprofError(f"--draft {spec}: n-gram size must be between 1 and 16")
+        return head, value
+    if sep and not head.endswith(".gguf") and "/" not in head and "\\" not in head and len(head) > 1:
+        from pathlib import Path
+
+        if not Path(spec).exists():
+            raise SpecprofError(f"--draft {spec}: unknown draft kind {head!r} (use a model, early-exit:L or ngram[:N])")
+    return "model", None
+
+
+def load_draft(
+    spec: str,
+    target: LoadedModel,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Draft:
+    kind, value = parse_kind(spec)
+    if kind == "ngram":
+        return NgramDraft(spec, value)
+    if kind == "early-exit":
+        layers = target.num_layers
+        if not 1 <= value < layers:
+            raise SpecprofError(
+                f"--draft {spec}: L must be between 1 and {layers - 1} (the target has {layers} layers)"
+            )
+        view = early_exit_view(target.model, value)
+        info = {"name": spec, "kind": "early-exit", "layers": value, "of_layers": layers}
+        return ModelDraft(spec, "early-exit", view, info, layers=value)
+    loaded = load_model(
+        spec, device, dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, role="--draft"
+    )
+    check_same_vocab(target, loaded)
+    return ModelDraft(spec, "model", loaded.model, {"kind": "model", **loaded.describe()})
+
+
+def decoder_parts(model: torch.nn.Module) -> torch.nn.Module:
+    """The inner decoder (`model.model`) of a Llama-style causal LM, or a clear error."""
+    inner = getattr(model, "model", None)
+    if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm")) or not hasattr(model, "lm_head"):
+        arch = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+        raise SpecprofError(
+            f"early-exit drafts need a Llama-style decoder (model.layers, model.norm, lm_head); {arch} is not one"
+        )
+    return inner
+
+
+def early_exit_view(model: torch.nn.Module, layers: int) -> torch.nn.Module:
+    """A causal LM of the target's class running its first `layers` layers, sharing every weight.
+
+    Built on the meta device and then pointed at the target's modules, so it costs no memory and
+    stays in step with the target (same dtype, device, rotary tables).
+    """
+    inner = decoder_parts(model)
+    config = copy.deepcopy(model.config)
+    text_config = config.get_text_config()
+    text_config.num_hidden_layers = layers
+    if isinstance(getattr(text_config, "layer_types", None), list):
+        text_config.layer_types = text_config.layer_types[:layers]
+    with torch.device("meta"):
+        view = type(model)(config)
+    view.model.embed_tokens = inner.embed_tokens
+    view.model.layers = torch.nn.ModuleList(list(inner.layers)[:layers])
+    view.model.norm = inner.norm
+    if hasattr(inner, "rotary_emb"):
+        view.model.rotary_emb = inner.rotary_emb
+    view.lm_head = model.lm_head
+    leftover = [n for n, t in [*view.named_parameters(), *view.named_buffers()] if t.is_meta]
+    if leftover:
+        raise SpecprofError(f"early-exit view of {type(model).__name__}: unshared tensor {leftover[0]}")
+    view.generation_config = copy.deepcopy(model.generation_config)
+    return view.eval()

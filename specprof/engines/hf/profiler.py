@@ -1,0 +1,429 @@
+"""Orchestrate a profile: one batched target generation, one teacher-forced pass per draft, records.
+
+For each batch of prompts (sorted by length so padding stays small):
+  1. the target generates its continuations once (`generation`), greedy or sampled;
+  2. each draft scores every continuation position in one teacher-forced pass: its proposal for
+     y[t] given the prompt and y[:t], the probability it gives y[t], its top-1 probability and,
+     when sampling, β = Σ min(p, q) against the target's distribution at that position;
+  3. the batch's rows are appended to the run's part files.
+Then forward times are measured, and `summary` turns the records into blocks for every k.
+
+Progress is reported through a callback; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from specprof.core.corpus import Prompt
+from specprof.core.estimate import Timings, summarize, trace_drafts
+from specprof.core.store import RunStore
+from specprof.engines.hf import sampling, timings
+from specprof.engines.hf.drafts import Draft, ModelDraft, NgramDraft
+from specprof.engines.hf.generation import Generation, generate
+from specprof.engines.hf.models import LoadedModel, context_limit, encode_prompt, eos_token_ids
+from specprof.errors import SpecprofError
+
+STAT_CHUNK_ROWS = 4  # rows per float32 [rows, T, V] probability block, to bound memory
+
+
+@dataclass(frozen=True)
+class Settings:
+    k_max: int = 8
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    chat_template: bool = True
+
+
+@dataclass(frozen=True)
+class Progress:
+    prompts_done: int
+    prompts_total: int
+    tokens_done: int  # target tokens generated so far
+
+
+@dataclass
+class BatchResult:
+    tokens: pd.DataFrame  # rows of tokens.parquet
+    prompts: pd.DataFrame  # rows of prompts.parquet
+
+
+@dataclass
+class Encoded:
+    prompt: Prompt
+    ids: list[int] = field(repr=False)
+
+
+def encode_all(prompts: Sequence[Prompt], target: LoadedModel, chat_template: bool) -> list[Encoded]:
+    return [Encoded(p, encode_prompt(target.tokenizer, p, chat_template)) for p in prompts]
+
+
+def make_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[Encoded]]:
+    """Batches of at most `batch_size` prompts, sorted by length (longest first) and of equal size,
+    so no small straggler batch runs at low efficiency. Fixed for a corpus, so a resumed run batches alike."""
+    order = sorted(encoded, key=lambda e: (-len(e.ids), e.prompt.id))
+    n_batches = max(1, -(-len(order) // batch_size))
+    size = -(-len(order) // n_batches)
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def profile_batch(
+    batch: Sequence[Encoded], target: LoadedModel, drafts: Sequence[Draft], settings: Settings
+) -> BatchResult:
+    ids = [e.prompt.id for e in batch]
+    generators = sampling.make_generators(settings.seed, ids) if settings.temperature > 0 else None
+    eos = eos_token_ids(target)
+    gen = generate(
+        target.model,
+        [e.ids for e in batch],
+        max_new_tokens=settings.max_new_tokens,
+        eos_ids=eos,
+        pad_id=eos[0] if eos else 0,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        generators=generators,
+        capture_layers=sorted({d.layers for d in drafts if isinstance(d, ModelDraft) and d.layers}),
+    )
+    valid = gen.valid  # [B, T]
+    _check_finite(gen.target_p, valid, ids, "target")
+
+    frames = []
+    for draft in drafts:
+        stats = score_model_draft(draft, gen, settings) if isinstance(draft, ModelDraft) else score_ngram_draft(
+            draft, gen, [e.ids for e in batch], settings
+        )
+        _check_finite(stats["draft_top1_p"], valid, ids, draft.name)
+        frames.append(_rows(draft.name, batch, gen, stats, valid))
+
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": ids,
+            "domain": [e.prompt.domain for e in batch],
+            "prompt": [e.prompt.prompt for e in batch],
+            "messages": [
+                json.dumps(e.prompt.as_record()["messages"]) if e.prompt.messages is not None else None
+                for e in batch
+            ],
+            "prompt_tokens": [e.ids for e in batch],
+            "n_generated": gen.lengths,
+            "finish_reason": ["eos" if f else "length" for f in gen.finished_by_eos],
+            "min_margin": [
+                float(gen.margin[i, : gen.lengths[i]].min()) if gen.lengths[i] else float("nan")
+                for i in range(len(batch))
+            ],
+        }
+    )
+    return BatchResult(pd.concat(frames, ignore_index=True), prompts)
+
+
+@torch.inference_mode()
+def score_model_draft(draft: ModelDraft, gen: Generation, settings: Settings) -> dict[str, torch.Tensor]:
+    """Teacher-forced draft statistics at every continuation position: [B, T] tensors on the CPU."""
+    width = gen.continuation.shape[1]
+    if draft.layers in gen.hidden:  # early exit: the target already ran these layers while generating
+        logits = draft.logits_from_hidden(gen.hidden[draft.layers])
+    else:
+        # Logits at columns P-1 .. P+T-2 predict continuation positions 0 .. T-1; the last token predicts nothing.
+        inputs = gen.sequences[:, : gen.prompt_width + width - 1]
+        mask = gen.attention_mask[:, : gen.prompt_width + width - 1]
+        logits = draft.logits(inputs, mask, keep=width)
+    target_tokens = gen.continuation
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("draft_token", "draft_q", "draft_top1_p", "accept_prob")}
+    for lo in range(0, logits.shape[0], STAT_CHUNK_ROWS):
+        rows = slice(lo, lo + STAT_CHUNK_ROWS)
+        q = sampling.probabilities(logits[rows], settings.temperature, settings.top_p)
+        y = target_tokens[rows]
+        if settings.temperature == 0:
+            proposal = logits[rows].float().argmax(dim=-1)
+            accept = (proposal == y).float()
+        else:
+            proposal = q.argmax(dim=-1)
+            p = sampling.probabilities(gen.logits[rows], settings.temperature, settings.top_p)
+            accept = torch.minimum(p, q).sum(dim=-1).clamp(max=1.0)
+        out["draft_token"].append(proposal)
+        out["draft_q"].append(q.gather(-1, y[..., None]).squeeze(-1))
+        out["draft_top1_p"].append(q.max(dim=-1).values)
+        out["accept_prob"].append(accept)
+    return {k: torch.cat(v).cpu() for k, v in out.items()}
+
+
+def score_ngram_draft(
+    draft: NgramDraft, gen: Generation, prompt_ids: Sequence[list[int]], settings: Settings
+) -> dict[str, torch.Tensor]:
+    """Prompt-lookup proposals; the proposal is a point mass, so β = p(proposal) when sampling."""
+    batch, width = gen.continuation.shape
+    proposal = torch.full((batch, width), -1, dtype=torch.long)
+    continuation = gen.continuation.cpu()
+    for i, prompt in enumerate(prompt_ids):
+        n = gen.lengths[i]
+        proposal[i, :n] = torch.tensor(draft.proposals(prompt + continuation[i, :n].tolist(), len(prompt)))
+    match = (proposal == continuation).float()
+    has = (proposal >= 0).float()
+    if settings.temperature == 0:
+        accept = match
+    else:
+        accept = torch.zeros(batch, width)
+        for lo in range(0, batch, STAT_CHUNK_ROWS):
+            rows = slice(lo, lo + STAT_CHUNK_ROWS)
+            p = sampling.probabilities(gen.logits[rows], settings.temperature, settings.top_p).cpu()
+            accept[rows] = p.gather(-1, proposal[rows].clamp(min=0)[..., None]).squeeze(-1) * has[rows]
+    return {"draft_token": proposal, "draft_q": match, "draft_top1_p": has, "accept_prob": accept}
+
+
+def _rows(
+    draft: str, batch: Sequence[Encoded], gen: Generation, stats: dict[str, torch.Tensor], valid: torch.Tensor
+) -> pd.DataFrame:
+    lengths = gen.lengths
+    flat = valid.reshape(-1)
+
+    def take(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().reshape(-1)[flat].numpy()
+
+    target_token = take(gen.continuation)
+    draft_token = take(stats["draft_token"])
+    return pd.DataFrame(
+        {
+            "draft": draft,
+            "prompt_id": np.repeat([e.prompt.id for e in batch], lengths),
+            "domain": np.repeat([e.prompt.domain for e in batch], lengths),
+            "position": np.concatenate([np.arange(n) for n in lengths]).astype(np.int32),
+            "target_token": target_token.astype(np.int32),
+            "draft_token": draft_token.astype(np.int32),
+            "match": draft_token == target_token,
+            "accept_prob": take(stats["accept_prob"]).astype(np.float32),
+            "target_p": take(gen.target_p).astype(np.float32),
+            "draft_q": take(stats["draft_q"]).astype(np.float32),
+            "target_entropy": take(gen.target_entropy).astype(np.float32),
+            "draft_top1_p": take(stats["draft_top1_p"]).astype(np.float32),
+        }
+    )
+
+
+def _check_finite(values: torch.Tensor, valid: torch.Tensor, ids: Sequence[str], who: str) -> None:
+    bad = (~torch.isfinite(values.cpu())) & valid
+    if bad.any():
+        row, position = (int(v) for v in bad.nonzero()[0])
+        raise SpecprofError(
+            f"prompt {ids[row]}: the {who} model produced NaN/inf logits at position {position} "
+            "(broken weights, or overflow in float16/bfloat16: try --dtype float32)"
+        )
+
+
+def typical_context(encoded: Sequence[Encoded], generated: Sequence[int]) -> int:
+    """Median prompt length plus half the median continuation: where a verification step usually sits."""
+    return int(np.median([len(e.ids) for e in encoded]) + np.median(generated) / 2) if encoded else 0
+
+
+def measure_timings(
+    target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int
+) -> Timings:
+    forward = timings.forward_seconds(target.model, context, list(range(1, k_max + 2)))
+    draft_times = {d.name: timings.draft_seconds(d, context) for d in drafts}
+    return Timings(
+        target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
+        draft_step_s={name: step for name, (step, _) in draft_times.items()},
+        context_tokens=len(context),
+        draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
+    )
+
+
+def timing_context(encoded: Sequence[Encoded], tokens: pd.DataFrame, k_max: int) -> list[int]:
+    """A real prompt + continuation cut to the typical context length (at least k_max + 2 tokens)."""
+    first_draft = tokens["draft"].iloc[0]
+    rows = tokens[tokens["draft"] == first_draft]
+    generated = rows.groupby("prompt_id", sort=False)["position"].max() + 1
+    want = max(typical_context(encoded, generated.tolist()), k_max + 2)
+    by_id = {e.prompt.id: e.ids for e in encoded}
+    longest = max(encoded, key=lambda e: len(e.ids) + int(generated.get(e.prompt.id, 0)))
+    continuation = rows[rows["prompt_id"] == longest.prompt.id].sort_values("position")["target_token"]
+    sequence = by_id[longest.prompt.id] + continuation.astype(int).tolist()
+    while len(sequence) < want:
+        sequence = sequence + sequence  # a short corpus: repeat real tokens to reach the length
+    return sequence[:want]
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    out_dir: str
+    summary: pd.DataFrame
+    run: dict
+
+
+NoticeCallback = Callable[[str], None]
+TOO_LONG = ("skip", "error")
+
+
+def drop_too_long(
+    encoded: Sequence[Encoded], limits: Sequence[int | None], max_new_tokens: int, too_long: str
+) -> tuple[list[Encoded], list[str]]:
+    """Prompts whose tokens plus `max_new_tokens` fit every model's context; the others' ids.
+
+    `too_long="error"` raises for the first prompt that does not fit instead of skipping it.
+    """
+    known = [n for n in limits if n]
+    if not known:
+        return list(encoded), []
+    context = min(known)
+    kept, skipped = [], []
+    for e in encoded:
+        if len(e.ids) + max_new_tokens <= context:
+            kept.append(e)
+        elif too_long == "error":
+            raise SpecprofError(
+                f"{e.prompt.source}: prompt {e.prompt.id!r} has {len(e.ids)} tokens; with --max-new-tokens "
+                f"{max_new_tokens} it exceeds the model context of {context} (--too-long skip to skip it)"
+            )
+        else:
+            skipped.append(e.prompt.id)
+    if not kept:
+        raise SpecprofError(f"every prompt is longer than the model context of {context} tokens")
+    return kept, skipped
+
+
+def profile_batch_adaptive(
+    batch: Sequence[Encoded],
+    target: LoadedModel,
+    drafts: Sequence[Draft],
+    settings: Settings,
+    size: int,
+    notice: NoticeCallback,
+) -> tuple[BatchResult, int]:
+    """`profile_batch` in sub-batches of `size`, halving `size` on CUDA out-of-memory down to 1.
+
+    Returns the result and the size that worked, which the following batches start from.
+    """
+    while True:
+        try:
+            parts = [profile_batch(batch[i : i + size], target, drafts, settings) for i in range(0, len(batch), size)]
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise SpecprofError(
+                    f"out of GPU memory at batch size 1 (prompt {batch[0].prompt.id}); "
+                    "lower --max-new-tokens or use --dtype bfloat16"
+                ) from None
+            size = max(1, size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            notice("CUDA out of memory: halving the batch size until it fits (run.json records the final size)")
+            continue
+        return BatchResult(
+            pd.concat([p.tokens for p in parts], ignore_index=True),
+            pd.concat([p.prompts for p in parts], ignore_index=True),
+        ), size
+
+
+def run_profile(
+    prompts: Sequence[Prompt],
+    target: LoadedModel,
+    drafts: Sequence[Draft],
+    settings: Settings,
+    store: RunStore,
+    progress: ProgressCallback | None = None,
+    notice: NoticeCallback | None = None,
+    too_long: str = "skip",
+    prepared: tuple[list[Encoded], list[str]] | None = None,
+) -> ProfileResult:
+    """Profile every prompt with every draft, measure timings and write the finished report.
+
+    Batches already recorded in `store` (a resumed run) are skipped; each new batch is recorded as
+    soon as it is done, so an interruption loses at most the batch in flight.
+    """
+    said: set[str] = set()
+
+    def say(message: str) -> None:
+        if notice and message not in said:
+            said.add(message)
+            notice(message)
+
+    encoded, skipped = prepared or prepare(prompts, target, drafts, settings, too_long)
+    if skipped:
+        say(f"skipped {len(skipped)} prompt(s) longer than the model context: {', '.join(skipped[:5])}"
+            + (" …" if len(skipped) > 5 else ""))
+    store.update(skipped_prompts=skipped)
+    batches = make_batches(encoded, settings.batch_size)
+    done = store.completed_batches
+    done_prompts = sum(len(b) for i, b in enumerate(batches) if i in done)
+    done_tokens = 0
+    size = int(store.run.get("final_batch_size") or settings.batch_size)
+    if progress:
+        progress(Progress(done_prompts, len(encoded), 0))
+    for index, batch in enumerate(batches):
+        if index in done:
+            continue
+        result, new_size = profile_batch_adaptive(batch, target, drafts, settings, size, say)
+        if new_size != size:
+            size = new_size
+            store.update(final_batch_size=size)
+        store.append_batch(index, result.tokens, result.prompts)
+        done_prompts += len(batch)
+        done_tokens += int(result.prompts["n_generated"].sum())
+        if progress:
+            progress(Progress(done_prompts, len(encoded), done_tokens))
+    store.update(final_batch_size=size)
+    tokens = store.tokens()
+    measured = measure_timings(target, drafts, timing_context(encoded, tokens, settings.k_max), settings.k_max)
+    traces = trace_drafts(tokens, settings.k_max, exact=settings.temperature == 0)
+    summary_frame, blocks_frame = summarize(traces, measured)
+    run = store.finish(summary_frame, blocks_frame, measured)
+    return ProfileResult(str(store.directory), summary_frame, run)
+
+
+def prepare(
+    prompts: Sequence[Prompt], target: LoadedModel, drafts: Sequence[Draft], settings: Settings, too_long: str
+) -> tuple[list[Encoded], list[str]]:
+    """Tokenize the prompts and set aside (or refuse) those that do not fit every model's context."""
+    encoded = encode_all(prompts, target, settings.chat_template)
+    limits = [context_limit(target)] + [context_limit_of(d) for d in drafts]
+    return drop_too_long(encoded, limits, settings.max_new_tokens, too_long)
+
+
+def context_limit_of(draft: Draft) -> int | None:
+    if isinstance(draft, NgramDraft):
+        return None
+    return getattr(draft.model.config.get_text_config(), "max_position_embeddings", None)
+
+
+def describe_run(
+    target: LoadedModel,
+    drafts: Sequence[Draft],
+    settings: Settings,
+    prompts: Sequence[Prompt],
+    corpus_path: str,
+    domains: Sequence[str],
+    limit: int | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict:
+    """What run.json records about a run; `store.IDENTITY` names the entries a resume must match."""
+    from specprof.core.corpus import fingerprint
+
+    return {
+        "target": target.describe(),
+        "drafts": [d.info for d in drafts],
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch_version": torch.__version__,
+        "settings": {
+            "k_max": settings.k_max,
+            "max_new_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "seed": settings.seed,
+            "batch_size": settings.batch_size,
+            "chat_template": settings.chat_template,
+        },
+        "corpus": {"path": corpus_path, "domains": list(domains), "limit": limit, "n_prompts": len(prompts)},
+        "corpus_fingerprint": fingerprint(prompts),
+    }

@@ -1,0 +1,292 @@
+"""`specprof report --html`: one self-contained HTML page of a report.
+
+The page holds the run's settings (models, dtype, device, sampling, timings); per draft a table per
+domain with the figures of `recommend --json` (the same `decide.estimates` call with the same
+defaults, so the two always agree: α with its interval, best k, tokens/iter, speedup with its
+interval, decision), the plots of `plots`, and the five prompts with the lowest α coloured token by
+token as `inspect` shows them. Styles sit in one inline `<style>`, plots are inline `<svg>` with
+text drawn as paths: opening the file makes no network request and needs no fonts or scripts.
+
+Every table figure carries its exact value in `data-value` (the cell shows it rounded), so tests
+and scripts can read the page without parsing text.
+
+What this module does not do: compute figures (`decide`), load model weights (only the tokenizer).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from specprof import __version__
+from specprof.core import decide, inspection, reportfiles
+from specprof.core.estimate import ALL, OFF_CAUSES, Estimate
+from specprof.errors import SpecprofError
+from specprof.ui import plots, render
+
+WORST = 5
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f; margin: 0 auto;
+       max-width: 1180px; padding: 0 20px 40px; }
+h1 { font-size: 24px; margin: 24px 0 4px; } h2 { font-size: 19px; margin: 32px 0 8px; border-bottom: 1px solid #ddd; }
+h3 { font-size: 15px; margin: 20px 0 6px; }
+.meta { color: #666; margin: 0 0 12px; }
+table { border-collapse: collapse; margin: 6px 0 10px; }
+th, td { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; vertical-align: top; }
+th { background: #f5f5f7; font-weight: 600; } td.l, th.l { text-align: left; }
+table.kv td { text-align: left; } table.kv td:first-child { color: #555; white-space: nowrap; }
+tr.all td { font-weight: 600; border-top: 1px solid #bbb; }
+.GO { color: #1a7f37; font-weight: 700; } .NO-GO { color: #c62828; font-weight: 700; }
+.INCONCLUSIVE { color: #9a6700; font-weight: 700; }
+.note { color: #444; margin: 2px 0; } .plan { font-weight: 600; margin: 6px 0 12px; }
+figure.plot { margin: 12px 0 20px; } figure.plot svg { max-width: 100%; height: auto; display: block; }
+figcaption { color: #555; font-size: 13px; margin-top: 4px; }
+.prompt { margin: 12px 0 18px; } .prompt .text { color: #555; font-size: 13px; margin: 2px 0 6px;
+          white-space: pre-wrap; max-height: 5.5em; overflow: hidden; }
+.tokens { font: 13px/1.7 ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; white-space: pre-wrap;
+          word-break: break-word; background: #fafafa; border: 1px solid #eee; padding: 8px 10px; }
+.tok { border-radius: 2px; } .tok.acc { color: #0f5323; background: #dff3e4; }
+.tok.rej { color: #fff; background: #c62828; }
+.tok.bs { box-shadow: -2px 0 0 #3949ab; margin-left: 2px; }
+.legend span { padding: 0 4px; margin-right: 8px; }
+"""
+
+
+def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plots.Plot]]:
+    """The page's HTML and its plots, from a report directory (or a file in it)."""
+    from specprof.core import tokentext
+
+    analysis = decide.load(path)
+    estimates = decide.estimates(analysis)  # recommend's defaults: measured costs, --min-speedup 1.1
+    plans = decide.plans(estimates)
+    detokenizer = tokentext.load(analysis.run, tokenizer)
+    drafts = [p.draft for p in plans]
+    best_k = {e.draft: e.best_k for e in estimates if e.domain == ALL}
+    worst = {d: inspection.inspect_analysis(analysis, detokenizer, d, worst=WORST, k=best_k[d]) for d in drafts}
+    all_plots = [plots.alpha_plot(estimates)]
+    by_draft = {}
+    for d in drafts:
+        by_draft[d] = plots.draft_plots([e for e in estimates if e.draft == d])
+        all_plots += by_draft[d]
+
+    body = [
+        "<h1>specprof report</h1>",
+        f'<p class="meta">{_e(analysis.path)} · page written {_e(_now())} by specprof {_e(__version__)}</p>',
+        settings_section(analysis.run, analysis.exact),
+        "<h2>α per domain</h2>",
+        figure(all_plots[0], "α per domain with its 95% bootstrap interval over prompts."),
+    ]
+    for p in plans:
+        rows = [e for e in estimates if e.draft == p.draft]
+        body += [f'<h2 id="draft-{_e(plots.slug(p.draft))}">draft {_e(p.draft)}</h2>',
+                 decisions_table(rows), *notes(rows),
+                 f'<p class="plan">{_e(render.plan_line(p, rows[0].min_speedup))}</p>']
+        speedup, positions, accepted = by_draft[p.draft]
+        body += [
+            figure(speedup, "Empirical speedup (measured tokens/iter and forward times) with its 95% interval, "
+                            "and Leviathan et al.'s i.i.d. model at the same α and costs; above 1 speculation pays."),
+            figure(positions, "r_i = P(at least i draft tokens accepted in a block), blocks of k = k_max. "
+                              "At any draft length k, tokens/iter = 1 + Σ_{i≤k} r_i with r_i taken at that k "
+                              "(away from the end of a continuation)."),
+            figure(accepted, "How many of the k proposals each block accepted (whole corpus)."),
+            worst_section(worst[p.draft]),
+        ]
+    if not analysis.exact:
+        body.append('<p class="note">Sampled run (T &gt; 0): per-k figures are the chain estimate; check them '
+                    "with <code>specprof verify</code>.</p>")
+    title = f"specprof report: {analysis.path.name}"
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+    return page, all_plots
+
+
+def write(path: str | Path, html_path: str | Path, png_dir: str | Path | None = None,
+          tokenizer: str | None = None) -> list[Path]:
+    """Write the page (and with `png_dir` every plot as PNG) atomically; return the PNG paths."""
+    html_path = Path(html_path)
+    if not html_path.parent.is_dir():
+        raise SpecprofError(f"--html {html_path}: directory {html_path.parent} does not exist")
+    if html_path.is_dir():
+        raise SpecprofError(f"--html {html_path}: is a directory; give a file name such as report.html")
+    if png_dir is not None:
+        png_dir = Path(png_dir)
+        if png_dir.exists() and not png_dir.is_dir():
+            raise SpecprofError(f"--png {png_dir}: exists and is not a directory")
+    page, all_plots = build(path, tokenizer)
+    reportfiles.write_file(html_path, page.encode("utf-8"))
+    written = []
+    if png_dir is not None:
+        png_dir.mkdir(parents=True, exist_ok=True)
+        for plot in all_plots:
+            target = png_dir / f"{plot.name}.png"
+            reportfiles.write_file(target, plots.to_png(plot))
+            written.append(target)
+    return written
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def settings_section(run: dict[str, Any], exact: bool) -> str:
+    """Models, device, dtype, sampling, corpus, timings and versions from run.json."""
+    t = run.get("target") or {}
+    s = run.get("settings") or {}
+    corpus = run.get("corpus") or {}
+    timings = run.get("timings") or {}
+    rows = [
+        ("target", f"{t.get('name', '?')} ({t.get('architecture', '?')}, {t.get('num_layers', '?')} layers, "
+                   f"{_params(t.get('parameters'))} parameters)"),
+        ("target source", f"{t.get('source', '?')} · fingerprint {t.get('fingerprint', '?')}"),
+        ("drafts", "; ".join(_draft_line(d) for d in run.get("drafts") or [])),
+        ("device, dtype", f"{run.get('device', '?')}, {run.get('dtype', '?')} (torch {run.get('torch_version', '?')})"),
+        ("sampling", ("greedy (T = 0): exact blocks" if exact else
+                      f"T = {s.get('temperature')}, top-p {s.get('top_p')}, seed {s.get('seed')}: chain estimate")),
+        ("generation", f"{s.get('max_new_tokens')} new tokens per prompt, k = 1..{s.get('k_max')}, chat template "
+                       f"{'on' if s.get('chat_template') else 'off'}, batch size {s.get('batch_size')}"),
+        ("corpus", f"{corpus.get('path', '?')}: {corpus.get('n_prompts', '?')} prompts"
+                   + (f", domains {', '.join(corpus['domains'])}" if corpus.get("domains") else "")
+                   + (f", first {corpus['limit']} per domain" if corpus.get("limit") else "")),
+    ]
+    if timings:
+        forward = ", ".join(f"{1000 * x:.2f}" for x in timings.get("target_forward_s", []))
+        rows.append(("target forward t_T(n), n = 1, 2, …", f"{forward} ms (context {timings.get('context_tokens')} "
+                                                          "tokens)"))
+        catchup = timings.get("draft_catchup_s") or {}
+        steps = "; ".join(
+            f"{name}: {1000 * x:.3g} ms" + (f" (+{1000 * catchup[name]:.3g} ms catch-up)" if name in catchup else "")
+            for name, x in (timings.get("draft_step_s") or {}).items()
+        )
+        rows.append(("draft step t_D", steps))
+    rows += [
+        ("run", f"{run.get('started_at', '?')} → {run.get('finished_at', '?')}"),
+        ("versions", f"specprof {run.get('specprof_version', '?')}, report schema {run.get('schema_version', '?')}"),
+    ]
+    cells = "\n".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f'<h2>Run</h2>\n<table class="kv" id="settings">\n{cells}\n</table>'
+
+
+def _params(n: Any) -> str:
+    return f"{n / 1e6:.0f}M" if isinstance(n, (int, float)) else "?"
+
+
+def _draft_line(d: dict[str, Any]) -> str:
+    extra = ", ".join(f"{k} {v}" for k, v in d.items() if k not in ("name", "source", "fingerprint"))
+    return f"{d.get('name', '?')} ({extra})"
+
+
+# (column heading, recommendation_json keys shown in it, digits)
+COLUMNS = [
+    ("prompts", ("n_prompts",), 0),
+    ("α [95% CI]", ("alpha", "alpha_lo", "alpha_hi"), 3),
+    ("best k", ("best_k",), 0),
+    ("tokens/iter", ("tokens_per_iter",), 2),
+    ("speedup [95% CI]", ("speedup", "speedup_lo", "speedup_hi"), 2),
+    ("i.i.d. speedup", ("speedup_iid",), 2),
+]
+
+
+def cell_value(value: Any, digits: int) -> str:
+    """How the page prints a figure (`data-value` keeps it exact)."""
+    if value is None:
+        return "–"
+    return str(value) if digits == 0 else f"{value:.{digits}f}"
+
+
+def _figure_span(draft: str, domain: str, key: str, value: Any, digits: int) -> str:
+    exact = json.dumps(value)
+    return (f'<span class="v" data-draft="{_e(draft)}" data-domain="{_e(domain)}" data-key="{key}" '
+            f'data-value="{_e(exact)}">{_e(cell_value(value, digits))}</span>')
+
+
+def decisions_table(rows: Sequence[Estimate]) -> str:
+    """One row per domain (ALL last) at its best k: the figures of `recommend --json`."""
+    head = '<th class="l">domain</th>' + "".join(f"<th>{_e(name)}</th>" for name, _, _ in COLUMNS) + \
+        '<th class="l">decision</th>'
+    lines = []
+    for e in rows:
+        rec = decide.recommendation_json(e)
+        cells = [f'<td class="l">{_e(e.domain)}</td>']
+        for _, keys, digits in COLUMNS:
+            spans = [_figure_span(e.draft, e.domain, k, rec[k], digits) for k in keys]
+            text = spans[0] if len(spans) == 1 else f"{spans[0]} [{spans[1]}, {spans[2]}]"
+            cells.append(f"<td>{text}</td>")
+        decision = rec["decision"]
+        cells.append(f'<td class="l"><span class="v {decision}" data-draft="{_e(e.draft)}" '
+                     f'data-domain="{_e(e.domain)}" data-key="decision" data-value="{_e(json.dumps(decision))}">'
+                     f"{_e(decision)}</span></td>")
+        cls = ' class="all"' if e.domain == ALL else ""
+        lines.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    return (f'<table class="decisions" data-draft="{_e(rows[0].draft)}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+            + "\n".join(lines) + "\n</tbody>\n</table>")
+
+
+def notes(rows: Sequence[Estimate]) -> list[str]:
+    """The reasons and notes `recommend` prints under its table."""
+    out = [render.costs_caption(rows[0])]
+    out += [f"{e.domain}: {e.verdict().decision} — {e.why()}" for e in rows if e.why()]
+    off = [e.domain for e in rows if e.effectively_off and e.domain != ALL]
+    if off:
+        out.append(f"speculation is effectively off for {', '.join(off)}; usual causes: {OFF_CAUSES}")
+    if (line := render.disagreement_note(rows)) is not None:
+        out.append(line)
+    return [f'<p class="note">{_e(n)}</p>' for n in out]
+
+
+def figure(plot: plots.Plot, caption: str) -> str:
+    return (f'<figure class="plot" data-plot="{_e(plot.name)}">\n{plots.to_svg(plot)}\n'
+            f"<figcaption>{_e(caption)}</figcaption>\n</figure>")
+
+
+def token_spans(view: inspection.PromptView, exact: bool) -> str:
+    """The continuation as one `<span>` per token: class acc/rej by `match` at T = 0 (bs: a block starts),
+    a background shaded by accept_prob at T > 0. Each span carries its position and verdict."""
+    spans = []
+    for t in view.tokens:
+        classes = ["tok", "acc" if t.match else "rej"] if exact else ["tok"]
+        if exact and t.block_start and t.position > 0:
+            classes.append("bs")
+        style = "" if exact else ' style="background: rgb({}, {}, {})"'.format(*render.shade(t.accept_prob))
+        proposal = repr(t.draft_text) if t.draft_token >= 0 else "none"
+        title = f"position {t.position}; target {t.text!r}; draft proposed {proposal}; β = {t.accept_prob:.3f}"
+        spans.append(
+            f'<span class="{" ".join(classes)}" data-pos="{t.position}" data-match="{int(t.match)}" '
+            f'data-accept-prob="{t.accept_prob:.4f}"{style} title="{_e(title)}">{_e(render.shown_piece(t.text))}</span>'
+        )
+    return "".join(spans)
+
+
+def worst_section(i: inspection.Inspection) -> str:
+    """The prompts with the lowest α for one draft, coloured token by token."""
+    parts = [f"<h3>{len(i.shown)} prompts with the lowest α (draft {_e(i.draft)}, blocks at k = {i.k})</h3>"]
+    if i.exact:
+        parts.append('<p class="legend"><span class="tok acc">accepted</span><span class="tok rej">rejected</span>'
+                     f'<span class="tok acc bs">a block at k = {i.k} starts</span> (hover a token for the '
+                     "draft's proposal)</p>")
+    else:
+        parts.append('<p class="legend">Background from red (β = 0) to green (β = 1): the chance speculative '
+                     "sampling accepts the draft at that token; blocks are random at T &gt; 0 and not marked.</p>")
+    for v in i.shown:
+        f = v.figures
+        parts.append(
+            f'<div class="prompt" data-prompt="{_e(f.prompt_id)}" data-draft="{_e(i.draft)}">'
+            f"<b>{_e(f.prompt_id)}</b> ({_e(f.domain)}): α {f.alpha:.3f}, {f.tokens_per_iter:.2f} tokens/iter at "
+            f"k = {i.k}, {v.rejected} of {f.n_tokens} tokens rejected"
+            f'<div class="text">{_e(v.prompt_text)}</div>'
+            f'<div class="tokens">{token_spans(v, i.exact)}</div></div>'
+        )
+    return f'<section class="worst" data-draft="{_e(i.draft)}">\n' + "\n".join(parts) + "\n</section>"

@@ -1,0 +1,72 @@
+"""The package's layers (docs/design.md, "Layers"): arrows point down, and the core never loads torch.
+
+    ui  →  commands  →  engines  →  core        (errors and __version__ sit below them all)
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import specprof
+
+PACKAGE = Path(specprof.__file__).parent
+RANK = {"core": 0, "engines": 1, "commands": 2, "ui": 3}
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "specprof" and parts[1] in RANK else None
+
+
+def modules(layer: str) -> list[str]:
+    return sorted(
+        ".".join(("specprof", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        for p in (PACKAGE / layer).rglob("*.py")
+    )
+
+
+def imported(path: Path) -> set[str]:
+    """Every specprof module that `path` imports, at the top or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("specprof"):
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("specprof"))
+    return names
+
+
+def test_every_module_sits_in_a_layer():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py", "errors.py"))
+    assert loose == []
+
+
+def test_imports_only_point_down():
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        here = layer_of(".".join(("specprof", *path.relative_to(PACKAGE).parts)))
+        if here is None:
+            continue
+        for name in imported(path):
+            there = layer_of(name)
+            if there is not None and RANK[there] > RANK[here]:
+                wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert wrong == []
+
+
+def test_core_imports_without_torch():
+    """Every core module, imported in a fresh interpreter, loads neither torch nor transformers."""
+    mods = modules("core")
+    assert len(mods) > 10
+    code = (
+        "import importlib, sys\n"
+        f"for m in {mods!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

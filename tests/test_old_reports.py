@@ -1,0 +1,62 @@
+"""Reports written by an earlier release keep loading and give the same answers.
+
+Users keep CI baselines for months. tests/fixtures/release-0.1.0/ holds two reports written by
+specprof 0.1.0 and what its `recommend`, `gate`, `compare` and `inspect` printed with `--json`;
+today's code must print the same JSON. Floats are compared to 1e-9 relative: the bootstrap's
+matrix product may sum in another order on another BLAS build, nothing else may differ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1.0"
+
+COMMANDS = {
+    "recommend": ["recommend", "report-a", "--json"],
+    "gate": ["gate", "report-a", "--min-speedup", "1.0", "--min-alpha", "0.3", "--baseline", "report-b",
+             "--max-alpha-drop", "0.05", "--force", "--json"],
+    "compare": ["compare", "report-a", "report-b", "--force", "--json"],
+    "inspect": ["inspect", "report-a", "--tokenizer", "tokenizer", "--json"],
+    "inspect-ngram": ["inspect", "report-a", "--draft", "ngram", "--worst", "3", "--k", "2",
+                      "--tokenizer", "tokenizer", "--json"],
+}
+
+# Figures that a later change altered on purpose: {golden file: {JSON path: (new value, why)}}.
+CHANGED: dict[str, dict[str, tuple[object, str]]] = {}
+
+
+def same(a: object, b: object, path: str = "") -> list[str]:
+    """The JSON paths where `a` and `b` differ (floats to 1e-9 relative)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}.{k}: missing on one side" for k in a.keys() ^ b.keys()]
+        return out + [d for k in a.keys() & b.keys() for d in same(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} vs {len(b)} items"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in same(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float | int) and not isinstance(b, bool):
+        return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) else [f"{path}: {a!r} vs {b!r}"]
+    return [] if a == b and type(a) is type(b) else [f"{path}: {a!r} vs {b!r}"]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_old_report_gives_the_same_json(name, cli, monkeypatch):
+    monkeypatch.chdir(FIXTURE)
+    r = cli(*COMMANDS[name])
+    assert r.exit_code == (1 if name == "gate" else 0), r.output  # the old gate failed its checks too
+    expected = json.loads((FIXTURE / "golden" / f"{name}.json").read_text())
+    got = json.loads(r.stdout)
+    for path, (value, _why) in CHANGED.get(name, {}).items():
+        node, *keys = path.split(".")
+        assert node == ""
+        target = expected
+        for key in keys[:-1]:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        last = keys[-1]
+        target[int(last) if isinstance(target, list) else last] = value
+    assert same(expected, got) == []
