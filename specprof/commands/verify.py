@@ -25,7 +25,6 @@ What this module does not do: print (`render`), parse flags (`cli`).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,26 +191,10 @@ def predicted(trace: DraftTrace, mask: np.ndarray, k: int, draft: str, timings: 
     return float(p.tokens_per_iter[k - 1]), float(costs.speedup(p.tokens_per_iter)[k - 1])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, object]:
-    _sync(device)
-    start = time.perf_counter()
+    start = models.clock(device)
     result = fn()
-    _sync(device)
-    return time.perf_counter() - start, result
-
-
-@dataclass
-class _Live:
-    """One prompt's live runs: the target alone, and per (draft, k) the speculative output."""
-
-    target_wall_s: float
-    target: speculate.SpecOutput
-    spec: dict[tuple[str, int], tuple[float, speculate.SpecOutput]] = field(default_factory=dict)  # (wall s, out)
+    return models.clock(device) - start, result
 
 
 @dataclass
@@ -308,11 +291,6 @@ def execute(plan: Plan, progress: Callable[[Progress], None] | None = None) -> V
         result.divergences = unique
         result.identical_outputs = not any(d.kind in ("speculative", "target") for d in result.divergences)
     return result
-
-
-def run_verify(report_path: str, ks: Sequence[int] = (), limit: int | None = None,
-               draft_names: Sequence[str] = (), progress: Callable[[Progress], None] | None = None) -> VerifyResult:
-    return execute(prepare(report_path, ks, limit, draft_names), progress)
 
 
 @dataclass

@@ -111,11 +111,6 @@ def fingerprint(prompts: Iterable[Prompt]) -> str:
     return h.hexdigest()[:16]
 
 
-def domains_of(prompts: Iterable[Prompt]) -> list[str]:
-    """Domains in first-seen order."""
-    return list(dict.fromkeys(p.domain for p in prompts))
-
-
 def _read_text(file: Path) -> str:
     try:
         data = file.read_bytes()

@@ -56,11 +56,6 @@ def speedup_iid(alpha: float, k: int, cost_ratio: float) -> float:
     return expected_tokens(alpha, k) / (k * cost_ratio + 1.0)
 
 
-def speedup_from_tokens(tokens_per_iter: float, k: int, cost_ratio: float) -> float:
-    """Measured tokens per iteration with a flat verification cost: E_emp(k) / (k·c + 1)."""
-    return tokens_per_iter / (k * cost_ratio + 1.0)
-
-
 def speedup_measured(
     tokens_per_iter: float, k: int, draft_step_s: float, target_forward_s: Sequence[float],
     full_fraction: float = 0.0, draft_catchup_s: float = 0.0,

@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 
 from specprof.core import distill_eval
+from specprof.engines.hf.drafts import decoder_parts, decoder_shell
 from specprof.engines.hf.models import LoadedModel
 from specprof.errors import SpecprofError
 
@@ -106,13 +107,9 @@ class TrainProgress:
     elapsed_s: float
 
 
-ProgressCallback = Callable[[str, dict], None]
-
 
 def check_architecture(model: torch.nn.Module, where: str = "--target") -> None:
     """Refuse models whose decoder is not Llama-style: the draft is built from their own layers."""
-    from specprof.engines.hf.drafts import decoder_parts
-
     config = model.config.get_text_config()
     kind = getattr(config, "model_type", None)
     if kind not in SUPPORTED_TYPES or model.config.get_text_config() is not model.config:
@@ -255,18 +252,11 @@ class DraftHead(torch.nn.Module):
 
     def __init__(self, target: torch.nn.Module, layers: int):
         super().__init__()
-        inner = target.model
-        config = copy.deepcopy(target.config)
-        config.num_hidden_layers = 1
-        if isinstance(getattr(config, "layer_types", None), list):
-            config.layer_types = [config.layer_types[layers]]
-        with torch.device("meta"):
-            shell = type(target)(config)
-        shell.model.embed_tokens = inner.embed_tokens  # unused (states come in), shared so nothing stays on meta
-        shell.model.layers = torch.nn.ModuleList([copy.deepcopy(inner.layers[layers]).float()])
-        shell.model.norm = copy.deepcopy(inner.norm).float()
-        if hasattr(inner, "rotary_emb"):
-            shell.model.rotary_emb = copy.deepcopy(inner.rotary_emb).float()
+        inner = decoder_parts(target)
+        shell = decoder_shell(
+            target, [layers], [copy.deepcopy(inner.layers[layers]).float()], copy.deepcopy(inner.norm).float(),
+            copy.deepcopy(inner.rotary_emb).float() if hasattr(inner, "rotary_emb") else None, what="draft head",
+        )
         self.decoder = shell.model
         self.lm_head = target.lm_head
         for p in self.decoder.embed_tokens.parameters():
@@ -467,26 +457,12 @@ def assemble_draft(target: torch.nn.Module, head: DraftHead, layers: int) -> tor
     The frozen parts are the target's own modules (nothing is copied until saving), so their saved
     tensors are the target's, bit for bit.
     """
-    inner = target.model
-    config = copy.deepcopy(target.config)
-    config.num_hidden_layers = layers + 1
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[: layers + 1]
+    inner = decoder_parts(target)
     dtype = next(target.parameters()).dtype
-    with torch.device("meta"):
-        draft = type(target)(config)
-    draft.model.embed_tokens = inner.embed_tokens
     trained = copy.deepcopy(head.decoder.layers[0]).to(dtype)
-    draft.model.layers = torch.nn.ModuleList([*list(inner.layers)[:layers], trained])
-    draft.model.norm = copy.deepcopy(head.decoder.norm).to(dtype)
-    if hasattr(inner, "rotary_emb"):
-        draft.model.rotary_emb = inner.rotary_emb
-    draft.lm_head = target.lm_head
-    leftover = [n for n, t in [*draft.named_parameters(), *draft.named_buffers()] if t.is_meta]
-    if leftover:
-        raise SpecprofError(f"distilled draft of {type(target).__name__}: unset tensor {leftover[0]}")
-    draft.generation_config = copy.deepcopy(target.generation_config)
-    return draft.eval()
+    layer_list = [*list(inner.layers)[:layers], trained]
+    norm = copy.deepcopy(head.decoder.norm).to(dtype)
+    return decoder_shell(target, range(layers + 1), layer_list, norm, what="distilled draft").eval()
 
 
 def save_draft(draft: torch.nn.Module, tokenizer: object, directory: Path) -> None:

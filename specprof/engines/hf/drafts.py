@@ -13,6 +13,7 @@ A model draft (`ModelDraft`, early exits included) gives logits; `NgramDraft` gi
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -137,28 +138,39 @@ def decoder_parts(model: torch.nn.Module) -> torch.nn.Module:
     return inner
 
 
-def early_exit_view(model: torch.nn.Module, layers: int) -> torch.nn.Module:
-    """A causal LM of the target's class running its first `layers` layers, sharing every weight.
+def decoder_shell(target: torch.nn.Module, layer_indices: Sequence[int], layers: Sequence[torch.nn.Module],
+                  norm: torch.nn.Module, rotary: torch.nn.Module | None = None,
+                  what: str = "draft") -> torch.nn.Module:
+    """A causal LM of the target's own class whose decoder runs `layers` (taken from the target's
+    `layer_indices`, for per-layer settings such as sliding windows), with the target's embeddings
+    and LM head.
 
-    Built on the meta device and then pointed at the target's modules, so it costs no memory and
-    stays in step with the target (same dtype, device, rotary tables).
+    Built on the meta device and then pointed at the given modules, so it costs no memory and the
+    shared parts stay the target's own tensors (same dtype, device, rotary tables). Early-exit views
+    and distilled drafts are both such shells.
     """
-    inner = decoder_parts(model)
-    config = copy.deepcopy(model.config)
+    inner = decoder_parts(target)
+    config = copy.deepcopy(target.config)
     text_config = config.get_text_config()
-    text_config.num_hidden_layers = layers
+    text_config.num_hidden_layers = len(layers)
     if isinstance(getattr(text_config, "layer_types", None), list):
-        text_config.layer_types = text_config.layer_types[:layers]
+        text_config.layer_types = [text_config.layer_types[i] for i in layer_indices]
     with torch.device("meta"):
-        view = type(model)(config)
-    view.model.embed_tokens = inner.embed_tokens
-    view.model.layers = torch.nn.ModuleList(list(inner.layers)[:layers])
-    view.model.norm = inner.norm
+        shell = type(target)(config)
+    shell.model.embed_tokens = inner.embed_tokens
+    shell.model.layers = torch.nn.ModuleList(list(layers))
+    shell.model.norm = norm
     if hasattr(inner, "rotary_emb"):
-        view.model.rotary_emb = inner.rotary_emb
-    view.lm_head = model.lm_head
-    leftover = [n for n, t in [*view.named_parameters(), *view.named_buffers()] if t.is_meta]
+        shell.model.rotary_emb = rotary if rotary is not None else inner.rotary_emb
+    shell.lm_head = target.lm_head
+    leftover = [n for n, t in [*shell.named_parameters(), *shell.named_buffers()] if t.is_meta]
     if leftover:
-        raise SpecprofError(f"early-exit view of {type(model).__name__}: unshared tensor {leftover[0]}")
-    view.generation_config = copy.deepcopy(model.generation_config)
-    return view.eval()
+        raise SpecprofError(f"{what} of {type(target).__name__}: unset tensor {leftover[0]}")
+    shell.generation_config = copy.deepcopy(target.generation_config)
+    return shell
+
+
+def early_exit_view(model: torch.nn.Module, layers: int) -> torch.nn.Module:
+    """A causal LM of the target's class running its first `layers` layers, sharing every weight."""
+    inner = decoder_parts(model)
+    return decoder_shell(model, range(layers), list(inner.layers)[:layers], inner.norm, what="early-exit view").eval()

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,13 @@ class LoadedModel:
             "num_layers": self.num_layers,
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
+
+
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def resolve_device(spec: str) -> torch.device:

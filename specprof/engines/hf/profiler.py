@@ -262,7 +262,6 @@ class ProfileResult:
 
 
 NoticeCallback = Callable[[str], None]
-TOO_LONG = ("skip", "error")
 
 
 def drop_too_long(

@@ -39,7 +39,6 @@ What this module does not do: compare with a report (`verify`), batching.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +47,7 @@ import torch
 from specprof.core import ngram
 from specprof.engines.hf import sampling
 from specprof.engines.hf.drafts import Draft, ModelDraft
+from specprof.engines.hf.models import clock
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,6 @@ def _prefill(model: torch.nn.Module, prompt: Sequence[int]):
     if len(prompt) > 1:
         _forward(model, cache, torch.tensor(list(prompt[:-1]), device=next(model.parameters()).device), keep=1)
     return cache
-
-
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 class ModelProposer:
@@ -247,12 +241,12 @@ def speculative_generate(
     if k < 1 or not prompt:
         raise ValueError(f"need k ≥ 1 and a non-empty prompt (k={k}, {len(prompt)} prompt tokens)")
     device = next(target.parameters()).device
-    begin = _clock(device)
+    begin = clock(device)
     cache = _prefill(target, prompt)
     proposer.start(prompt)
     eos = set(eos_ids)
     context, out = list(prompt), SpecOutput([])
-    decode_begin = _clock(device)
+    decode_begin = clock(device)
     while len(out.tokens) < max_new_tokens and not (out.tokens and out.tokens[-1] in eos):
         budget = min(k, max_new_tokens - len(out.tokens) - 1)  # the last token always comes from the target
         proposals, draft_probs = ([], None) if budget == 0 else proposer.propose(
@@ -273,7 +267,7 @@ def speculative_generate(
         out.iterations.append(Iteration(len(out.tokens), budget, tuple(proposals), accepted, confident_stop))
         out.tokens += new[:stop]
         context += new[:stop]
-    end = _clock(device)
+    end = clock(device)
     out.prefill_s, out.decode_s = decode_begin - begin, end - decode_begin
     return out
 
@@ -291,11 +285,11 @@ def autoregressive_generate(
 ) -> SpecOutput:
     """The target alone, one cached forward per token: the baseline `verify` times speculation against."""
     device = next(target.parameters()).device
-    begin = _clock(device)
+    begin = clock(device)
     cache = _prefill(target, prompt)
     eos = set(eos_ids)
     out = SpecOutput([])
-    decode_begin = _clock(device)
+    decode_begin = clock(device)
     step = torch.tensor(list(prompt[-1:]), device=device)
     while len(out.tokens) < max_new_tokens and not (out.tokens and out.tokens[-1] in eos):
         logits = _forward(target, cache, step, keep=1)[-1]
@@ -306,6 +300,6 @@ def autoregressive_generate(
         step = token[None]
         out.iterations.append(Iteration(len(out.tokens), 0, (), 0))
         out.tokens.append(int(token))
-    end = _clock(device)
+    end = clock(device)
     out.prefill_s, out.decode_s = decode_begin - begin, end - decode_begin
     return out

@@ -22,6 +22,7 @@ import torch
 
 from specprof.core import ngram
 from specprof.engines.hf.drafts import Draft, ModelDraft
+from specprof.engines.hf.models import clock
 
 WARMUP = 2
 REPEATS = 12
@@ -31,11 +32,6 @@ def _typical(seconds: list[float]) -> float:
     """The mean without the fastest and the slowest repeat (a timer hiccup or a stray job)."""
     kept = sorted(seconds)[1:-1] if len(seconds) > 2 else seconds
     return statistics.fmean(kept)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -63,12 +59,10 @@ def forward_seconds(
     times: dict[int, list[float]] = {n: [] for n in ns}
     for i in range(WARMUP + REPEATS):
         for n in ns:
-            _sync(device)
-            start = time.perf_counter()
+            start = clock(device)
             model(input_ids=new[:, :n], cache=cache, use_cache=True, logits_to_keep=n if all_logits else 1)
-            _sync(device)
             if i >= WARMUP:
-                times[n].append(time.perf_counter() - start)
+                times[n].append(clock(device) - start)
             cache.crop(-n)
     return {n: _typical(t) for n, t in times.items()}
 
