@@ -36,6 +36,7 @@ import torch
 
 from specprof.core import costmodel
 from specprof.core.estimate import ALL, DraftTrace, Timings, costs_for, domain_groups, pool, priced, trace_drafts
+from specprof.core.jsonvalues import json_clean
 from specprof.core.reportfiles import load_report
 from specprof.engines.hf import drafts, models, sampling, speculate
 from specprof.errors import SpecprofError
@@ -109,7 +110,7 @@ class VerifyResult:
 
     def as_dict(self) -> dict:
         """JSON-ready: NaN (no figure) becomes None."""
-        return _no_nan({
+        return json_clean({
             "rows": [r.as_dict() for r in self.rows],
             "identical_outputs": self.identical_outputs,
             "divergences": [d.as_dict() for d in self.divergences],
@@ -118,16 +119,6 @@ class VerifyResult:
             "dtype": self.dtype,
             "failed": self.failed,
         })
-
-
-def _no_nan(value):
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)

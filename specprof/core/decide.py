@@ -35,6 +35,7 @@ from specprof.core.estimate import (
     split_ratios,
 )
 from specprof.core.estimate import trace_drafts as _trace_drafts
+from specprof.core.jsonvalues import json_number
 from specprof.core.policy import PolicyCounts
 from specprof.errors import SpecprofError
 
@@ -162,17 +163,17 @@ def recommendation_json(e: Estimate) -> dict[str, Any]:
         "n_prompts": e.n_prompts,
         "n_tokens": e.n_tokens,
         "best_k": e.best_k,
-        "alpha": _num(e.alpha),
-        "alpha_lo": _num(e.alpha_lo),
-        "alpha_hi": _num(e.alpha_hi),
-        "tokens_per_iter": _num(e.tokens_per_iter[i]),
-        "draft_acceptance_rate": _num(e.draft_acceptance_rate[i]),
-        "per_position_acceptance": [_num(r) for r in e.per_position_acceptance()],
-        "speedup": _num(e.speedup[i]),
-        "speedup_lo": _num(e.speedup_lo[i]),
-        "speedup_hi": _num(e.speedup_hi[i]),
-        "speedup_iid": _num(e.speedup_iid[i]),
-        "cost_ratio": _num(e.costs.cost_ratio),
+        "alpha": json_number(e.alpha),
+        "alpha_lo": json_number(e.alpha_lo),
+        "alpha_hi": json_number(e.alpha_hi),
+        "tokens_per_iter": json_number(e.tokens_per_iter[i]),
+        "draft_acceptance_rate": json_number(e.draft_acceptance_rate[i]),
+        "per_position_acceptance": [json_number(r) for r in e.per_position_acceptance()],
+        "speedup": json_number(e.speedup[i]),
+        "speedup_lo": json_number(e.speedup_lo[i]),
+        "speedup_hi": json_number(e.speedup_hi[i]),
+        "speedup_iid": json_number(e.speedup_iid[i]),
+        "cost_ratio": json_number(e.costs.cost_ratio),
         "measured_costs": e.costs.measured,
         "decision": verdict.decision,
         "more_prompts_needed": verdict.more_prompts,
@@ -223,7 +224,7 @@ def plan_json(p: DraftPlan) -> dict[str, Any]:
         "keep_off": list(p.keep_off),
         "undecided": list(p.undecided),
         "shared_k": p.shared_k,
-        "shared_speedup": _num(p.shared_speedup),
+        "shared_speedup": json_number(p.shared_speedup),
     }
 
 
@@ -260,7 +261,7 @@ def what_if_json(w: WhatIf) -> dict[str, Any]:
         "cost_ratio": w.cost_ratio,
         "best_k": w.best_k,
         "speedup": w.speedup,
-        "breakeven_alpha": _num(w.breakeven_alpha),
+        "breakeven_alpha": json_number(w.breakeven_alpha),
         "rows": [{"k": k, "tokens_per_iter": e, "speedup": s} for k, e, s in w.rows],
     }
 
@@ -340,7 +341,7 @@ def _which(point: bool) -> str:
 
 def check_json(c: Check) -> dict[str, Any]:
     return {"draft": c.draft, "domain": c.domain, "k": c.k, "check": c.name, "measured": c.measured,
-            "value": _num(c.value), "threshold": c.threshold, "passed": c.passed}
+            "value": json_number(c.value), "threshold": c.threshold, "passed": c.passed}
 
 
 # --- compare ---------------------------------------------------------------------------------------
@@ -489,16 +490,8 @@ def _difference(a: float, b: float, samples: np.ndarray) -> Difference:
 
 def comparison_json(c: Comparison) -> dict[str, Any]:
     def diff(d: Difference) -> dict[str, Any]:
-        return {"a": _num(d.a), "b": _num(d.b), "diff": _num(d.diff), "diff_lo": _num(d.lo),
-                "diff_hi": _num(d.hi), "significant": d.significant}
+        return {"a": json_number(d.a), "b": json_number(d.b), "diff": json_number(d.diff), "diff_lo": json_number(d.lo),
+                "diff_hi": json_number(d.hi), "significant": d.significant}
 
     return {"draft_a": c.draft_a, "draft_b": c.draft_b, "domain": c.domain, "paired": c.paired,
             "best_k_a": c.k_a, "best_k_b": c.k_b, "alpha": diff(c.alpha), "speedup": diff(c.speedup)}
-
-
-def _num(x: float | None) -> float | None:
-    """JSON has no NaN or inf: None stands for 'not defined' (no tokens; a draft that never pays)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None

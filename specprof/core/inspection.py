@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from specprof.core import decide, reportfiles, trace
 from specprof.core.estimate import ALL, DraftTrace
+from specprof.core.jsonvalues import json_number
 from specprof.core.tokentext import Detokenizer
 from specprof.errors import SpecprofError
 
@@ -221,11 +222,6 @@ def prompt_record(prompt_id: str, row: Any) -> dict[str, Any]:
     return record
 
 
-def _num(x: float) -> float | None:
-    """JSON has no NaN: None for 'not defined' (a prompt with no continuation)."""
-    return float(x) if np.isfinite(x) else None
-
-
 def _str_or_none(value: Any) -> str | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
@@ -259,8 +255,8 @@ def inspection_json(i: Inspection, exported: Path | None = None) -> dict[str, An
 
 
 def figures_json(f: PromptFigures) -> dict[str, Any]:
-    return {"prompt_id": f.prompt_id, "domain": f.domain, "n_tokens": f.n_tokens, "alpha": _num(f.alpha),
-            "tokens_per_iter": _num(f.tokens_per_iter), "iterations": _num(f.iterations)}
+    return {"prompt_id": f.prompt_id, "domain": f.domain, "n_tokens": f.n_tokens, "alpha": json_number(f.alpha),
+            "tokens_per_iter": json_number(f.tokens_per_iter), "iterations": json_number(f.iterations)}
 
 
 def view_json(v: PromptView) -> dict[str, Any]:

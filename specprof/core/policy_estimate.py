@@ -42,6 +42,7 @@ from specprof.core.estimate import (
     resampled_sums,
     split_ratios,
 )
+from specprof.core.jsonvalues import json_number
 from specprof.core.policy import TAUS, PolicyCounts, count_policy_blocks
 
 Verdict = Literal["beats fixed k", "within uncertainty", "worse than fixed k", "too few prompts"]
@@ -222,7 +223,7 @@ def _interval(samples: np.ndarray, point: float) -> tuple[float, float]:
 
 
 def policy_json(p: PolicyEstimate) -> dict[str, Any]:
-    num = _num
+    num = json_number
     return {
         "k_max": p.k_max,
         "tau": p.tau,
@@ -243,8 +244,3 @@ def policy_json(p: PolicyEstimate) -> dict[str, Any]:
         "beats_fixed_k": p.beats_fixed_k,
         "verdict": p.verdict,
     }
-
-
-def _num(x: float) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None

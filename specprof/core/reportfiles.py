@@ -136,11 +136,8 @@ def find_report_dir(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def load_report(path: str | Path) -> Report:
-    directory = find_report_dir(path)
-    run_path = directory / RUN_JSON
-    if not run_path.exists():
-        raise SpecprofError(f"{directory}: not a specprof report (no {RUN_JSON})")
+def read_run(run_path: Path) -> dict[str, Any]:
+    """run.json as a dict, refusing an unreadable file, a foreign one or a future schema version."""
     try:
         run = json.loads(run_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -148,6 +145,15 @@ def load_report(path: str | Path) -> Report:
     if not isinstance(run, dict) or "schema_version" not in run:
         raise SpecprofError(f"{run_path}: not a specprof run record (no schema_version)")
     schema.check_version({schema.VERSION_KEY: str(run["schema_version"]).encode()}, str(run_path))
+    return run
+
+
+def load_report(path: str | Path) -> Report:
+    directory = find_report_dir(path)
+    run_path = directory / RUN_JSON
+    if not run_path.exists():
+        raise SpecprofError(f"{directory}: not a specprof report (no {RUN_JSON})")
+    run = read_run(run_path)
     if not run.get("finished_at"):
         raise SpecprofError(
             f"{directory}: the profile run did not finish (half-written report); "

@@ -158,11 +158,7 @@ class RunStore:
         run_path = directory / reportfiles.RUN_JSON
         if not run_path.exists():
             raise SpecprofError(f"--resume: {directory} holds no interrupted run (no {reportfiles.RUN_JSON})")
-        try:
-            stored = json.loads(run_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise SpecprofError(f"{run_path}: unreadable ({e})") from None
-        schema.check_version({schema.VERSION_KEY: str(stored.get("schema_version", "")).encode()}, str(run_path))
+        stored = reportfiles.read_run(run_path)
         for key, words in IDENTITY.items():
             if stored.get(key) != run_info.get(key):
                 raise SpecprofError(
