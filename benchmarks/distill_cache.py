@@ -14,7 +14,7 @@ import argparse
 import torch
 from common import emit, environment, load_target, prompts, timed
 
-from specprof.engines.hf import distill
+from specprof.engines.hf import distill, distill_data
 from specprof.engines.hf.generation import left_pad, position_ids
 from specprof.engines.hf.profiler import encode_all
 
@@ -69,14 +69,14 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--step-tokens", type=int, default=distill.DistillSettings(layers=1).step_tokens)
+    ap.add_argument("--step-tokens", type=int, default=distill_data.DistillSettings(layers=1).step_tokens)
     args = ap.parse_args()
 
     target = load_target()
-    settings = distill.DistillSettings(layers=args.layers, step_tokens=args.step_tokens)
+    settings = distill_data.DistillSettings(layers=args.layers, step_tokens=args.step_tokens)
     encoded = encode_all(prompts(args.per_domain), target, True)
-    sequences = distill.sequences_from_corpus(encoded, target, args.max_new_tokens, 32)
-    cache_s, cached = timed(lambda: distill.cache_frozen(target, sequences, settings))
+    sequences = distill_data.sequences_from_corpus(encoded, target, args.max_new_tokens, 32)
+    cache_s, cached = timed(lambda: distill_data.cache_frozen(target, sequences, settings))
     head = distill.DraftHead(target.model, args.layers)
     groups = distill.make_steps(cached, args.step_tokens, torch.Generator().manual_seed(0))[: args.steps]
     rates = {}

@@ -14,7 +14,7 @@ import torch
 from tiny import make_tokenizer, vocab_size
 
 from specprof.core.estimate import trace_drafts
-from specprof.engines.hf import distill, models
+from specprof.engines.hf import distill, distill_data, models
 
 LAYERS = 2  # of the 4-layer `deep` target: the draft has 3
 K_MAX = 8
@@ -162,10 +162,10 @@ def _cached(tiny, corpus, **overrides):
     from specprof.engines.hf.profiler import encode_all
 
     target = load(tiny["deep"])
-    settings = distill.DistillSettings(layers=LAYERS, **overrides)
+    settings = distill_data.DistillSettings(layers=LAYERS, **overrides)
     encoded = encode_all(load_corpus(corpus), target, True)
-    sequences = distill.sequences_from_corpus(encoded, target, MAX_NEW, 4)
-    return target, settings, distill.cache_frozen(target, sequences, settings)
+    sequences = distill_data.sequences_from_corpus(encoded, target, MAX_NEW, 4)
+    return target, settings, distill_data.cache_frozen(target, sequences, settings)
 
 
 @torch.no_grad()
@@ -200,7 +200,7 @@ def test_kl_is_zero_for_the_targets_own_distribution_and_matches_a_hand_value():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     target_logprobs = torch.log_softmax(logits, -1)
     top = target_logprobs.topk(2, dim=-1)
-    item = distill.Cached("p", "d", torch.zeros(2, 1), torch.tensor([0]), top.indices, top.values,
+    item = distill_data.Cached("p", "d", torch.zeros(2, 1), torch.tensor([0]), top.indices, top.values,
                           top.indices[:, 0], torch.tensor([True]))
     assert distill.loss_fn(logits, [item], "kl", torch.device("cpu")).item() == pytest.approx(0.0, abs=1e-6)
     # a uniform draft: KL = Σ_top2 p (log p − log ¼) + rest · (log rest − log ½)
@@ -240,10 +240,10 @@ def test_trained_head_on_cached_states_equals_the_saved_draft(kind, tmp_path):
     make_tokenizer(tmp_path / "target")
     target = load(tmp_path / "target")
     distill.check_architecture(target.model)
-    settings = distill.DistillSettings(layers=1, positions="all")
-    sequences = [distill.TokenSequence("a", "x", list(range(5, 17)), 4),
-                 distill.TokenSequence("b", "x", [5, 6, 40, 41, 42], 2)]
-    cached = distill.cache_frozen(target, sequences, settings)
+    settings = distill_data.DistillSettings(layers=1, positions="all")
+    sequences = [distill_data.TokenSequence("a", "x", list(range(5, 17)), 4),
+                 distill_data.TokenSequence("b", "x", [5, 6, 40, 41, 42], 2)]
+    cached = distill_data.cache_frozen(target, sequences, settings)
     head = distill.DraftHead(target.model, 1)
     with torch.no_grad():
         for p in head.trainable():

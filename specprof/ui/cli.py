@@ -565,9 +565,10 @@ def distill(
         if objective not in ("kl", "ce"):
             raise SpecprofError(f"--objective {objective}: use kl or ce")
         _quiet_transformers()
+        from specprof.commands import distill as distill_mod
         from specprof.core import distill_eval
-        from specprof.engines.hf import distill as distill_mod
         from specprof.engines.hf import models
+        from specprof.engines.hf.distill_data import DEFAULT_LR, DistillSettings
 
         if distill_mod.is_report(source):
             given = [f for f, v in [("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
@@ -579,9 +580,9 @@ def distill(
             check_range("--max-new-tokens", max_new_tokens, 1)
         if batch_size is not None:
             check_range("--batch-size", batch_size, 1)
-        settings = distill_mod.DistillSettings(
+        settings = DistillSettings(
             layers=layers, epochs=epochs, objective=objective, holdout=holdout, seed=seed, max_minutes=max_minutes,
-            **({"lr": lr} if lr is not None else {"lr": distill_mod.DEFAULT_LR[objective]}),
+            **({"lr": lr} if lr is not None else {"lr": DEFAULT_LR[objective]}),
         )
         distill_eval.check_holdout(holdout)
         dev = models.resolve_device(device)
