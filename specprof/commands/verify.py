@@ -47,7 +47,7 @@ WARMUP_TOKENS = 32  # a short generation of each kind before any clock is read
 NEAR_TIE_LOGITS = {"float32": 1e-3, "float16": 0.1, "bfloat16": 0.5}
 
 DivergenceKind = Literal["speculative", "target", "draft", "iterations"]
-Verdict = Literal["near-tie", "bug"]
+Cause = Literal["near-tie", "bug"]  # why a live run diverged from the report
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Divergence:
     got_token: int
     margin: float  # top-1 minus top-2 logit of the model that chose, at that position, in the run dtype
     float32_gap: float  # float32 logit of expected_token minus got_token (negative: float32 agrees with got)
-    verdict: Verdict
+    verdict: Cause
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -122,7 +122,7 @@ class VerifyResult:
 
 
 @dataclass(frozen=True)
-class Progress:
+class VerifyProgress:
     done: int  # generations finished (target alone and speculative each count)
     total: int
 
@@ -256,7 +256,7 @@ def prepare(report_path: str, ks: Sequence[int] = (), limit: int | None = None,
     )
 
 
-def execute(plan: Plan, progress: Callable[[Progress], None] | None = None) -> VerifyResult:
+def execute(plan: Plan, progress: Callable[[VerifyProgress], None] | None = None) -> VerifyResult:
     """Run and time every generation, then compare with the report row by row."""
     live = _run_live(plan, progress)
     param = next(plan.target.model.parameters())
@@ -293,7 +293,7 @@ class _Live:
     spec: dict[tuple[str, int], tuple[float, speculate.SpecOutput]] = field(default_factory=dict)  # (wall s, out)
 
 
-def _run_live(plan: Plan, progress: Callable[[Progress], None] | None) -> dict[str, _Live]:
+def _run_live(plan: Plan, progress: Callable[[VerifyProgress], None] | None) -> dict[str, _Live]:
     target, eos = plan.target.model, models.eos_token_ids(plan.target)
     device = next(target.parameters()).device
     sampled = dict(temperature=plan.temperature, top_p=plan.top_p)
@@ -327,7 +327,7 @@ def _run_live(plan: Plan, progress: Callable[[Progress], None] | None) -> dict[s
                 live[pid].spec[(d.name, k)] = run
                 done += 1
                 if progress:
-                    progress(Progress(done, total))
+                    progress(VerifyProgress(done, total))
     return live
 
 
@@ -366,9 +366,15 @@ def _row(draft: str, domain: str, k: int, t: DraftTrace, mask: np.ndarray, ids: 
         if not lo <= measured_alpha <= hi:
             check = f"measured α {measured_alpha:.3f} outside [{lo:.3f}, {hi:.3f}]"
     relative_error = (measured_speedup - predicted_speedup) / predicted_speedup if predicted_speedup else float("nan")
-    return VerifyRow(draft, domain, k, len(ids), spec_tokens, predicted_tpi, measured_tpi, predicted_speedup,
-                     measured_speedup, relative_error, per_token_ratio(target_wall_s, spec_wall_s), target_decode_s,
-                     spec_decode_s, target_wall_s, spec_wall_s, p.alpha, alpha_lo, alpha_hi, measured_alpha, check)
+    return VerifyRow(
+        draft=draft, domain=domain, k=k, n_prompts=len(ids), n_tokens=spec_tokens,
+        predicted_tokens_per_iter=predicted_tpi, measured_tokens_per_iter=measured_tpi,
+        predicted_speedup=predicted_speedup, measured_speedup=measured_speedup, relative_error=relative_error,
+        measured_speedup_end_to_end=per_token_ratio(target_wall_s, spec_wall_s),
+        target_decode_s=target_decode_s, speculative_decode_s=spec_decode_s,
+        target_wall_s=target_wall_s, speculative_wall_s=spec_wall_s,
+        alpha=p.alpha, alpha_lo=alpha_lo, alpha_hi=alpha_hi, measured_alpha=measured_alpha, check=check,
+    )
 
 
 def _report_continuations(tokens: pd.DataFrame) -> dict[str, list[int]]:

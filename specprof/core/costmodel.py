@@ -9,7 +9,7 @@ c = (one draft step) / (one target step),
 
 Example: α = 0.75, k = 4, c = 0.05 gives E = 3.05 and S = 3.05 / 1.2 = 2.54.
 
-Empirical model (DESIGN.md §3): E is replaced by the measured tokens per iteration for that k,
+Empirical model (docs/design.md §2): E is replaced by the measured tokens per iteration for that k,
 and (k·c + 1) by measured forward times, S = E_emp(k)·t_T(1) / (k·t_D + t_T(k+1) + f_k·t_C). On a
 GPU verifying k + 1 tokens costs about one step, t_T(k+1) ≈ t_T(1); on a CPU it does not. f_k·t_C
 is the draft's catch-up: after a block that accepted all k proposals (a fraction f_k of blocks) the

@@ -28,7 +28,7 @@ ALL = "ALL"
 
 @dataclass(frozen=True)
 class Timings:
-    """Forward times measured by `profile` on its own hardware (DESIGN.md §3)."""
+    """Forward times measured by `profile` on its own hardware (docs/design.md §2)."""
 
     target_forward_s: tuple[float, ...]  # [n - 1]: target verifying n = 1..k_max+1 tokens with a KV cache
     draft_step_s: dict[str, float]  # per draft: seconds per proposed token

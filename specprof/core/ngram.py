@@ -6,7 +6,7 @@ no proposal (-1), which counts as a rejection.
 
 Each proposal depends only on the token prefix, and a k-token draft is k such lookups on the
 growing context (the i-th lookup sees the i−1 tokens drafted before it). That is what keeps
-the profiler exact for this draft (DESIGN.md §2). vLLM's and transformers' prompt lookup instead
+the profiler exact for this draft (docs/design.md §1). vLLM's and transformers' prompt lookup instead
 copy k tokens after one match; the proposals agree until the copied run meets a more recent
 occurrence of the shifted suffix.
 

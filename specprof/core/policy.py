@@ -1,4 +1,4 @@
-"""Confidence-threshold drafting simulated from a greedy report (DESIGN.md §3, dynamic drafting).
+"""Confidence-threshold drafting simulated from a greedy report (docs/design.md §2, dynamic drafting).
 
 The policy: the draft proposes its next token; when its probability of that token (at T = 0 its
 top-1 probability, `draft_top1_p`) is below τ, the block ends *after* that proposal, otherwise the

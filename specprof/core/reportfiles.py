@@ -1,4 +1,4 @@
-"""Read and write a report directory atomically (DESIGN.md §5).
+"""Read and write a report directory atomically (docs/design.md §3).
 
 Every file appears whole or not at all: it is written to a temporary file in the same directory,
 flushed and fsynced, then renamed over the destination (rename is atomic on POSIX). Readers check

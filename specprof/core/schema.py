@@ -1,4 +1,4 @@
-"""The report's table schemas and version (DESIGN.md §5): the contract other tools read.
+"""The report's table schemas and version (docs/design.md §3): the contract other tools read.
 
 Columns and their meaning, for every draft × prompt × position in `tokens.parquet`:
   target_token   the target's token at this position of its continuation

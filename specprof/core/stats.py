@@ -1,4 +1,4 @@
-"""Bootstrap over prompts, percentile intervals, and the GO / NO-GO / INCONCLUSIVE rule (DESIGN.md §3).
+"""Bootstrap over prompts, percentile intervals, and the GO / NO-GO / INCONCLUSIVE rule (docs/design.md §2).
 
 Tokens inside one prompt are correlated (a draft that loses the thread loses it for many tokens),
 so the resampling unit is the prompt, never the token. Every figure specprof reports is a ratio of
@@ -31,7 +31,7 @@ DECISIONS: tuple[Decision, ...] = ("GO", "NO-GO", "INCONCLUSIVE")
 SEED = 0
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
-MIN_SPEEDUP = 1.1  # DESIGN.md §3: GO needs the lower bound of S at the best k to reach this
+MIN_SPEEDUP = 1.1  # docs/design.md §2: GO needs the lower bound of S at the best k to reach this
 NO_GO_BELOW = 1.0  # NO-GO when even the upper bound of S stays below break-even
 # Below this many prompts a percentile bootstrap has too few distinct resamples to mean anything:
 # the decision stays INCONCLUSIVE whatever the interval says.
@@ -90,7 +90,7 @@ def decide(
     n_prompts: int,
     min_speedup: float = MIN_SPEEDUP,
 ) -> Verdict:
-    """DESIGN.md §3: GO when lo ≥ min_speedup, NO-GO when hi < 1.0, else INCONCLUSIVE.
+    """docs/design.md §2: GO when lo ≥ min_speedup, NO-GO when hi < 1.0, else INCONCLUSIVE.
 
     For INCONCLUSIVE, the interval's half-widths are scaled as 1/√n (the standard error of a mean
     over prompts): GO needs n' = n·((S − lo) / (S − min_speedup))², NO-GO n' = n·((hi − S) / (1 − S))².

@@ -1,6 +1,6 @@
 """Turn per-token acceptance into speculative-decoding blocks for every draft length k.
 
-Greedy (T = 0) is exact (DESIGN.md §2). The target's continuation y is fixed; `match[t]` says
+Greedy (T = 0) is exact (docs/design.md §1). The target's continuation y is fixed; `match[t]` says
 whether the draft, given the target prefix y[:t], proposed y[t]. A block that starts at s accepts
 n = the number of consecutive matches from s (at most k), emits n + 1 tokens (the target adds the
 token after the last accepted one; fewer at the end of y) and the next block starts at s + n + 1.

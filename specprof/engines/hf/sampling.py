@@ -1,7 +1,7 @@
 """Temperature / top-p processing and seeded sampling, shared by `profiler` and `speculate`.
 
 Both models' logits go through the same `probabilities` so that β = Σ min(p, q) compares
-distributions processed identically (DESIGN.md §2). Everything is computed in float32, whatever
+distributions processed identically (docs/design.md §1). Everything is computed in float32, whatever
 dtype the models run in.
 
 At temperature 0 the tool is greedy: the chosen token is the argmax of the raw logits (first index

@@ -31,7 +31,7 @@ iteration verifies [last prompt token, proposals…], so iterations are counted 
 profile's blocks and transformers' assisted generation count target forward passes, and every
 iteration (the first included) has the same shape. `autoregressive_generate`, the target alone,
 prefills the same way and then feeds one token per step, so the decode phases of the two compare
-like with like: the empirical cost model prices exactly those (DESIGN.md §3). Both record the
+like with like: the empirical cost model prices exactly those (docs/design.md §2). Both record the
 walltime of their prefill and decode phases (CUDA synchronised at the boundaries).
 
 What this module does not do: compare with a report (`verify`), batching.
