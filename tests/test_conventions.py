@@ -352,3 +352,21 @@ def test_emit_configs(report, cli, repetitive):
     r = cli("recommend", report, "--emit", "vllm", "--min-speedup", 100)
     assert r.exit_code == 0 and r.stdout.startswith("no domain should enable speculation: no draft is GO there (")
     assert len(r.stdout.strip().splitlines()) == 1
+
+
+def test_export_draft_proposes_what_early_exit_proposes(repetitive, cli, tmp_path):
+    out = tmp_path / "ee1"
+    r = cli("export-draft", "early-exit:1", "--target", repetitive["target"], "--out", out)
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["architectures"] == ["LlamaForCausalLM"]
+    target = load(repetitive["target"]).model
+    exported = load(out)
+    assert exported.num_layers == 1
+    ids = torch.tensor([[5, 9, 17, 30, 5, 9, 44, 2, 61]])
+    with torch.inference_mode():
+        torch.testing.assert_close(exported.model(ids).logits, early_exit_view(target, 1)(ids).logits)
+    r = cli("export-draft", "early-exit:1", "--target", repetitive["target"], "--out", out)
+    assert r.exit_code == 2 and "directory is not empty; pass --overwrite" in r.stderr
+    r = cli("export-draft", "early-exit:2", "--target", repetitive["target"], "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "L must be between 1 and 1 (the target has 2 layers)" in r.stderr

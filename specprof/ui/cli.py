@@ -112,9 +112,10 @@ def profile(
     draft: list[str] = typer.Option(
         None,
         "--draft",
-        help="Draft (repeatable): a model (id, directory, .gguf), early-exit:L (the target's first L layers) "
-        "or ngram[:N] (prompt lookup). Default: ngram and an early exit at 87% of the target's depth "
-        "(early-exit:26 of SmolLM2's 30 layers).",
+        help="Draft (repeatable): a model (id, directory, .gguf), early-exit:L (the target's first L layers), "
+        "vllm-ngram[:MIN:MAX] (vLLM's n-gram proposer, default 5:5), prompt-lookup[:M] (transformers' prompt "
+        "lookup) or ngram[:N] (specprof's lookup). Default: vllm-ngram and an early exit at 87% of the target's "
+        "depth (early-exit:26 of SmolLM2's 30 layers), the drafts an engine can run.",
     ),
     k_max: int = typer.Option(8, "--k-max", help="Profile every draft length k = 1..K."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Target tokens generated per prompt."),
@@ -735,6 +736,31 @@ class _progress_bar:
 
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
+
+
+@app.command("export-draft")
+def export_draft(
+    draft: str = typer.Argument(..., metavar="early-exit:L", help="The early-exit draft to save."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (safetensors and tokenizer)."),
+    target: str = typer.Option(None, "--target", help="Target model (default: the embedded SmolLM2)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Save the target's first L layers (with its final norm and LM head) as a model directory, the
+    draft model an engine needs for early-exit:L (vLLM: {"method": "draft_model", "model": DIR})."""
+
+    def go() -> None:
+        import torch
+
+        from specprof.engines.hf import export, models
+
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise SpecprofError(f"--dtype {dtype}: use float32, bfloat16 or float16")
+        loaded = models.load_model(target, torch.device("cpu"), getattr(torch, dtype))
+        path = export.export_early_exit(loaded, draft, out, overwrite)
+        stdout.print(f"wrote {draft} of {loaded.name} to {path}/")
+
+    _run(go)
 
 
 def main() -> None:
