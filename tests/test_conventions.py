@@ -370,3 +370,16 @@ def test_export_draft_proposes_what_early_exit_proposes(repetitive, cli, tmp_pat
     assert r.exit_code == 2 and "directory is not empty; pass --overwrite" in r.stderr
     r = cli("export-draft", "early-exit:2", "--target", repetitive["target"], "--out", tmp_path / "x")
     assert r.exit_code == 2 and "L must be between 1 and 1 (the target has 2 layers)" in r.stderr
+
+
+def test_inspect_marks_the_simulated_blocks_of_a_block_dependent_draft(report, cli):
+    analysis = decide.load(report, ["vllm-ngram:1:2"])
+    t = analysis.trace("vllm-ngram:1:2")
+    row = int(np.argmax(t.blocks.accepted[:, 7]))  # the prompt with the most acceptances at k = 8
+    prompt_id = str(t.prompt_ids[row])
+    r = cli("inspect", report, "--draft", "vllm-ngram:1:2", "--k", 8, "--prompt", prompt_id, "--json")
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)["shown"][0]
+    starts = [tok["position"] for tok in shown["tokens"] if tok["block_start"]]
+    assert len(starts) == t.blocks.iterations[row, 7]  # the blocks the figures count, not the match vector's
+    assert len(starts) < shown["n_tokens"]  # some block accepted a copied run

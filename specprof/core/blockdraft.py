@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from specprof.core import trace
 from specprof.core.ngram import PromptLookup, VllmNgram
 from specprof.errors import SpecprofError
 
@@ -209,3 +210,15 @@ def load_runs(rep, drafts: Sequence[str], k_max: int) -> dict[str, StartRuns]:
     if past is not None:
         past = past[past["draft"] == wanted[0]]
     return start_runs(proposals, targets, past, run_k_max)
+
+
+def simulate_blocks(runs: StartRuns, prompt_id: str, k: int) -> list[trace.Block]:
+    """One prompt's blocks at draft length k (as `trace.simulate_blocks` for a prefix-dependent draft)."""
+    row = int(runs.rows([prompt_id])[0])
+    length = int(runs.lengths[row])
+    blocks, start = [], 0
+    while start < length:
+        accepted = min(k, int(runs.accepted[row, start]))
+        blocks.append(trace.Block(start, accepted, min(accepted + 1, length - start)))
+        start += accepted + 1
+    return blocks
