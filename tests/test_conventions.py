@@ -383,3 +383,26 @@ def test_inspect_marks_the_simulated_blocks_of_a_block_dependent_draft(report, c
     starts = [tok["position"] for tok in shown["tokens"] if tok["block_start"]]
     assert len(starts) == t.blocks.iterations[row, 7]  # the blocks the figures count, not the match vector's
     assert len(starts) < shown["n_tokens"]  # some block accepted a copied run
+
+
+def test_recommend_engine_on_a_schema_1_report(cli, monkeypatch):
+    monkeypatch.chdir(OLD.parent)
+    r = cli("recommend", "report-a", "--engine", "vllm", "--json")
+    assert r.exit_code == 0, r.output
+    for e in json.loads(r.stdout)["recommendations"]:
+        rec = conventions.load_records("report-a", e["draft"])
+        ids = None if e["domain"] == "ALL" else list(rec.prompt_ids[rec.domains == e["domain"]])
+        c = conventions.engine_counters("report-a", e["draft"], e["engine_k"], prompt_ids=ids)
+        assert e["engine_counters"] == c.as_dict()
+        assert e["engine_counters_exact"] == c.exact and (e["engine_counters_note"] or "") == c.note
+    assert any(not e["engine_counters_exact"] for e in json.loads(r.stdout)["recommendations"])  # ngram is flagged
+
+
+def test_recommend_engine_and_emit_refuse_bad_input(report, cli):
+    for args, line in [
+        (["--engine", "sglang"], "--engine sglang: unknown engine (use vllm, or transformers for specprof's own)"),
+        (["--emit", "tgi"], "--emit tgi: unknown engine (use vllm or sglang)"),
+        (["--engine", "vllm", "--k", 9], "--k 9: the report covers k = 1..8"),
+    ]:
+        r = cli("recommend", report, *args)
+        assert r.exit_code == 2 and r.stderr.strip() == f"specprof: error: {line}", r.output
