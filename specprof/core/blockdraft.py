@@ -27,6 +27,8 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from specprof.core import trace
 from specprof.core.ngram import PromptLookup, VllmNgram
@@ -119,7 +121,7 @@ def leading_matches(proposals: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def start_runs(
-    proposals: pd.DataFrame, targets: pd.DataFrame, past_end: pd.DataFrame | None, k_max: int
+    proposals: pd.DataFrame | pa.Table, targets: pd.DataFrame, past_end: pd.DataFrame | None, k_max: int
 ) -> dict[str, StartRuns]:
     """`StartRuns` of every draft in `proposals` (rows draft, prompt_id, position, proposal).
 
@@ -129,7 +131,11 @@ def start_runs(
     out: dict[str, StartRuns] = {}
     if proposals is None or not len(proposals):
         return out
+    if isinstance(proposals, pd.DataFrame):
+        proposals = pa.Table.from_pandas(proposals[["draft", "prompt_id", "position", "proposal"]],
+                                         preserve_index=False)
     ids, codes = _prompt_codes(targets)
+    index = {p: i for i, p in enumerate(ids)}
     lengths = np.zeros(len(ids), dtype=np.int64)
     np.maximum.at(lengths, codes, targets["position"].to_numpy(np.int64) + 1)
     width = int(lengths.max(initial=0)) + k_max + 1
@@ -138,19 +144,19 @@ def start_runs(
     extended = None
     if past_end is not None:
         extended = inside.copy()
-        index = {p: i for i, p in enumerate(ids)}
-        rows = past_end["prompt_id"].map(index)
+        rows = past_end["prompt_id"].astype(str).map(index)
         keep = rows.notna().to_numpy() & (past_end["position"].to_numpy(np.int64) < width)
         extended[rows[keep].to_numpy(np.int64), past_end["position"].to_numpy(np.int64)[keep]] = \
             past_end["target_token"].to_numpy(np.int64)[keep]
-    for draft, rows in proposals.groupby("draft", sort=False, observed=True):
-        index = {p: i for i, p in enumerate(ids)}
-        row = rows["prompt_id"].map(index)
+    names = proposals.column("draft")
+    for draft in dict.fromkeys(str(d) for d in pc.unique(names).to_pylist()):
+        part = proposals.filter(pc.equal(names, draft))
+        row = pd.Series(part.column("prompt_id").to_pylist()).astype(str).map(index)
         if row.isna().any():
             raise SpecprofError(f"proposals.parquet: draft {draft!r} has prompts that tokens.parquet lacks")
         row = row.to_numpy(np.int64)
-        start = rows["position"].to_numpy(np.int64)
-        padded, count = _pad_lists(rows["proposal"], k_max)  # [n_rows, k_max], [n_rows]
+        start = part.column("position").to_numpy().astype(np.int64)
+        padded, count = _pad_lists(part.column("proposal"), k_max)  # [n_rows, k_max], [n_rows]
         at = start[:, None] + np.arange(k_max)[None, :]
         proposed = np.zeros((len(ids), width - k_max - 1), dtype=np.int64)
         accepted = np.zeros_like(proposed)
@@ -160,7 +166,7 @@ def start_runs(
         if extended is not None:
             after = np.zeros_like(proposed)
             after[row, start] = leading_matches(padded, extended[row[:, None], at])
-        out[str(draft)] = StartRuns(np.asarray(ids, dtype=object), lengths, proposed, accepted, after)
+        out[draft] = StartRuns(np.asarray(ids, dtype=object), lengths, proposed, accepted, after)
     return out
 
 
@@ -169,17 +175,18 @@ def _prompt_codes(targets: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     return [str(p) for p in ids], codes
 
 
-def _pad_lists(column: pd.Series, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _pad_lists(column: pa.ChunkedArray | pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
     """[n, width] int64 rows padded with -3 (never a token), and each list's length (at most width)."""
-    lists = column.tolist()
-    count = np.array([min(len(x), width) for x in lists], dtype=np.int64)
-    out = np.full((len(lists), width), -3, dtype=np.int64)
-    if len(lists):
-        flat = np.concatenate([np.asarray(x[:width], dtype=np.int64) for x in lists] or [np.zeros(0, np.int64)])
-        rows = np.repeat(np.arange(len(lists)), count)
-        cols = np.concatenate([np.arange(c) for c in count]) if len(count) else np.zeros(0, np.int64)
-        out[rows, cols] = flat
-    return out, count
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    keep = cols < width
+    out = np.full((len(lengths), width), -3, dtype=np.int64)
+    out[rows[keep], cols[keep]] = flat[keep]
+    return out, np.minimum(lengths, width)
 
 
 def block_dependent(run: dict) -> list[str]:
@@ -201,8 +208,8 @@ def load_runs(rep, drafts: Sequence[str], k_max: int) -> dict[str, StartRuns]:
             f"--k-max {k_max}: draft {wanted[0]} was simulated up to k = {run_k_max} when profiled; "
             f"pass --k-max {run_k_max} or less"
         )
-    proposals = rep.frame("proposals")
-    proposals = proposals[proposals["draft"].isin(wanted)]
+    proposals = rep.table("proposals")
+    proposals = proposals.filter(pc.is_in(proposals.column("draft"), pa.array(wanted)))
     columns = ["draft", "prompt_id", "position", "target_token"]
     targets = rep.frame("tokens", columns)
     targets = targets[targets["draft"] == wanted[0]]

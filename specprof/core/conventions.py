@@ -38,6 +38,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from specprof.core import blockdraft, reportfiles
 from specprof.core.ngram import NO_PROPOSAL
@@ -133,15 +135,15 @@ def load_records(report: str | Path | reportfiles.Report, draft: str) -> DraftRe
     return records_from_frames(draft, kinds.get(draft, "model"), rows, past, _proposals(rep, draft), k_max)
 
 
-def _proposals(rep: reportfiles.Report, draft: str) -> pd.DataFrame | None:
+def _proposals(rep: reportfiles.Report, draft: str) -> pa.Table | None:
     if not rep.path("proposals").exists():
         return None
-    frame = rep.frame("proposals")
-    return frame[frame["draft"] == draft]
+    table = rep.table("proposals")
+    return table.filter(pc.equal(table.column("draft"), draft))
 
 
 def records_from_frames(
-    draft: str, kind: str, rows: pd.DataFrame, past: pd.DataFrame | None, proposals: pd.DataFrame | None, k_max: int
+    draft: str, kind: str, rows: pd.DataFrame, past: pd.DataFrame | None, proposals: pa.Table | None, k_max: int
 ) -> DraftRecords:
     """`DraftRecords` from one draft's tokens rows, past-end rows (None: not recorded) and proposals."""
     codes, ids = pd.factorize(rows["prompt_id"].astype(str), sort=False)
