@@ -406,3 +406,13 @@ def test_recommend_engine_and_emit_refuse_bad_input(report, cli):
     ]:
         r = cli("recommend", report, *args)
         assert r.exit_code == 2 and r.stderr.strip() == f"specprof: error: {line}", r.output
+
+
+def test_verify_runs_block_dependent_drafts_as_simulated(report, cli):
+    # verify's live loop proposes with the engine's rule per block; the report's simulation predicted it
+    r = cli("verify", report, "--draft", "vllm-ngram:1:2", "--draft", "prompt-lookup", "--k", 4, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["identical_outputs"] and len(out["rows"]) == 2 * 3
+    for row in out["rows"]:
+        assert row["measured_tokens_per_iter"] == pytest.approx(row["predicted_tokens_per_iter"], abs=1e-12)
