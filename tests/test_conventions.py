@@ -416,3 +416,20 @@ def test_verify_runs_block_dependent_drafts_as_simulated(report, cli):
     assert out["identical_outputs"] and len(out["rows"]) == 2 * 3
     for row in out["rows"]:
         assert row["measured_tokens_per_iter"] == pytest.approx(row["predicted_tokens_per_iter"], abs=1e-12)
+
+
+def test_counters_flag_only_blocks_that_ran_out_of_records():
+    rows = pd.DataFrame({"prompt_id": "p", "domain": "d", "position": range(4), "target_token": 0,
+                         "draft_token": 0, "match": [False, True, True, True]})
+    v1 = conventions.records_from_frames("x", "model", rows, None, None, K_MAX)  # schema 1: nothing past the end
+    # k = 3: the block at 1 accepts 1, 2, 3 = k, complete: nothing unseen, exact.
+    assert conventions.counters_of(v1, 3).exact
+    # k = 4: it accepted up to the end with one more to check, which vLLM does past the end: a lower bound.
+    c = conventions.counters_of(v1, 4)
+    assert (c.num_drafts, c.num_accepted_tokens, c.exact) == (1, 3, False) and "schema 1" in c.note
+    # a schema-2 report whose context left no room past the end says that instead
+    empty = rows.iloc[:0]
+    short = conventions.records_from_frames("x", "model", rows, empty, None, K_MAX)
+    assert "context ran out" in conventions.counters_of(short, 4).note
+    # the transformers convention never looks past the end: always exact
+    assert conventions.counters_of(v1, 4, "transformers").exact

@@ -57,6 +57,10 @@ NO_PAST_END = (
     "with this specprof): blocks that accept up to the end may accept more in the engine, so "
     "num_accepted_tokens is a lower bound"
 )
+SHORT_PAST_END = (
+    "the report records fewer than k target tokens past the end of some continuations (the model's "
+    "context ran out): blocks that accept up to there may accept more, so num_accepted_tokens is a lower bound"
+)
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class DraftRecords:
     no_proposal: np.ndarray  # [n_prompts, width] bool: the draft proposed nothing there
     runs: blockdraft.StartRuns | None  # block-dependent drafts: what a block from each start does
     has_past_end: bool  # the report records the target's tokens past the end
+    recorded: np.ndarray  # [n_prompts] positions with a record: the continuation plus those past its end
     k_max: int
 
 
@@ -164,6 +169,9 @@ def records_from_frames(
         prow = prow[keep].to_numpy(np.int64)
         match[prow, ppos[keep]] = past["match"].to_numpy(bool)[keep]
         no_proposal[prow, ppos[keep]] = past["draft_token"].to_numpy()[keep] == NO_PROPOSAL
+    recorded = lengths.copy()
+    if past is not None and len(past):
+        np.maximum.at(recorded, prow, ppos[keep] + 1)
     domains = rows["domain"].astype(str).to_numpy()[np.unique(codes, return_index=True)[1]]
     runs = None
     if kind in blockdraft.KINDS:
@@ -172,12 +180,13 @@ def records_from_frames(
         targets = rows[["prompt_id", "position", "target_token"]]
         runs = blockdraft.start_runs(proposals, targets, past, k_max)[draft]
     return DraftRecords(draft, kind, np.asarray([str(i) for i in ids], dtype=object), domains, lengths, match,
-                        no_proposal, runs, past is not None, k_max)
+                        no_proposal, runs, past is not None, recorded, k_max)
 
 
 def prompt_counters(rec: DraftRecords, k: int, engine: str = "vllm") -> tuple[np.ndarray, np.ndarray]:
     """Per prompt [n_prompts, 3 + k]: num_drafts, num_draft_tokens, num_accepted_tokens, then accepted
-    per position; and [n_prompts] bool: whether the prompt's counters may miss acceptances past the end."""
+    per position; and [n_prompts] bool: whether the prompt's counters may miss acceptances past the end
+    (vLLM: a block accepted everything up to the last recorded position and had more to check)."""
     if engine not in ENGINES:
         raise SpecprofError(f"--engine {engine}: unknown engine (known: {', '.join(ENGINES)})")
     if not 1 <= k <= rec.k_max:
@@ -187,13 +196,12 @@ def prompt_counters(rec: DraftRecords, k: int, engine: str = "vllm") -> tuple[np
     rows = rec.runs.rows(rec.prompt_ids.tolist()) if rec.runs is not None else None
     for i, length in enumerate(rec.lengths.tolist()):
         if rec.runs is not None:
-            counts = _block_dependent(rec.runs, int(rows[i]), length, k, engine)
-            reaches_end = False  # its reports always record the tokens past the end
+            counts, unseen = _block_dependent(rec.runs, int(rows[i]), length, int(rec.recorded[i]), k, engine)
         else:
-            counts, reaches_end = _prefix_dependent(rec, i, length, k, engine)
+            counts, unseen = _prefix_dependent(rec, i, length, k, engine)
         out[i, :3] = counts[:3]
         out[i, 3:] = counts[3]
-        short[i] = reaches_end and not rec.has_past_end and engine == "vllm"
+        short[i] = unseen and engine == "vllm"
     return out, short
 
 
@@ -203,7 +211,7 @@ def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, engine: st
     stopped = rec.no_proposal[i]
     per_pos = np.zeros(k, dtype=np.int64)
     drafts = drafted = accepted = 0
-    reaches_end = False
+    unseen = False  # a block stopped only because the records ended
     start = 1 if engine == "vllm" else 0  # vLLM: the first token comes from prefill, without a draft
     while start < length:
         if engine == "vllm" and rec.kind == "ngram" and stopped[start]:
@@ -216,19 +224,21 @@ def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, engine: st
             proposed = n  # the lookups ran out where the draft had nothing to propose
         else:
             proposed = k
-        reaches_end |= start + n >= length
+        unseen |= n < proposed and start + n >= rec.recorded[i]
         drafts, drafted, accepted = drafts + 1, drafted + proposed, accepted + n
         per_pos[:n] += 1
         start += n + 1
-    return (drafts, drafted, accepted, per_pos), reaches_end
+    return (drafts, drafted, accepted, per_pos), unseen
 
 
-def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, k: int, engine: str) -> tuple:
+def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, recorded: int, k: int,
+                     engine: str) -> tuple[tuple, bool]:
     """One prompt's counters for a draft simulated from every block start (`blockdraft`)."""
     vllm = engine == "vllm"
     accepted_from = runs.accepted_past_end if vllm and runs.accepted_past_end is not None else runs.accepted
     per_pos = np.zeros(k, dtype=np.int64)
     drafts = drafted = accepted = 0
+    unseen = False
     start = 1 if vllm else 0
     while start < length:
         proposed = min(k, int(runs.proposed[row, start]))
@@ -236,10 +246,11 @@ def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, k: int, 
             start += 1  # the proposer returned nothing: not a draft
             continue
         n = min(proposed, int(accepted_from[row, start]))
+        unseen |= n < proposed and start + n >= recorded
         drafts, drafted, accepted = drafts + 1, drafted + (proposed if vllm else k), accepted + n
         per_pos[:n] += 1
         start += n + 1
-    return drafts, drafted, accepted, per_pos
+    return (drafts, drafted, accepted, per_pos), unseen
 
 
 def counters_of(rec: DraftRecords, k: int, engine: str = "vllm", mask: np.ndarray | None = None,
@@ -253,7 +264,7 @@ def counters_of(rec: DraftRecords, k: int, engine: str = "vllm", mask: np.ndarra
     if engine == "vllm" and rec.kind == "ngram":
         notes.append(NOT_AN_ENGINE_DRAFT)
     if short.any():
-        notes.append(NO_PAST_END)
+        notes.append(SHORT_PAST_END if rec.has_past_end else NO_PAST_END)
     return EngineCounters(int(total[0]), int(total[1]), int(total[2]), tuple(int(v) for v in total[3:]),
                           exact=not notes, note="; ".join(notes))
 
