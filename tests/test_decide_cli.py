@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from specprof.core import costmodel
+from specprof.core import costmodel, schema
 
 # 2 domains × 6 prompts: enough prompts per domain (≥ stats.MIN_PROMPTS) for a decision.
 PROMPTS = {
@@ -197,7 +197,7 @@ def _bad_reports(reports, tmp_path):
     table = pq.read_table(future / "tokens.parquet")
     pq.write_table(table.replace_schema_metadata({b"specprof.schema_version": b"99"}), future / "tokens.parquet")
     cases.append(("future", future, check, f"{future / 'tokens.parquet'}: schema version 99 is newer than this "
-                  "specprof understands (1); upgrade specprof"))
+                  f"specprof understands ({schema.SCHEMA_VERSION}); upgrade specprof"))
 
     half = _copy(reports, tmp_path / "h")
     run = json.loads((half / "run.json").read_text())

@@ -190,7 +190,7 @@ def test_report_directory_errors(tmp_path, tiny, corpus, cli):
     with pytest.raises(SpecprofError, match="did not finish \\(half-written report\\).*--resume"):
         reportfiles.load_report(out)
     write(out / "run.json", json.dumps({**run, "schema_version": schema.SCHEMA_VERSION + 1}))
-    with pytest.raises(SpecprofError, match="schema version 2 is newer than this specprof"):
+    with pytest.raises(SpecprofError, match=f"schema version {schema.SCHEMA_VERSION + 1} is newer than this specprof"):
         reportfiles.load_report(out)
     write(out / "run.json", json.dumps(run))
     import pandas as pd

@@ -63,5 +63,6 @@ def test_run_json_records_the_corpus_fingerprint(cli, tiny, corpus, tmp_path):
     out = tmp_path / "r"
     assert cli("profile", corpus, "--target", tiny["target"], "--max-new-tokens", 4, "--out", out).exit_code == 0
     run = json.loads((out / "run.json").read_text())
-    assert len(run["corpus_fingerprint"]) == 16 and run["drafts"][0]["name"] == "ngram"
+    # the default drafts: vllm-ngram, then an early exit
+    assert len(run["corpus_fingerprint"]) == 16 and run["drafts"][0]["name"] == "vllm-ngram"
     assert run["final_batch_size"] == 32 and run["skipped_prompts"] == []

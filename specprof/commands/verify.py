@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from specprof.core import costmodel
+from specprof.core import blockdraft, costmodel
 from specprof.core.estimate import ALL, DraftTrace, Timings, costs_for, domain_groups, pool, priced, trace_drafts
 from specprof.core.jsonvalues import json_clean
 from specprof.core.reportfiles import load_report
@@ -235,7 +235,8 @@ def prepare(report_path: str, ks: Sequence[int] = (), limit: int | None = None,
     selected = select_prompts(report.frame("prompts"), limit)
     tokens = report.frame("tokens")
     tokens = tokens[tokens["prompt_id"].isin(set(selected["prompt_id"])) & tokens["draft"].isin(set(names))]
-    traces = {t.draft: t for t in trace_drafts(tokens, k_max, exact=temperature == 0)}
+    runs = blockdraft.load_runs(report, names, k_max) if temperature == 0 else {}  # vllm-ngram, prompt-lookup
+    traces = {t.draft: t for t in trace_drafts(tokens, k_max, exact=temperature == 0, runs=runs)}
     summary = report.frame("summary")
     plan_ks = {n: choose_ks(summary, n, [d for d, _ in domain_groups(traces[n])], ks, k_max) for n in names}
     target, loaded = load_models(run, names)

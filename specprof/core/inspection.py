@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from specprof.core import decide, reportfiles, trace
+from specprof.core import blockdraft, decide, reportfiles, trace
 from specprof.core.estimate import ALL, DraftTrace
 from specprof.core.jsonvalues import json_number
 from specprof.core.tokentext import Detokenizer
@@ -186,6 +186,8 @@ def prompt_views(
     frame = tokens.to_pandas().sort_values(["prompt_id", "position"], kind="stable")
     prompts = rep.table("prompts", ["prompt_id", "domain", "prompt", "messages", "finish_reason"])
     prompts = prompts.filter(pc.is_in(prompts["prompt_id"], ids)).to_pandas().set_index("prompt_id")
+    k_max = int((rep.run.get("settings") or {}).get("k_max", 8))
+    runs = blockdraft.load_runs(rep, [draft], k_max) if exact else {}
     views = []
     for f in chosen:
         if f.prompt_id not in prompts.index:
@@ -196,7 +198,10 @@ def prompt_views(
         match = rows["match"].to_numpy(bool)
         pieces = detokenizer.pieces(target.tolist())
         proposed = detokenizer.decode_many([[int(p)] if p >= 0 else [] for p in proposals.tolist()])
-        blocks = tuple(trace.simulate_blocks(match.tolist(), k)) if exact else ()
+        if exact and draft in runs:  # vllm-ngram, prompt-lookup: blocks from the simulation per block start
+            blocks = tuple(blockdraft.simulate_blocks(runs[draft], f.prompt_id, k))
+        else:
+            blocks = tuple(trace.simulate_blocks(match.tolist(), k)) if exact else ()
         starts = {b.start for b in blocks}
         token_views = tuple(
             TokenView(int(pos), piece, int(tt), int(dt), text if dt >= 0 else "", bool(m), float(ap),

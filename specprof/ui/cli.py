@@ -112,9 +112,10 @@ def profile(
     draft: list[str] = typer.Option(
         None,
         "--draft",
-        help="Draft (repeatable): a model (id, directory, .gguf), early-exit:L (the target's first L layers) "
-        "or ngram[:N] (prompt lookup). Default: ngram and an early exit at 87% of the target's depth "
-        "(early-exit:26 of SmolLM2's 30 layers).",
+        help="Draft (repeatable): a model (id, directory, .gguf), early-exit:L (the target's first L layers), "
+        "vllm-ngram[:MIN:MAX] (vLLM's n-gram proposer, default 5:5), prompt-lookup[:M] (transformers' prompt "
+        "lookup) or ngram[:N] (specprof's lookup). Default: vllm-ngram and an early exit at 87% of the target's "
+        "depth (early-exit:26 of SmolLM2's 30 layers), the drafts an engine can run.",
     ),
     k_max: int = typer.Option(8, "--k-max", help="Profile every draft length k = 1..K."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Target tokens generated per prompt."),
@@ -278,6 +279,14 @@ RECOMMEND_HELP = "\n\n".join([
     "k_max = 2..K. Its tokens/iter is exact; its draft steps after a rejected proposal were not recorded, so its "
     "speedup is a range; it beats fixed k only when the 95% interval of the gain is above 0 at the pessimistic end.",
     "With --alpha and --cost-ratio and no REPORT: the i.i.d. model's k table, best k and breakeven α (what-if).",
+    "--engine vllm: the figures vLLM's own metrics will show for these prompts (T = 0 reports, exact): "
+    "num_drafts, num_draft_tokens, num_accepted_tokens, per position; mean acceptance length = 1 + accepted / "
+    "drafts, per-position acceptance rate = accepted at i / drafts, draft acceptance rate = accepted / drafted. "
+    "vLLM samples the first token in prefill, counts no draft where its proposer found nothing, and counts "
+    "acceptances past EOS / max_tokens. At each domain's best k, or at --k.",
+    "--emit vllm | sglang: print only the configuration to paste for the recommended draft and k (vLLM's "
+    "--speculative-config JSON, SGLang's flags), or why no domain should enable speculation; --draft, --domain "
+    "and --k choose.",
 ])
 
 GATE_HELP = "\n\n".join([
@@ -310,6 +319,9 @@ def recommend(
     alpha: float = typer.Option(None, "--alpha", help="What-if mode (no REPORT): acceptance rate α."),
     k_max: int = typer.Option(None, "--k-max", help="Consider k = 1..K (what-if default 8; report: its k_max)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    engine: str = typer.Option(None, "--engine", metavar="vllm", help="Add the engine's own counters (vllm)."),
+    k: int = typer.Option(None, "--k", help="With --engine or --emit: at this k instead of each best k."),
+    emit: str = typer.Option(None, "--emit", metavar="vllm|sglang", help="Print only the config to paste."),
 ) -> None:
     def go() -> None:
         from specprof.core import decide, policy_estimate
@@ -325,19 +337,52 @@ def recommend(
             return
         if alpha is not None:
             raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
+        if engine is not None and engine not in ("vllm", "transformers"):
+            raise SpecprofError(f"--engine {engine}: unknown engine (use vllm, or transformers for specprof's own)")
+        if emit is not None and emit not in ("vllm", "sglang"):
+            raise SpecprofError(f"--emit {emit}: unknown engine (use vllm or sglang)")
+        if k is not None and engine is None and emit is None:
+            raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
+        if emit is not None:
+            from specprof.core import engineplan
+
+            analysis = decide.load(report_path, draft or (), domain or (), k_max)
+            estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
+            choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domain or (), k)
+            if choice.draft is None:
+                typer.echo(choice.none)
+                return
+            target = str((analysis.run.get("target") or {}).get("name", "TARGET"))
+            for note in engineplan.notes(choice, target, emit):
+                stderr.print(f"note: {note}")
+            typer.echo(engineplan.vllm_config(choice, target) if emit == "vllm"
+                       else engineplan.sglang_flags(choice, target))
+            return
         analysis = decide.load(report_path, draft or (), domain or (), k_max, policies=True)
         estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
         plans = decide.plans(estimates)
         policies = decide.policy_estimates(analysis, estimates, cost_ratio)
+        entries = None
+        if engine is not None:
+            from specprof.core import engineplan
+
+            entries = engineplan.engine_entries(analysis, estimates, engine, k)
         if as_json:
+            recommendations = decide.recommendations_json(estimates, policies)
+            if entries is not None:
+                recommendations = engineplan.engine_json(recommendations, entries, engine)
             _print_json({
                 "report": str(analysis.path),
                 "min_speedup": min_speedup,
                 "exact": analysis.exact,
-                "recommendations": decide.recommendations_json(estimates, policies),
+                "recommendations": recommendations,
                 "drafts": [decide.plan_json(p) for p in plans],
                 "threshold_policy": decide.policy_grid_json(analysis),
             })
+        elif entries is not None:
+            from specprof.ui import engineview
+
+            stdout.print(engineview.engine_view(estimates, entries, engine, k is not None))
         else:
             stdout.print(render.recommend_view(estimates, plans, min_speedup, policies, analysis.no_policy))
             if not analysis.exact:
@@ -692,6 +737,31 @@ class _progress_bar:
 
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
+
+
+@app.command("export-draft")
+def export_draft(
+    draft: str = typer.Argument(..., metavar="early-exit:L", help="The early-exit draft to save."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (safetensors and tokenizer)."),
+    target: str = typer.Option(None, "--target", help="Target model (default: the embedded SmolLM2)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Save the target's first L layers (with its final norm and LM head) as a model directory, the
+    draft model an engine needs for early-exit:L (vLLM: {"method": "draft_model", "model": DIR})."""
+
+    def go() -> None:
+        import torch
+
+        from specprof.engines.hf import export, models
+
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise SpecprofError(f"--dtype {dtype}: use float32, bfloat16 or float16")
+        loaded = models.load_model(target, torch.device("cpu"), getattr(torch, dtype))
+        path = export.export_early_exit(loaded, draft, out, overwrite)
+        stdout.print(f"wrote {draft} of {loaded.name} to {path}/")
+
+    _run(go)
 
 
 def main() -> None:
