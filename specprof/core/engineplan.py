@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from specprof.core import blockdraft, conventions
-from specprof.core.decide import Analysis, DraftPlan, _num
+from specprof.core.decide import Analysis, DraftPlan
 from specprof.core.estimate import ALL, Estimate
+from specprof.core.jsonvalues import json_number
 from specprof.core.ngram import VllmNgram
 from specprof.errors import SpecprofError
 
@@ -64,9 +65,10 @@ def check_k(analysis: Analysis, k: int | None) -> None:
 def counters_json(c: conventions.EngineCounters) -> dict[str, Any]:
     return {
         "engine_counters": c.as_dict(),
-        "mean_acceptance_length": _num(c.mean_acceptance_length),
-        "per_position_acceptance_rate": [_num(r) for r in c.per_position_acceptance_rate],
-        "engine_draft_acceptance_rate": _num(c.draft_acceptance_rate),  # vLLM's; draft_acceptance_rate stays ours
+        "mean_acceptance_length": json_number(c.mean_acceptance_length),
+        "per_position_acceptance_rate": [json_number(r) for r in c.per_position_acceptance_rate],
+        # vLLM's; draft_acceptance_rate stays ours
+        "engine_draft_acceptance_rate": json_number(c.draft_acceptance_rate),
         "engine_counters_exact": c.exact,
         "engine_counters_note": c.note or None,
     }
