@@ -165,6 +165,8 @@ def recommend_view(
     return Group(*parts[:-1])
 
 
+POLICY_CAPTION = ("speedup bounds: unrecorded draft steps after a rejection priced at their dearest (lower) and "
+                  "cheapest (upper) count; 95% CI over prompts; gain vs fixed k: both together")
 POLICY_MARK = {"beats fixed k": "[bold green]beats fixed k[/]", "worse than fixed k": "[red]worse than fixed k[/]"}
 
 
@@ -172,8 +174,7 @@ def policy_table(policies: Sequence[PolicyEstimate]) -> Table:
     """Per domain: the best "draft while top-1 p ≥ τ, at most k_max" policy against the best fixed k."""
     table = Table(title="confidence-threshold drafting: stop after a proposal whose top-1 p < τ, at most k_max",
                   title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
-                  caption="speedup bounds: the draft runs on to k_max after a rejection (lower) or stops there "
-                          "(upper); 95% CI over prompts; gain vs fixed k: both together",
+                  caption=POLICY_CAPTION,
                   caption_justify="left")
     for name in ("domain", "fixed k", "speedup", "k_max", "τ", "tokens/iter", "draft steps/iter",
                  "speedup bounds [95% CI]", "gain vs fixed k", "verdict"):
