@@ -38,6 +38,16 @@ CHANGED: dict[str, dict[str, tuple[object, str]]] = {
             "when t_T(n) does not rise with n",
         ),
     },
+    "compare": {
+        **{f".comparisons.{i}.speedup.significant": (False, "issue 13: 4 prompts per side are too few for a star, "
+                                                           "as recommend needs 5+ for a decision") for i in (0, 1)},
+        **{f".comparisons.{i}.n_prompts_{side}": (n, "issue 13: compare says how many prompts each side holds")
+           for i, n in ((0, 4), (1, 4), (2, 8)) for side in "ab"},
+        **{f".comparisons.{i}.caveat": (
+            "only 4 prompts in A and 4 in B; a difference needs 5+ prompts on each side to be marked *",
+            "issue 13: why a domain with too few prompts gets no star") for i in (0, 1)},
+        ".comparisons.2.caveat": (None, "issue 13: ALL holds 8 prompts per side: no caveat"),
+    },
 }
 
 

@@ -248,9 +248,13 @@ def gate_view(checks: Sequence[Check]) -> Group:
     return Group(table, Text(verdict))
 
 
+COMPARE_FOOTER = "* the 95% bootstrap interval of B − A excludes 0"
+
+
 def compare_view(comparisons: Sequence[Comparison], a: str, b: str) -> Group:
+    starred = any(c.alpha.significant or c.speedup.significant for c in comparisons)
     table = Table(title=f"B − A (A = {a}, B = {b})", title_justify="left",
-                  caption="* the 95% bootstrap interval of B − A excludes 0", caption_justify="left")
+                  caption=COMPARE_FOOTER if starred else None, caption_justify="left")
     for name, justify in [("draft", "left"), ("domain", "left"), ("α A", "right"), ("α B", "right"),
                           ("Δα [95% CI]", "right"), ("k A/B", "right"), ("speedup A", "right"),
                           ("speedup B", "right"), ("Δspeedup [95% CI]", "right")]:
@@ -264,7 +268,13 @@ def compare_view(comparisons: Sequence[Comparison], a: str, b: str) -> Group:
             f"{c.k_a}/{c.k_b}", fmt(c.speedup.a), fmt(c.speedup.b),
             diff_cell(c.speedup.diff, c.speedup.lo, c.speedup.hi, c.speedup.significant, 2),
         )
-    return Group(table)
+    caveats: dict[tuple[str, str], list[str]] = {}  # one line per draft and caveat, naming its domains
+    for c in comparisons:
+        if c.caveat:
+            draft = c.draft_b if c.draft_a == c.draft_b else f"{c.draft_a} → {c.draft_b}"
+            caveats.setdefault((draft, c.caveat), []).append(c.domain)
+    notes = [Text(f"  {draft} in {', '.join(domains)}: {caveat}") for (draft, caveat), domains in caveats.items()]
+    return Group(table, *notes)
 
 
 def diff_cell(diff: float, lo: float, hi: float, significant: bool, digits: int) -> str:
