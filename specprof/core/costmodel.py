@@ -279,7 +279,8 @@ class Disagreement:
         parts = [r for r, on in ((self.tokens_reason(), self.tokens_differ), (self.cost_reason(), self.costs_differ))
                  if on]
         why = "; ".join(parts) or "both small effects together"
-        return f"empirical speedup is {self.ratio - 1.0:+.0%} off the i.i.d. model at k={self.k}: {why}"
+        side = "below" if self.ratio < 1.0 else "above"
+        return f"empirical speedup is {abs(self.ratio - 1.0):.0%} {side} the i.i.d. model at k={self.k}: {why}"
 
 
 def explain_disagreement(

@@ -404,7 +404,8 @@ INSPECT_HELP = "\n\n".join([
     "Which prompts a draft is bad at, and where in the text it fails.",
     "Ranks the prompts by α (per-prompt acceptance; the match rate at T = 0) and shows the --worst N (default 5) "
     "with their tokens/iter at k (default: the draft's best k) and their continuation token by token: accepted "
-    "tokens green, rejected ones (match false: the draft proposed another token) white on red, ┊ where a "
+    "tokens green, rejected ones (match false: the draft proposed another token, or an n-gram draft nothing) "
+    "white on red, ┊ where a "
     "speculative block at k starts. At T > 0 every token is shaded from red to green by accept_prob β and no "
     "blocks are marked. --prompt ID shows one prompt in full with every rejected token and the draft's proposal.",
     "Loads only the target's tokenizer (from the report's run.json, or --tokenizer), never model weights. "

@@ -414,8 +414,12 @@ def inspect_view(i, exported=None) -> Group:
             parts.append(rejections_table(v))
         parts.append(Text(""))
     if i.exact:
+        # An n-gram lookup that found no match proposed nothing: say so rather than "another token".
+        none = any(not t.match and t.draft_token < 0 for v in i.shown for t in v.tokens)
+        proposed = "proposed another token or, where its lookup found no match, nothing" if none else \
+            "proposed another"
         legend = Text("green: accepted · ") + Text("white on red", style=REJECTED) + Text(
-            f": rejected (the target's token; the draft proposed another) · {BLOCK_MARK}: a block at k={i.k} starts"
+            f": rejected (the target's token; the draft {proposed}) · {BLOCK_MARK}: a block at k={i.k} starts"
         )
     else:
         legend = Text("background from red (β = 0) to green (β = 1): the chance speculative sampling accepts the "
