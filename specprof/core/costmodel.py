@@ -141,7 +141,8 @@ def timing_warning(target_forward_s: np.ndarray) -> str | None:
     )
     return (
         f"the measured verification times look disturbed ({where}): the machine was probably busy while "
-        "profiling; re-run profile on an idle machine or plan with --cost-ratio"
+        "profiling; re-run profile on an idle machine (on a shared one, with OMP_NUM_THREADS=1) or plan with "
+        "--cost-ratio"
     )
 
 

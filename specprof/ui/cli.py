@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 
 from specprof import __version__
+from specprof.core import glossary
 from specprof.errors import SpecprofError
 from specprof.ui import render
 
@@ -36,9 +37,8 @@ except ImportError:  # older typer runs on click itself
 
 HELP = (
     "Profile speculative-decoding acceptance per domain and draft length before turning speculation on.\n\n"
-    "Names as in vLLM: tokens/iter is the mean acceptance length (accepted draft tokens plus the bonus token, "
-    "per target forward pass); draft acceptance rate is accepted / drafted draft tokens at that k; "
-    "α is the per-token acceptance rate, which does not depend on k."
+    "Names as in vLLM (tokens/iter is the mean acceptance length, bonus token included); every figure is "
+    "defined in specprof recommend --help."
 )
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -266,10 +266,8 @@ def _print_json(obj: Any) -> None:
 
 RECOMMEND_HELP = "\n\n".join([
     "Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.",
-    "At each domain's best k: α (per-token acceptance, independent of k); tokens/iter (mean acceptance length, "
-    "bonus token included, as vLLM and SGLang report it); draft acceptance rate (accepted / drafted tokens); "
-    "per-position acceptance r_i = P(accepted ≥ i); the empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)) "
-    "from measured times; and Leviathan et al.'s i.i.d. speedup (1 − α^(k+1)) / (1 − α) / (k·c + 1).",
+    "At each domain's best k:",
+    *glossary.help_paragraphs(),
     "GO when the lower 95% bound of the speedup at the best k reaches --min-speedup; NO-GO when its upper bound "
     "is below 1.0; otherwise INCONCLUSIVE, with about how many more prompts would decide it. Intervals: "
     "bootstrap over prompts (1000 resamples, seed 0), recomputed from tokens.parquet.",
