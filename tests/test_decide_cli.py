@@ -287,7 +287,8 @@ def test_compare_gives_no_star_where_a_side_has_too_few_prompts(cli, monkeypatch
     alpha = by_domain["alpha"]
     assert alpha["speedup"]["diff_lo"] > 0 and not alpha["speedup"]["significant"]
     assert (alpha["n_prompts_a"], alpha["n_prompts_b"]) == (4, 4)
-    assert alpha["caveat"] == "only 4 prompts in A and 4 in B; a difference needs 5+ prompts on each side to be marked *"
+    assert alpha["caveat"] == ("only 4 prompts in A and 4 in B; a difference needs 5+ prompts on each side to be "
+                               "marked *")
     assert by_domain["ALL"]["speedup"]["significant"] and by_domain["ALL"]["caveat"] is None
     r = cli("compare", "report-a", "report-b", "--force")
     lines = r.stdout.splitlines()

@@ -180,7 +180,7 @@ def test_page_has_the_glossary_the_policy_table_and_one_note_per_line(small_repo
     assert table and table.group(1) == html.escape(close[0]["draft"])
     rows = re.findall(r'<tr(?: class="all")? data-domain="([^"]+)">(.*?)</tr>', table.group(2))
     assert [d for d, _ in rows] == [r["domain"] for r in close]
-    for (domain, cells), r in zip(rows, close):
+    for (_, cells), r in zip(rows, close):
         tds = re.findall(r"<td[^>]*>(.*?)</td>", cells)
         pol = r["threshold_policy"]
         assert (int(tds[1]), int(tds[3]), float(tds[4])) == (pol["fixed_k"], pol["k_max"], pol["tau"])

@@ -152,7 +152,8 @@ def _read_jsonl(file: Path) -> list[Prompt]:
         except json.JSONDecodeError as e:
             # Some decoder messages end in "at" ("Unterminated string starting at"): don't say it twice.
             at = "" if e.msg.endswith(" at") else " at"
-            raise SpecprofError(f"{where}: invalid JSON ({e.msg}{at} column {e.colno}): fix or remove the line") from None
+            message = f"invalid JSON ({e.msg}{at} column {e.colno}): fix or remove the line"
+            raise SpecprofError(f"{where}: {message}") from None
         if not isinstance(obj, dict):
             raise SpecprofError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         prompts.append(_from_record(obj, where, file.stem, line_no))
