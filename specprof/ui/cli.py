@@ -29,6 +29,7 @@ from specprof import __version__
 from specprof.core import glossary
 from specprof.errors import SpecprofError
 from specprof.ui import render
+from specprof.ui.helpstyle import App
 
 try:
     from typer._click import exceptions as click_errors  # recent typer carries its own copy of click
@@ -41,7 +42,7 @@ HELP = (
     "defined in specprof recommend --help."
 )
 
-app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = App(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 def _console(**kwargs: Any) -> Console:
@@ -297,7 +298,7 @@ COMPARE_HELP = "\n\n".join([
 @app.command(help=RECOMMEND_HELP)
 def recommend(
     report_path: Path = typer.Argument(
-        None, metavar="[REPORT]", help="Report directory (or its tokens.parquet/summary.parquet). Omit for what-if."
+        None, metavar="REPORT", help="Report directory (or its tokens.parquet/summary.parquet). Omit for what-if."
     ),
     cost_ratio: float = typer.Option(
         None, "--cost-ratio", help="Plan for other hardware: c = draft step / target step, verification as one step."
