@@ -187,8 +187,11 @@ def profile(
         specs = list(draft or [])
         if len(set(specs)) != len(specs):
             raise SpecprofError(f"--draft {next(s for s in specs if specs.count(s) > 1)}: given twice")
-        for spec in specs:
-            drafts.parse_kind(spec)  # a bad --draft fails before minutes of loading
+        exits = [(s, value) for s in specs for kind, value in [drafts.parse_kind(s)] if kind == "early-exit"]
+        target_layers = models.config_num_layers(target, trust_remote_code) if exits else None
+        if target_layers is not None:  # a bad --draft fails before any weights load
+            for spec, value in exits:
+                drafts.check_early_exit(spec, value, target_layers)
         with stderr.status("loading models…"):
             tgt = models.load_model(target, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
             specs = specs or drafts.default_specs(tgt.num_layers)
