@@ -223,6 +223,11 @@ def profile(
             store.close()
         for d in dict.fromkeys(result.summary["draft"]):
             stdout.print(render.profile_table(result.summary, d))
+        from specprof.core.costmodel import timing_warning
+
+        # The same check recommend makes: say it now, while the user can still re-run on an idle machine.
+        if (warning := timing_warning(result.run["timings"]["target_forward_s"])) is not None:
+            stdout.print(f"warning: {warning}", markup=False, highlight=False)
         stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
 
     _run(go)
