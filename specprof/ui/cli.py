@@ -297,7 +297,9 @@ GATE_HELP = "\n\n".join([
 COMPARE_HELP = "\n\n".join([
     "α and speedup of B against A per draft × domain, and whether each difference is significant.",
     "Differences are B − A with 95% bootstrap intervals over prompts (paired when both reports hold the same "
-    "prompts); significant (*) when the interval excludes 0. Drafts pair by name, or in report order when no "
+    "prompts); significant (*) when the interval excludes 0 and both reports hold 5+ prompts in the domain "
+    "(recommend's rule; a line under the table names those with fewer). Drafts pair by name, or in report order "
+    "when no "
     "name is shared (a new checkpoint of one draft). Reports of different targets or sampling settings are "
     "refused unless --force.",
 ])
