@@ -100,3 +100,51 @@ def greedy_profile(tiny, corpus, tmp_path_factory) -> Path:
     r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return out
+
+
+# --- the real embedded target (tests marked realmodel) ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def real_model_threads():
+    """One OpenMP thread for the SmolLM2 tests: on a shared 2-core machine two threads stall each other (a
+    fresh clone's assisted-generation test took 20 minutes at load 3–4); at batch 1 the second thread buys
+    little on an idle one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def smollm2(real_model_threads):
+    """The embedded SmolLM2-135M-Instruct target (converted once per machine), loaded once per session,
+    float32 on the CPU. Tests must not change its weights or its generation config."""
+    import torch
+
+    from specprof.engines.hf import models
+
+    return models.load_model(None, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def smollm2_report(real_model_threads, tmp_path_factory):
+    """One profile of the real target with its own early exit at layer 26, shared by the real-model exactness
+    checks: one prompt each of code and math, k = 1..8, 32 new tokens. Forward times are measured with fewer
+    repeats than a user's run (nothing here asserts a time)."""
+    from typer.testing import CliRunner
+
+    from specprof.engines.hf import timings
+    from specprof.ui.cli import app
+
+    out = tmp_path_factory.mktemp("smollm2") / "report"
+    args = ["profile", "sample_prompts", "--draft", "early-exit:26", "--domain", "code", "--domain", "math",
+            "--limit", 1, "--k-max", 8, "--max-new-tokens", 32, "--out", out]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timings, "WARMUP", 1)
+        patch.setattr(timings, "REPEATS", 3)
+        r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out

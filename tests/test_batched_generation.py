@@ -37,13 +37,13 @@ def test_tiny_batched_equals_unbatched(tiny, corpus):
 
 
 @pytest.mark.realmodel
-def test_smollm2_batched_equals_unbatched():
+def test_smollm2_batched_equals_unbatched(smollm2):
     """Greedy SmolLM2 continuations, 8 prompts from 20 to 200 tokens in one batch, match `generate`.
 
     Near-ties can flip between batched and unbatched kernels even in fp32, so a difference is
     only accepted where the target's top-1/top-2 margin at the first differing position is tiny.
     """
-    loaded = models.load_model(None, torch.device("cpu"), torch.float32)
+    loaded = smollm2
     prompts = load_corpus("sample_prompts", limit=1)[:8]
     encoded = [models.encode_prompt(loaded.tokenizer, p, True) for p in prompts]
     outputs, gen = batched(loaded, encoded, 24)

@@ -66,3 +66,25 @@ def test_profile_help_teaches_the_defaults(cli):
     r = cli("profile", "--help")
     assert r.exit_code == 0
     assert "--k-max" in r.stdout and "early-exit:L" in r.stdout and "under 10" in r.stdout
+
+
+def test_profile_warns_when_its_own_timings_look_disturbed(tiny, corpus, tmp_path, cli, monkeypatch):
+    # Injected verification times: busy (t_T(2) = 3.6 × t_T(1), more than 2 one-token steps) → the warning
+    # recommend prints, with the fix; idle (a rise of 10% per extra token) → none.
+    from specprof.engines.hf import timings
+
+    def run(curve):
+        monkeypatch.setattr(timings, "forward_seconds", lambda model, context, ns, **kw: {n: curve(n) for n in ns})
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        r = cli("profile", corpus, "--target", tiny["target"], "--draft", "ngram", "--k-max", 2,
+                "--max-new-tokens", 4, "--out", out)
+        assert r.exit_code == 0, r.output
+        return r.stdout.splitlines()
+
+    busy = run(lambda n: 0.010 if n == 1 else 0.036)
+    assert ("warning: the measured verification times look disturbed (t_T(2) = 3.6× t_T(1)): the machine was "
+            "probably busy while profiling; re-run profile on an idle machine (on a shared one, with "
+            "OMP_NUM_THREADS=1) or plan with --cost-ratio") in busy
+    idle = run(lambda n: 0.010 * (1 + 0.1 * (n - 1)))
+    assert not any(line.startswith("warning:") for line in idle)
+    assert any(line.startswith("report written to") for line in idle)

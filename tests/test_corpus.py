@@ -72,6 +72,18 @@ def test_jsonl_errors_name_file_and_line(tmp_path, content, message):
     assert message in str(e.value)
 
 
+def test_invalid_json_line_says_what_to_do(tmp_path):
+    # json's own message ends in "at" ("Unterminated string starting at"): said once, with the fix.
+    f = write(tmp_path / "p.jsonl", '{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "unfinished\n')
+    with pytest.raises(SpecprofError) as e:
+        load_corpus(f)
+    assert str(e.value) == f"{f}:2: invalid JSON (Unterminated string starting at column 23): fix or remove the line"
+    f = write(tmp_path / "q.jsonl", '{"prompt": }\n')
+    with pytest.raises(SpecprofError) as e:
+        load_corpus(f)
+    assert str(e.value) == f"{f}:1: invalid JSON (Expecting value at column 12): fix or remove the line"
+
+
 def test_other_errors(tmp_path):
     with pytest.raises(SpecprofError, match="no such file"):
         load_corpus(tmp_path / "missing.jsonl")

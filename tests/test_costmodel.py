@@ -93,8 +93,14 @@ def test_disagreement_names_both_causes():
     d = costmodel.explain_disagreement(0.5, 2, 2.2, costs)
     assert d is not None and d.ratio == pytest.approx(2.2 / 1.75 * 1.2 / 1.7)
     assert d.tokens_differ and d.costs_differ
-    line = d.line()
-    assert "-11%" in line and "not i.i.d." in line and "verifying 3 tokens costs 1.50×" in line
+    assert d.line() == (
+        "empirical speedup is 11% below the i.i.d. model at k=2: measured tokens/iter 2.20 vs i.i.d. 1.75: "
+        "acceptance is not i.i.d. along a sequence (matches come in runs); verifying 3 tokens costs 1.50× one "
+        "target step on this device (the i.i.d. model assumes 1×)")
+    # flat costs, 2.6 tokens/iter: S_emp / S_iid = 2.6 / 1.75 = 1.486, 49% above
+    up = costmodel.explain_disagreement(0.5, 2, 2.6, costmodel.Costs.flat(0.1, 2))
+    assert up.line() == ("empirical speedup is 49% above the i.i.d. model at k=2: measured tokens/iter 2.60 vs "
+                         "i.i.d. 1.75: acceptance is not i.i.d. along a sequence (matches come in runs)")
     assert costmodel.explain_disagreement(0.5, 2, 1.76, costmodel.Costs.flat(0.1, 2)) is None
 
 

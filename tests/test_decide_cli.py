@@ -269,6 +269,35 @@ def test_compare_a_report_with_itself_finds_nothing(reports, cli):
         assert not c["alpha"]["significant"] and not c["speedup"]["significant"]
 
 
+def test_compare_a_report_with_itself_prints_no_star_footer(reports, cli):
+    r = cli("compare", reports["main"], reports["main"])
+    assert r.exit_code == 0, r.output
+    assert "*" not in r.stdout and "excludes 0" not in r.stdout
+
+
+def test_compare_gives_no_star_where_a_side_has_too_few_prompts(cli, monkeypatch):
+    # The 0.1.0 fixture holds 4 prompts per domain (8 in ALL). n-gram speedup B − A in alpha is
+    # +0.0005 [+0.0005, +0.0018]: the interval excludes 0, but 4 prompts are too few for an interval to
+    # mean anything (recommend's rule: 5+), so only ALL gets a star, and the table says why.
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).parent / "fixtures" / "release-0.1.0")
+    data = as_json(cli("compare", "report-a", "report-b", "--force", "--json"))
+    by_domain = {c["domain"]: c for c in data["comparisons"]}
+    alpha = by_domain["alpha"]
+    assert alpha["speedup"]["diff_lo"] > 0 and not alpha["speedup"]["significant"]
+    assert (alpha["n_prompts_a"], alpha["n_prompts_b"]) == (4, 4)
+    assert alpha["caveat"] == ("only 4 prompts in A and 4 in B; a difference needs 5+ prompts on each side to be "
+                               "marked *")
+    assert by_domain["ALL"]["speedup"]["significant"] and by_domain["ALL"]["caveat"] is None
+    r = cli("compare", "report-a", "report-b", "--force")
+    lines = r.stdout.splitlines()
+    assert "* the 95% bootstrap interval of B − A excludes 0" in lines  # ALL has a star
+    assert ("  ngram in alpha, beta: only 4 prompts in A and 4 in B; a difference needs 5+ prompts on each side "
+            "to be marked *") in lines
+    assert sum(line.rstrip(" │").endswith("*") for line in lines if line.startswith("│")) == 1
+
+
 def test_compare_new_checkpoint_against_old(reports, cli):
     # old: close (α ≈ 0.6); new: far (α ≈ 0.2). Names differ, one draft each: paired by order, and the
     # prompts are the same, so the bootstrap is paired; α fell significantly everywhere.

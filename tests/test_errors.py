@@ -84,6 +84,26 @@ def test_usage_errors_through_the_console_script():
     assert r.returncode == 2 and "No such option: --kmax" in r.stderr
 
 
+def test_early_exit_past_the_target_depth_is_refused_before_any_weights_load(profile, corpus, monkeypatch):
+    # The layer count comes from the target's config; loading weights here would be the bug.
+    from specprof.engines.hf import models
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded before the --draft check")
+
+    monkeypatch.setattr(models, "load_model", no_weights)
+    line = fails(profile(corpus, "--draft", "ngram", "--draft", "early-exit:99"))
+    assert line == "specprof: error: --draft early-exit:99: L must be between 1 and 1 (the target has 2 layers)"
+
+
+def test_config_layer_count_without_weights(tiny, tmp_path):
+    from specprof.engines.hf import models
+
+    assert models.config_num_layers(str(tiny["target"])) == 2
+    assert models.config_num_layers(str(tiny["deep"])) == 4
+    assert models.config_num_layers(str(tmp_path / "missing")) is None  # the load reports it, with the fix
+
+
 def test_draft_errors(profile, corpus):
     fails(profile(corpus, "--draft", "early-exit:2"), "--draft early-exit:2: L must be between 1 and 1",
           "the target has 2 layers")

@@ -146,3 +146,43 @@ def test_report_bad_output_paths(small_report, cli, tmp_path):
     r = cli("report", small_report, "--html", tmp_path / "r.html", "--png", tmp_path / "file")
     assert r.exit_code == 2 and "exists and is not a directory" in r.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_page_has_the_glossary_the_policy_table_and_one_note_per_line(small_report, tmp_path, cli):
+    # Busy-machine timings: t_T(2) = 3.6 × t_T(1). The costs line and its warning are two notes, not one run-on
+    # paragraph; the threshold-policy table is recommend's; each definition is the glossary's.
+    import html
+    import shutil
+
+    from specprof.core import glossary
+
+    report = tmp_path / "busy"
+    shutil.copytree(small_report, report)
+    run = json.loads((report / "run.json").read_text())
+    t1 = run["timings"]["target_forward_s"][0]
+    run["timings"]["target_forward_s"] = [t1, 3.6 * t1] + [3.6 * t1] * (len(run["timings"]["target_forward_s"]) - 2)
+    (report / "run.json").write_text(json.dumps(run))
+    page, _ = htmlreport.build(report)
+    notes = re.findall(r'<p class="note">(.*?)</p>', page)
+    warning = [n for n in notes if n.startswith("warning:")]
+    assert warning and warning[0] == html.escape(
+        "warning: the measured verification times look disturbed (t_T(2) = 3.6× t_T(1)): the machine was probably "
+        "busy while profiling; re-run profile on an idle machine (on a shared one, with OMP_NUM_THREADS=1) or plan "
+        "with --cost-ratio", quote=True)
+    assert all("warning:" not in n for n in notes if not n.startswith("warning:"))
+    for name, column, definition in glossary.TERMS:
+        assert f'<tr data-term="{column}"><td>{html.escape(name)}</td><td>{html.escape(definition, quote=True)}</td>' \
+            in page, name
+    rec = json.loads(cli("recommend", report, "--json").stdout)
+    close = [r for r in rec["recommendations"] if r["threshold_policy"]]
+    assert close  # the model draft has a policy; n-gram drafts do not
+    table = re.search(r'<table class="policy" data-draft="([^"]+)">(.*?)</table>', page, re.S)
+    assert table and table.group(1) == html.escape(close[0]["draft"])
+    rows = re.findall(r'<tr(?: class="all")? data-domain="([^"]+)">(.*?)</tr>', table.group(2))
+    assert [d for d, _ in rows] == [r["domain"] for r in close]
+    for (_, cells), r in zip(rows, close):
+        tds = re.findall(r"<td[^>]*>(.*?)</td>", cells)
+        pol = r["threshold_policy"]
+        assert (int(tds[1]), int(tds[3]), float(tds[4])) == (pol["fixed_k"], pol["k_max"], pol["tau"])
+        assert tds[-1] == pol["verdict"]
+    assert "ngram: an n-gram draft proposes with probability 1 or not at all: no threshold policy" in page

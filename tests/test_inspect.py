@@ -46,6 +46,18 @@ def test_json_ranks_every_prompt_by_alpha_with_tokens_per_iter_at_k(small_report
     assert [s["prompt_id"] for s in data["shown"]] == [p["prompt_id"] for p in data["prompts"][:5]]
 
 
+def test_legend_says_an_ngram_draft_proposed_nothing(small_report, tiny, cli):
+    # The n-gram lookup finds no match at many positions (draft_token −1): "another token" would be wrong.
+    assert (tokens_of(small_report, "ngram")["draft_token"] < 0).any()
+    r = cli("inspect", small_report, "--draft", "ngram", "--k", 2)
+    assert r.exit_code == 0, r.output
+    assert ("green: accepted · white on red: rejected (the target's token; the draft proposed another token or, "
+            "where its lookup found no match, nothing) · ┊: a block at k=2 starts") in r.stdout.splitlines()
+    r = cli("inspect", small_report, "--draft", str(tiny["close"]), "--k", 2)
+    assert ("green: accepted · white on red: rejected (the target's token; the draft proposed another) · "
+            "┊: a block at k=2 starts") in r.stdout.splitlines()
+
+
 def test_export_holds_exactly_the_prompts_with_the_lowest_alpha(small_report, tiny, corpus, cli, tmp_path):
     close = str(tiny["close"])
     out = tmp_path / "worst.jsonl"

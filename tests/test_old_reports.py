@@ -27,7 +27,32 @@ COMMANDS = {
 }
 
 # Figures that a later change altered on purpose: {golden file: {JSON path: (new value, why)}}.
-CHANGED: dict[str, dict[str, tuple[object, str]]] = {}
+CHANGED: dict[str, dict[str, tuple[object, str]]] = {
+    "recommend": {
+        ".threshold_policy.note": (
+            "tokens/iter of a threshold policy is exact at T = 0; its draft steps are bounded: after the first "
+            "rejected proposal the draft drafts on its own wrong prefix, which the report did not record, so those "
+            "blocks are priced at the dearest (lower speedup) and the cheapest (upper speedup) step count between "
+            "stopping at the rejection and running on to k_max",
+            "issue 13: unobserved steps are priced at their dearest and cheapest count, so the bounds stay ordered "
+            "when t_T(n) does not rise with n",
+        ),
+        **{f".recommendations.{i}.model_disagreement": (
+            "empirical speedup is 35% below the i.i.d. model at k=1: verifying 2 tokens costs 1.90× one target "
+            "step on this device (the i.i.d. model assumes 1×)",
+            "issue 13: '35% below', not '-35% off'") for i in (0, 1, 2)},
+    },
+    "compare": {
+        **{f".comparisons.{i}.speedup.significant": (False, "issue 13: 4 prompts per side are too few for a star, "
+                                                           "as recommend needs 5+ for a decision") for i in (0, 1)},
+        **{f".comparisons.{i}.n_prompts_{side}": (n, "issue 13: compare says how many prompts each side holds")
+           for i, n in ((0, 4), (1, 4), (2, 8)) for side in "ab"},
+        **{f".comparisons.{i}.caveat": (
+            "only 4 prompts in A and 4 in B; a difference needs 5+ prompts on each side to be marked *",
+            "issue 13: why a domain with too few prompts gets no star") for i in (0, 1)},
+        ".comparisons.2.caveat": (None, "issue 13: ALL holds 8 prompts per side: no caveat"),
+    },
+}
 
 
 def same(a: object, b: object, path: str = "") -> list[str]:

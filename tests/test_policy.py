@@ -83,6 +83,23 @@ def test_cost_prices_blocks_like_fixed_k_iterations():
     assert lo[0, 0, 1] == pytest.approx(4.8) and hi[0, 0, 1] == pytest.approx(5.5)
 
 
+def test_cost_bounds_stay_ordered_when_verification_time_does_not_rise():
+    # c = 0.1; t_T(1..5) = 1.0, 1.2, 1.8, 1.5, 1.3: verifying more tokens can cost less (CPU kernels).
+    # Per block of n steps: n·c + v_n = 1.3, 2.0, 1.8, 1.7 for n = 1..4. k_max 4, τ 0.5 (the worked example):
+    # blocks of 2 (full, +0.05 catch-up), 2..4 unseen, 1 (full) steps. The unseen block costs 1.7 (4 steps,
+    # the cheapest) to 2.0 (2 steps, the dearest): 2.05 + 1.7 + 1.35 = 5.1 .. 2.05 + 2.0 + 1.35 = 5.4.
+    # (Priced at "stop at the rejection" and "run on to k_max", the bounds came out reversed: 5.4 .. 5.1.)
+    padded, lengths = trace.pad([np.array(MATCH, dtype=float)])
+    top1, _ = trace.pad([np.array(TOP1)])
+    c = count_policy_blocks(padded, top1, lengths, k_maxes=[4], taus=[0.5])
+    lo, hi = c.cost(costmodel.Costs.from_times(0.1, [1.0, 1.2, 1.8, 1.5, 1.3], 4, draft_catchup_s=0.05))
+    assert lo[0, 0, 0] == pytest.approx(5.1) and hi[0, 0, 0] == pytest.approx(5.4)
+    # t_T = 1.0, 1.2, 1.8, 1.1, 1.9: 1.3, 2.0, 1.4, 2.3 per block; the unseen block's cheapest count is the
+    # interior n = 3 (1.4), neither end: 2.05 + 1.4 + 1.35 = 4.8 .. 2.05 + 2.3 + 1.35 = 5.7.
+    lo, hi = c.cost(costmodel.Costs.from_times(0.1, [1.0, 1.2, 1.8, 1.1, 1.9], 4, draft_catchup_s=0.05))
+    assert lo[0, 0, 0] == pytest.approx(4.8) and hi[0, 0, 0] == pytest.approx(5.7)
+
+
 def test_cost_of_a_never_stopping_policy_is_the_fixed_k_price():
     # τ 0: the upper step bound is k_max in every block that was not fully accepted, and k_max in the full
     # ones: exactly the fixed-k iterations' k·c + v_k, plus the catch-up after full blocks.

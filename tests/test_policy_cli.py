@@ -172,6 +172,28 @@ def test_unseen_draft_steps_keep_a_confident_draft_from_beating_fixed_k(tmp_path
     assert not pol["beats_fixed_k"] and pol["verdict"] == "within uncertainty"
 
 
+def test_policy_bounds_are_ordered_when_measured_verification_time_does_not_rise(tmp_path, cli):
+    # Measured costs where verifying 2 tokens is dear and more are cheap (t_T(n) = 1.0, 2.0, 1.1, 1.1, …):
+    # a confident mismatch's unseen steps cost less running on to k_max than stopping at the rejection.
+    # Every interval must still read lo ≤ point ≤ hi: the bounds, their 95% CIs and the gain.
+    path = write_report(tmp_path / "r", doubt_mismatches=False)
+    run = json.loads((path / "run.json").read_text())
+    run["timings"] = {"target_forward_s": [1.0, 2.0] + [1.1] * 7, "draft_step_s": {"d": 0.05}, "context_tokens": 64,
+                      "draft_catchup_s": {"d": 0.0}}
+    reportfiles.write_json(path / "run.json", run)
+    data = as_json(cli("recommend", path, "--json"))
+    policies = [r["threshold_policy"] for r in data["recommendations"]]
+    assert len(policies) == 2 and all(policies)  # chat and ALL
+    for pol in policies:
+        assert pol["speedup_lo"] <= pol["speedup_lo_bound"] <= pol["speedup_hi_bound"] <= pol["speedup_hi"], pol
+        assert pol["draft_steps_per_iter_lo_bound"] <= pol["draft_steps_per_iter_hi_bound"]
+        assert pol["tokens_per_iter_lo"] <= pol["tokens_per_iter"] <= pol["tokens_per_iter_hi"]
+        gain_lo_point = pol["speedup_lo_bound"] - pol["fixed_speedup"]
+        gain_hi_point = pol["speedup_hi_bound"] - pol["fixed_speedup"]
+        assert pol["gain_lo"] <= gain_lo_point <= gain_hi_point <= pol["gain_hi"], pol
+        assert pol["speedup_lo_bound"] < pol["speedup_hi_bound"]  # the unseen steps leave a real range
+
+
 def test_sampled_reports_get_no_policy_and_say_why(tmp_path, cli):
     path = write_report(tmp_path / "r", temperature=0.7)
     data = as_json(cli("recommend", path, "--cost-ratio", 0.5, "--json"))

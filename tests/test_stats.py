@@ -89,6 +89,26 @@ def test_more_prompts_for_a_likely_no_go():
     assert (v.decision, v.more_prompts) == ("INCONCLUSIVE", 30)
 
 
+def test_a_point_on_the_threshold_is_marginal_not_thousands_of_prompts():
+    # S = 0.99, [0.90, 1.08] from 12 prompts: NO-GO needs the upper half-width 0.09 below 0.01:
+    # n' = 12·(0.09/0.01)² = 972, 960 more: beyond 10 × 12, so no count is given.
+    v = stats.decide(0.99, 0.90, 1.08, 12)
+    assert (v.decision, v.more_prompts) == ("INCONCLUSIVE", None)
+    assert v.reason == "marginal: the speedup sits at the threshold; more prompts will not settle it"
+    # S = 1.11 with [1.0, 1.22]: GO needs n' = 12·(0.11/0.01)² = 1452: the same.
+    v = stats.decide(1.11, 1.0, 1.22, 12)
+    assert (v.decision, v.more_prompts) == ("INCONCLUSIVE", None)
+    assert v.reason == "marginal: the speedup sits at the threshold; more prompts will not settle it"
+    # Up to 10 × n more is still counted: S = 0.9, [0.8, 1.2] from 10 prompts: n' = 10·(0.3/0.1)² = 90, 80 more.
+    v = stats.decide(0.9, 0.8, 1.2, 10)
+    assert (v.more_prompts, v.reason) == (80, "likely NO-GO; ~80 more prompts would decide it")
+
+
+def test_one_prompt_is_singular():
+    assert stats.decide(1.5, 1.2, 1.8, 1).reason == "only 1 prompt; intervals need 5+"
+    assert stats.decide(1.5, 1.2, 1.8, 3).reason == "only 3 prompts; intervals need 5+"
+
+
 def test_marginal_gain_is_not_decided_by_more_prompts():
     v = stats.decide(1.05, 0.95, 1.15, 30)
     assert v.decision == "INCONCLUSIVE" and v.more_prompts is None

@@ -1,7 +1,8 @@
 """`specprof verify` on the real embedded target: SmolLM2-135M with its own early exit at layer 26.
 
 At T = 0 the live speculative loop must reproduce the profile exactly: identical outputs and
-tokens/iter equal to the report's, for k = 1 and k = 4. (Speed is not asserted: see benchmarks/.)
+tokens/iter equal to the report's, for k = 1 and k = 4, on the shared `smollm2_report` (one thread, as
+every real-model test: see conftest). Speed is not asserted: see benchmarks/.
 """
 
 from __future__ import annotations
@@ -9,26 +10,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.realmodel
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """On a shared 2-core machine two OpenMP threads stall each other (minutes instead of seconds)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_smollm2_early_exit_verify_is_exact(tmp_path, cli):
-    out = tmp_path / "r"
-    r = cli("profile", "sample_prompts", "--draft", "early-exit:26", "--domain", "code", "--domain", "math",
-            "--limit", 1, "--k-max", 4, "--max-new-tokens", 32, "--out", out)
-    assert r.exit_code == 0, r.output
-    r = cli("verify", out, "--k", 1, "--k", 4, "--json")
+def test_smollm2_early_exit_verify_is_exact(smollm2_report, cli):
+    r = cli("verify", smollm2_report, "--k", 1, "--k", 4, "--json")
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result["identical_outputs"] is True and result["divergences"] == []

@@ -145,7 +145,10 @@ def _read_jsonl(file: Path) -> list[Prompt]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SpecprofError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            # Some decoder messages end in "at" ("Unterminated string starting at"): don't say it twice.
+            at = "" if e.msg.endswith(" at") else " at"
+            message = f"invalid JSON ({e.msg}{at} column {e.colno}): fix or remove the line"
+            raise SpecprofError(f"{where}: {message}") from None
         if not isinstance(obj, dict):
             raise SpecprofError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         prompts.append(_from_record(obj, where, file.stem, line_no))

@@ -136,7 +136,8 @@ def timing_warning(target_forward_s: np.ndarray) -> str | None:
     )
     return (
         f"the measured verification times look disturbed ({where}): the machine was probably busy while "
-        "profiling; re-run profile on an idle machine or plan with --cost-ratio"
+        "profiling; re-run profile on an idle machine (on a shared one, with OMP_NUM_THREADS=1) or plan with "
+        "--cost-ratio"
     )
 
 
@@ -274,7 +275,8 @@ class Disagreement:
         parts = [r for r, on in ((self.tokens_reason(), self.tokens_differ), (self.cost_reason(), self.costs_differ))
                  if on]
         why = "; ".join(parts) or "both small effects together"
-        return f"empirical speedup is {self.ratio - 1.0:+.0%} off the i.i.d. model at k={self.k}: {why}"
+        side = "below" if self.ratio < 1.0 else "above"
+        return f"empirical speedup is {abs(self.ratio - 1.0):.0%} {side} the i.i.d. model at k={self.k}: {why}"
 
 
 def explain_disagreement(

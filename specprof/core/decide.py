@@ -401,10 +401,12 @@ class Difference:
     diff: float
     lo: float
     hi: float
+    enough_prompts: bool = True  # both sides hold ≥ stats.MIN_PROMPTS prompts, as a decision needs
 
     @property
     def significant(self) -> bool:
-        return stats.difference_significant(self.lo, self.hi)
+        """The interval excludes 0, and both sides have enough prompts for an interval to mean something."""
+        return self.enough_prompts and stats.difference_significant(self.lo, self.hi)
 
 
 @dataclass(frozen=True)
@@ -417,6 +419,18 @@ class Comparison:
     k_b: int
     alpha: Difference
     speedup: Difference  # at each report's best k
+    n_prompts_a: int = 0
+    n_prompts_b: int = 0
+
+    @property
+    def caveat(self) -> str | None:
+        """Why no difference is marked significant although an interval may exclude 0 (recommend's rule)."""
+        few = [(side, n) for side, n in (("A", self.n_prompts_a), ("B", self.n_prompts_b)) if n < stats.MIN_PROMPTS]
+        if not few:
+            return None
+        unit = "prompt" if few[0][1] == 1 else "prompts"
+        counts = f"{few[0][1]} {unit} in {few[0][0]}" + "".join(f" and {n} in {side}" for side, n in few[1:])
+        return f"only {counts}; a difference needs {stats.MIN_PROMPTS}+ prompts on each side to be marked *"
 
 
 def compare(a: Analysis, b: Analysis, force: bool = False, seed: int = stats.SEED) -> list[Comparison]:
@@ -442,10 +456,13 @@ def compare(a: Analysis, b: Analysis, force: bool = False, seed: int = stats.SEE
             alpha_b, tpi_b = split_ratios(sums_b[domain])
             speed_a = costs_a.speedup(tpi_a)[:, ea.best_k - 1]
             speed_b = costs_b.speedup(tpi_b)[:, eb.best_k - 1]
+            enough = min(ea.n_prompts, eb.n_prompts) >= stats.MIN_PROMPTS
             out.append(Comparison(
                 ta.draft, tb.draft, domain, paired[domain], ea.best_k, eb.best_k,
-                _difference(ea.alpha, eb.alpha, alpha_b - alpha_a),
-                _difference(float(ea.speedup[ea.best_k - 1]), float(eb.speedup[eb.best_k - 1]), speed_b - speed_a),
+                _difference(ea.alpha, eb.alpha, alpha_b - alpha_a, enough),
+                _difference(float(ea.speedup[ea.best_k - 1]), float(eb.speedup[eb.best_k - 1]), speed_b - speed_a,
+                            enough),
+                ea.n_prompts, eb.n_prompts,
             ))
     return out
 
@@ -485,15 +502,16 @@ def _joint_sums(
     return sums_a, sums_b, paired
 
 
-def _difference(a: float, b: float, samples: np.ndarray) -> Difference:
+def _difference(a: float, b: float, samples: np.ndarray, enough_prompts: bool = True) -> Difference:
     lo, hi = stats.percentile_interval(samples[:, None], np.array([b - a]))
-    return Difference(a, b, b - a, float(lo[0]), float(hi[0]))
+    return Difference(a, b, b - a, float(lo[0]), float(hi[0]), enough_prompts)
 
 
 def comparison_json(c: Comparison) -> dict[str, Any]:
     def diff(d: Difference) -> dict[str, Any]:
-        return {"a": json_number(d.a), "b": json_number(d.b), "diff": json_number(d.diff), "diff_lo": json_number(d.lo),
-                "diff_hi": json_number(d.hi), "significant": d.significant}
+        return {"a": json_number(d.a), "b": json_number(d.b), "diff": json_number(d.diff),
+                "diff_lo": json_number(d.lo), "diff_hi": json_number(d.hi), "significant": d.significant}
 
     return {"draft_a": c.draft_a, "draft_b": c.draft_b, "domain": c.domain, "paired": c.paired,
-            "best_k_a": c.k_a, "best_k_b": c.k_b, "alpha": diff(c.alpha), "speedup": diff(c.speedup)}
+            "best_k_a": c.k_a, "best_k_b": c.k_b, "alpha": diff(c.alpha), "speedup": diff(c.speedup),
+            "n_prompts_a": c.n_prompts_a, "n_prompts_b": c.n_prompts_b, "caveat": c.caveat}

@@ -295,7 +295,7 @@ class Estimate:
         return self.verdicts[self.at(k)]
 
     def per_position_acceptance(self, k: int | None = None) -> np.ndarray:
-        """[k] r_i = P(accepted ≥ i + 1) at draft length k (default: the best k)."""
+        """[k] r_1..r_k, r_i = P(accepted ≥ i), at draft length k (default: the best k)."""
         k = self.best_k if k is None else k
         return trace.per_position_acceptance(self.histogram[k - 1], k)
 

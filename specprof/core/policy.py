@@ -100,24 +100,38 @@ class PolicyCounts:
     full: np.ndarray  # [n_prompts, n_taus, n_k] blocks whose proposals were all accepted
     steps_lo: np.ndarray  # [n_prompts, n_taus, n_k, k_top + 1] blocks with exactly n draft steps (lower bound)
     steps_hi: np.ndarray  # [n_prompts, n_taus, n_k, k_top + 1] the same at the upper bound
+    # [n_prompts, n_taus, n_k, k_top + 1] blocks whose draft steps were not observed, by accepted count a:
+    # the draft took between a + 1 and k_max steps (counted in steps_lo at a + 1, in steps_hi at k_max)
+    open_blocks: np.ndarray
 
     def select(self, mask: np.ndarray) -> PolicyCounts:
         return PolicyCounts(self.taus, self.k_maxes, self.iterations[mask], self.accepted[mask], self.full[mask],
-                            self.steps_lo[mask], self.steps_hi[mask])
+                            self.steps_lo[mask], self.steps_hi[mask], self.open_blocks[mask])
 
     def cost(self, costs: costmodel.Costs) -> tuple[np.ndarray, np.ndarray]:
-        """Per-prompt time in target steps at the lower and upper step bounds: [n_prompts, n_taus, n_k] each.
+        """Per-prompt time in target steps, cheapest and dearest: [n_prompts, n_taus, n_k] each, lo ≤ hi.
 
         A block of n draft steps costs n·c + v_n (the target verifies n + 1 tokens; v_0 = 1), plus the
         catch-up t_C/t_T(1) when all its proposals were accepted: the same price as a fixed-k iteration.
+        A block whose steps were not observed (a + 1 to k_max) is priced at the cheapest and the dearest
+        of those counts. When v_n rises with n these are its step bounds; a measured t_T(n) need not rise
+        (CPU kernels change with the row count), and then running on to k_max can be the cheaper end.
         """
         k_top = self.steps_lo.shape[-1] - 1
         if costs.k_max < k_top:
             raise ValueError(f"costs cover k ≤ {costs.k_max}, the policies draft up to {k_top}")
         steps = np.arange(k_top + 1)
         per_block = steps * costs.cost_ratio + np.concatenate([[1.0], costs.verify_cost[:k_top]])  # [k_top + 1]
-        catchup = self.full * costs.catchup_ratio
-        return self.steps_lo @ per_block + catchup, self.steps_hi @ per_block + catchup
+        seen = self.steps_lo.copy()  # the blocks whose step count was observed
+        seen[..., 1:] -= self.open_blocks[..., :-1]
+        cheapest = np.zeros((len(self.k_maxes), k_top + 1))  # [n_k, accepted]: over steps a + 1 .. k_max
+        dearest = np.zeros((len(self.k_maxes), k_top + 1))
+        for q, k_max in enumerate(self.k_maxes):
+            for a in range(k_max):
+                cheapest[q, a] = per_block[a + 1 : k_max + 1].min()
+                dearest[q, a] = per_block[a + 1 : k_max + 1].max()
+        fixed = seen @ per_block + self.full * costs.catchup_ratio
+        return (fixed + (self.open_blocks * cheapest).sum(-1), fixed + (self.open_blocks * dearest).sum(-1))
 
 
 def count_policy_blocks(
@@ -187,7 +201,7 @@ def count_policy_blocks(
     for q, k_max in enumerate(k_maxes):
         steps_hi[:, :, q, k_max] += open_[:, :, q].sum(-1)  # open: on to k_max
     accepted = hist.sum(-2) @ np.arange(k_top + 1)
-    return PolicyCounts(taus, k_maxes, hist.sum((-2, -1)), accepted, full.sum(-1), steps_lo, steps_hi)
+    return PolicyCounts(taus, k_maxes, hist.sum((-2, -1)), accepted, full.sum(-1), steps_lo, steps_hi, open_)
 
 
 def _block_table(k_maxes: tuple[int, ...], width: int, n_rows: int) -> tuple[np.ndarray, np.ndarray, int]:

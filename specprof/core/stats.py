@@ -36,6 +36,10 @@ NO_GO_BELOW = 1.0  # NO-GO when even the upper bound of S stays below break-even
 # Below this many prompts a percentile bootstrap has too few distinct resamples to mean anything:
 # the decision stays INCONCLUSIVE whatever the interval says.
 MIN_PROMPTS = 5
+# An estimate of more than this many times the domain's prompts means the point estimate sits on the
+# threshold: the 1/√n extrapolation divides by its distance from it, and no realistic sample decides it.
+MAX_MORE_FACTOR = 10
+AT_THRESHOLD = "marginal: the speedup sits at the threshold; more prompts will not settle it"
 
 
 def rng_for(seed: int, *names: str) -> np.random.Generator:
@@ -94,14 +98,15 @@ def decide(
 
     For INCONCLUSIVE, the interval's half-widths are scaled as 1/√n (the standard error of a mean
     over prompts): GO needs n' = n·((S − lo) / (S − min_speedup))², NO-GO n' = n·((hi − S) / (1 − S))².
-    The answer is the extra prompts n' − n for whichever decision the point estimate points at. When
+    The answer is the extra prompts n' − n for whichever decision the point estimate points at; above
+    `MAX_MORE_FACTOR`·n the point sits on the threshold and the answer is "marginal" (no count). When
     1.0 ≤ S < min_speedup no number of prompts decides it: the gain is real but small.
     Example: S = 1.3 with [1.05, 1.55] from 12 prompts needs 12·(0.25/0.2)² = 18.75 → 7 more for GO.
     """
     if not all(math.isfinite(v) for v in (speedup, speedup_lo, speedup_hi)):
         return Verdict("INCONCLUSIVE", None, "no finite speedup (no tokens in this domain)")
     if n_prompts < MIN_PROMPTS:
-        why = f"only {n_prompts} prompts; intervals need {MIN_PROMPTS}+"
+        why = f"only {n_prompts} prompt{'' if n_prompts == 1 else 's'}; intervals need {MIN_PROMPTS}+"
         return Verdict("INCONCLUSIVE", MIN_PROMPTS - n_prompts, why)
     if speedup_lo >= min_speedup:
         return Verdict("GO", None, "")
@@ -109,9 +114,13 @@ def decide(
         return Verdict("NO-GO", None, "")
     if speedup > min_speedup:
         more = _more(n_prompts * ((speedup - speedup_lo) / (speedup - min_speedup)) ** 2, n_prompts)
+        if more > MAX_MORE_FACTOR * n_prompts:
+            return Verdict("INCONCLUSIVE", None, AT_THRESHOLD)
         return Verdict("INCONCLUSIVE", more, f"likely GO; ~{more} more prompts would decide it")
     if speedup < NO_GO_BELOW:
         more = _more(n_prompts * ((speedup_hi - speedup) / (NO_GO_BELOW - speedup)) ** 2, n_prompts)
+        if more > MAX_MORE_FACTOR * n_prompts:
+            return Verdict("INCONCLUSIVE", None, AT_THRESHOLD)
         return Verdict("INCONCLUSIVE", more, f"likely NO-GO; ~{more} more prompts would decide it")
     return Verdict("INCONCLUSIVE", None, f"marginal: 1.0 ≤ S < {min_speedup:g}; more prompts won't make it GO")
 

@@ -215,9 +215,9 @@ def count_blocks_expected(
 
 
 def per_position_acceptance(histogram: np.ndarray, k: int) -> np.ndarray:
-    """r_i = P(accepted ≥ i + 1) for i = 0..k-1, from a histogram of accepted counts 0..k.
+    """[k] r_1..r_k, r_i = P(accepted ≥ i) (glossary.PER_POSITION), from a histogram of accepted counts 0..k.
 
-    Mean acceptance length (vLLM's, bonus token included) is 1 + Σ r_i away from the sequence end.
+    Mean acceptance length (vLLM's, bonus token included) is 1 + Σ_{i=1..k} r_i away from the sequence end.
     """
     counts = np.asarray(histogram, dtype=np.float64)[: k + 1]
     total = counts.sum()

@@ -26,8 +26,10 @@ import typer
 from rich.console import Console
 
 from specprof import __version__
+from specprof.core import glossary
 from specprof.errors import SpecprofError
 from specprof.ui import render
+from specprof.ui.helpstyle import App
 
 try:
     from typer._click import exceptions as click_errors  # recent typer carries its own copy of click
@@ -36,12 +38,11 @@ except ImportError:  # older typer runs on click itself
 
 HELP = (
     "Profile speculative-decoding acceptance per domain and draft length before turning speculation on.\n\n"
-    "Names as in vLLM: tokens/iter is the mean acceptance length (accepted draft tokens plus the bonus token, "
-    "per target forward pass); draft acceptance rate is accepted / drafted draft tokens at that k; "
-    "α is the per-token acceptance rate, which does not depend on k."
+    "Names as in vLLM (tokens/iter is the mean acceptance length, bonus token included); every figure is "
+    "defined in specprof recommend --help."
 )
 
-app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = App(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 def _console(**kwargs: Any) -> Console:
@@ -187,8 +188,11 @@ def profile(
         specs = list(draft or [])
         if len(set(specs)) != len(specs):
             raise SpecprofError(f"--draft {next(s for s in specs if specs.count(s) > 1)}: given twice")
-        for spec in specs:
-            drafts.parse_kind(spec)  # a bad --draft fails before minutes of loading
+        exits = [(s, value) for s in specs for kind, value in [drafts.parse_kind(s)] if kind == "early-exit"]
+        target_layers = models.config_num_layers(target, trust_remote_code) if exits else None
+        if target_layers is not None:  # a bad --draft fails before any weights load
+            for spec, value in exits:
+                drafts.check_early_exit(spec, value, target_layers)
         with stderr.status("loading models…"):
             tgt = models.load_model(target, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
             specs = specs or drafts.default_specs(tgt.num_layers)
@@ -220,6 +224,11 @@ def profile(
             store.close()
         for d in dict.fromkeys(result.summary["draft"]):
             stdout.print(render.profile_table(result.summary, d))
+        from specprof.core.costmodel import timing_warning
+
+        # The same check recommend makes: say it now, while the user can still re-run on an idle machine.
+        if (warning := timing_warning(result.run["timings"]["target_forward_s"])) is not None:
+            stdout.print(f"warning: {warning}", markup=False, highlight=False)
         stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
 
     _run(go)
@@ -267,10 +276,8 @@ def _print_json(obj: Any) -> None:
 
 RECOMMEND_HELP = "\n\n".join([
     "Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.",
-    "At each domain's best k: α (per-token acceptance, independent of k); tokens/iter (mean acceptance length, "
-    "bonus token included, as vLLM and SGLang report it); draft acceptance rate (accepted / drafted tokens); "
-    "per-position acceptance r_i = P(accepted ≥ i); the empirical speedup E_emp(k)·t_T(1) / (k·t_D + t_T(k+1)) "
-    "from measured times; and Leviathan et al.'s i.i.d. speedup (1 − α^(k+1)) / (1 − α) / (k·c + 1).",
+    "At each domain's best k:",
+    *glossary.help_paragraphs(),
     "GO when the lower 95% bound of the speedup at the best k reaches --min-speedup; NO-GO when its upper bound "
     "is below 1.0; otherwise INCONCLUSIVE, with about how many more prompts would decide it. Intervals: "
     "bootstrap over prompts (1000 resamples, seed 0), recomputed from tokens.parquet.",
@@ -299,7 +306,9 @@ GATE_HELP = "\n\n".join([
 COMPARE_HELP = "\n\n".join([
     "α and speedup of B against A per draft × domain, and whether each difference is significant.",
     "Differences are B − A with 95% bootstrap intervals over prompts (paired when both reports hold the same "
-    "prompts); significant (*) when the interval excludes 0. Drafts pair by name, or in report order when no "
+    "prompts); significant (*) when the interval excludes 0 and both reports hold 5+ prompts in the domain "
+    "(recommend's rule; a line under the table names those with fewer). Drafts pair by name, or in report order "
+    "when no "
     "name is shared (a new checkpoint of one draft). Reports of different targets or sampling settings are "
     "refused unless --force.",
 ])
@@ -308,7 +317,7 @@ COMPARE_HELP = "\n\n".join([
 @app.command(help=RECOMMEND_HELP)
 def recommend(
     report_path: Path = typer.Argument(
-        None, metavar="[REPORT]", help="Report directory (or its tokens.parquet/summary.parquet). Omit for what-if."
+        None, metavar="REPORT", help="Report directory (or its tokens.parquet/summary.parquet). Omit for what-if."
     ),
     cost_ratio: float = typer.Option(
         None, "--cost-ratio", help="Plan for other hardware: c = draft step / target step, verification as one step."
@@ -449,7 +458,8 @@ INSPECT_HELP = "\n\n".join([
     "Which prompts a draft is bad at, and where in the text it fails.",
     "Ranks the prompts by α (per-prompt acceptance; the match rate at T = 0) and shows the --worst N (default 5) "
     "with their tokens/iter at k (default: the draft's best k) and their continuation token by token: accepted "
-    "tokens green, rejected ones (match false: the draft proposed another token) white on red, ┊ where a "
+    "tokens green, rejected ones (match false: the draft proposed another token, or an n-gram draft nothing) "
+    "white on red, ┊ where a "
     "speculative block at k starts. At T > 0 every token is shaded from red to green by accept_prob β and no "
     "blocks are marked. --prompt ID shows one prompt in full with every rejected token and the draft's proposal.",
     "Loads only the target's tokenizer (from the report's run.json, or --tokenizer), never model weights. "

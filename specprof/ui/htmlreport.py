@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from specprof import __version__
-from specprof.core import decide, inspection, reportfiles
+from specprof.core import decide, glossary, inspection, reportfiles
 from specprof.core.estimate import ALL, OFF_CAUSES, Estimate
+from specprof.core.policy_estimate import NGRAM_NOTE, SAMPLED_NOTE, STEP_BOUND_NOTE, PolicyEstimate
 from specprof.errors import SpecprofError
 from specprof.ui import plots, render
 
@@ -61,9 +62,10 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
     """The page's HTML and its plots, from a report directory (or a file in it)."""
     from specprof.core import tokentext
 
-    analysis = decide.load(path)
+    analysis = decide.load(path, policies=True)
     estimates = decide.estimates(analysis)  # recommend's defaults: measured costs, --min-speedup 1.1
     plans = decide.plans(estimates)
+    policies = decide.policy_estimates(analysis, estimates)
     detokenizer = tokentext.load(analysis.run, tokenizer)
     drafts = [p.draft for p in plans]
     best_k = {e.draft: e.best_k for e in estimates if e.domain == ALL}
@@ -78,6 +80,7 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
         "<h1>specprof report</h1>",
         f'<p class="meta">{_e(analysis.path)} · page written {_e(_now())} by specprof {_e(__version__)}</p>',
         settings_section(analysis.run, analysis.exact),
+        definitions_section(),
         "<h2>α per domain</h2>",
         figure(all_plots[0], "α per domain with its 95% bootstrap interval over prompts."),
     ]
@@ -86,19 +89,25 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
         body += [f'<h2 id="draft-{_e(plots.slug(p.draft))}">draft {_e(p.draft)}</h2>',
                  decisions_table(rows), *notes(rows),
                  f'<p class="plan">{_e(render.plan_line(p, rows[0].min_speedup))}</p>']
+        mine = [q for q in policies if q.draft == p.draft]
+        if mine:
+            body.append(policy_section(mine))
+        elif p.draft in analysis.no_policy:
+            body.append(f'<p class="note">{_e(p.draft)}: {_e(NGRAM_NOTE)}</p>')
         speedup, positions, accepted = by_draft[p.draft]
         body += [
             figure(speedup, "Empirical speedup (measured tokens/iter and forward times) with its 95% interval, "
                             "and Leviathan et al.'s i.i.d. model at the same α and costs; above 1 speculation pays."),
-            figure(positions, "r_i = P(at least i draft tokens accepted in a block), blocks of k = k_max. "
-                              "At any draft length k, tokens/iter = 1 + Σ_{i≤k} r_i with r_i taken at that k "
-                              "(away from the end of a continuation)."),
+            figure(positions, f"Blocks of k = k_max. r_i: {glossary.PER_POSITION}"),
             figure(accepted, "How many of the k proposals each block accepted (whole corpus)."),
             worst_section(worst[p.draft]),
         ]
+    if policies:
+        body.append(f'<p class="note">Note: {_e(STEP_BOUND_NOTE)}</p>')
     if not analysis.exact:
         body.append('<p class="note">Sampled run (T &gt; 0): per-k figures are the chain estimate; check them '
                     "with <code>specprof verify</code>.</p>")
+        body.append(f'<p class="note">{_e(SAMPLED_NOTE)}</p>')
     title = f"specprof report: {analysis.path.name}"
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -244,7 +253,40 @@ def notes(rows: Sequence[Estimate]) -> list[str]:
         out.append(f"speculation is effectively off for {', '.join(off)}; usual causes: {OFF_CAUSES}")
     if (line := render.disagreement_note(rows)) is not None:
         out.append(line)
-    return [f'<p class="note">{_e(n)}</p>' for n in out]
+    # one paragraph per line: the costs caption holds its warning on a line of its own
+    return [f'<p class="note">{_e(line)}</p>' for n in out for line in n.splitlines() if line.strip()]
+
+
+def definitions_section() -> str:
+    """The glossary: the same definitions as `recommend --help` and the README."""
+    rows = "\n".join(f'<tr data-term="{_e(column)}"><td>{_e(name)}</td><td>{_e(definition)}</td></tr>'
+                     for name, column, definition in glossary.TERMS)
+    return f'<h2>Definitions</h2>\n<table class="kv" id="definitions">\n{rows}\n</table>'
+
+
+def policy_section(policies: Sequence[PolicyEstimate]) -> str:
+    """The best confidence-threshold policy per domain beside the best fixed k: `recommend`'s table."""
+    heads = ["domain", "fixed k", "speedup", "k_max", "τ", "tokens/iter", "draft steps/iter",
+             "speedup bounds [95% CI]", "gain vs fixed k", "verdict"]
+    left = ' class="l"'
+    head = "".join(f'<th{left if h in ("domain", "verdict") else ""}>{_e(h)}</th>' for h in heads)
+    lines = []
+    for q in policies:
+        cells = [
+            q.domain, str(q.fixed_k), render.fmt(q.fixed_speedup), str(q.k_max), f"{q.tau:g}",
+            render.fmt_interval(q.tokens_per_iter, q.tokens_per_iter_lo, q.tokens_per_iter_hi),
+            render.fmt_range(q.draft_steps_lo_bound, q.draft_steps_hi_bound),
+            f"{render.fmt_range(q.speedup_lo_bound, q.speedup_hi_bound)} [{render.fmt(q.speedup_lo)}, "
+            f"{render.fmt(q.speedup_hi)}]",
+            f"[{q.gain_lo:+.3f}, {q.gain_hi:+.3f}]", q.verdict,
+        ]
+        tds = "".join(f'<td{left if i in (0, len(cells) - 1) else ""}>{_e(c)}</td>' for i, c in enumerate(cells))
+        cls = ' class="all"' if q.domain == ALL else ""
+        lines.append(f'<tr{cls} data-domain="{_e(q.domain)}">{tds}</tr>')
+    return (f'<h3>Confidence-threshold drafting: stop after a proposal whose top-1 p &lt; τ, at most k_max</h3>\n'
+            f'<table class="policy" data-draft="{_e(policies[0].draft)}">\n<thead><tr>{head}</tr></thead>\n'
+            "<tbody>\n" + "\n".join(lines) + "\n</tbody>\n</table>\n"
+            f'<p class="note">{_e(render.POLICY_CAPTION)}</p>')
 
 
 def figure(plot: plots.Plot, caption: str) -> str:

@@ -165,6 +165,8 @@ def recommend_view(
     return Group(*parts[:-1])
 
 
+POLICY_CAPTION = ("speedup bounds: unrecorded draft steps after a rejection priced at their dearest (lower) and "
+                  "cheapest (upper) count; 95% CI over prompts; gain vs fixed k: both together")
 POLICY_MARK = {"beats fixed k": "[bold green]beats fixed k[/]", "worse than fixed k": "[red]worse than fixed k[/]"}
 
 
@@ -172,8 +174,7 @@ def policy_table(policies: Sequence[PolicyEstimate]) -> Table:
     """Per domain: the best "draft while top-1 p ≥ τ, at most k_max" policy against the best fixed k."""
     table = Table(title="confidence-threshold drafting: stop after a proposal whose top-1 p < τ, at most k_max",
                   title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
-                  caption="speedup bounds: the draft runs on to k_max after a rejection (lower) or stops there "
-                          "(upper); 95% CI over prompts; gain vs fixed k: both together",
+                  caption=POLICY_CAPTION,
                   caption_justify="left")
     for name in ("domain", "fixed k", "speedup", "k_max", "τ", "tokens/iter", "draft steps/iter",
                  "speedup bounds [95% CI]", "gain vs fixed k", "verdict"):
@@ -247,9 +248,13 @@ def gate_view(checks: Sequence[Check]) -> Group:
     return Group(table, Text(verdict))
 
 
+COMPARE_FOOTER = "* the 95% bootstrap interval of B − A excludes 0"
+
+
 def compare_view(comparisons: Sequence[Comparison], a: str, b: str) -> Group:
+    starred = any(c.alpha.significant or c.speedup.significant for c in comparisons)
     table = Table(title=f"B − A (A = {a}, B = {b})", title_justify="left",
-                  caption="* the 95% bootstrap interval of B − A excludes 0", caption_justify="left")
+                  caption=COMPARE_FOOTER if starred else None, caption_justify="left")
     for name, justify in [("draft", "left"), ("domain", "left"), ("α A", "right"), ("α B", "right"),
                           ("Δα [95% CI]", "right"), ("k A/B", "right"), ("speedup A", "right"),
                           ("speedup B", "right"), ("Δspeedup [95% CI]", "right")]:
@@ -263,7 +268,13 @@ def compare_view(comparisons: Sequence[Comparison], a: str, b: str) -> Group:
             f"{c.k_a}/{c.k_b}", fmt(c.speedup.a), fmt(c.speedup.b),
             diff_cell(c.speedup.diff, c.speedup.lo, c.speedup.hi, c.speedup.significant, 2),
         )
-    return Group(table)
+    caveats: dict[tuple[str, str], list[str]] = {}  # one line per draft and caveat, naming its domains
+    for c in comparisons:
+        if c.caveat:
+            draft = c.draft_b if c.draft_a == c.draft_b else f"{c.draft_a} → {c.draft_b}"
+            caveats.setdefault((draft, c.caveat), []).append(c.domain)
+    notes = [Text(f"  {draft} in {', '.join(domains)}: {caveat}") for (draft, caveat), domains in caveats.items()]
+    return Group(table, *notes)
 
 
 def diff_cell(diff: float, lo: float, hi: float, significant: bool, digits: int) -> str:
@@ -403,8 +414,12 @@ def inspect_view(i, exported=None) -> Group:
             parts.append(rejections_table(v))
         parts.append(Text(""))
     if i.exact:
+        # An n-gram lookup that found no match proposed nothing: say so rather than "another token".
+        none = any(not t.match and t.draft_token < 0 for v in i.shown for t in v.tokens)
+        proposed = "proposed another token or, where its lookup found no match, nothing" if none else \
+            "proposed another"
         legend = Text("green: accepted · ") + Text("white on red", style=REJECTED) + Text(
-            f": rejected (the target's token; the draft proposed another) · {BLOCK_MARK}: a block at k={i.k} starts"
+            f": rejected (the target's token; the draft {proposed}) · {BLOCK_MARK}: a block at k={i.k} starts"
         )
     else:
         legend = Text("background from red (β = 0) to green (β = 1): the chance speculative sampling accepts the "

@@ -131,6 +131,14 @@ def parse_kind(spec: str) -> tuple[str, int | None]:
     return "model", None
 
 
+def check_early_exit(spec: str, layers: int, target_layers: int) -> None:
+    """An early exit runs the target's first L layers: 1 ≤ L < the target's depth."""
+    if not 1 <= layers < target_layers:
+        raise SpecprofError(
+            f"--draft {spec}: L must be between 1 and {target_layers - 1} (the target has {target_layers} layers)"
+        )
+
+
 def load_draft(
     spec: str,
     target: LoadedModel,
@@ -147,10 +155,7 @@ def load_draft(
         return NgramDraft(spec, value)
     if kind == "early-exit":
         layers = target.num_layers
-        if not 1 <= value < layers:
-            raise SpecprofError(
-                f"--draft {spec}: L must be between 1 and {layers - 1} (the target has {layers} layers)"
-            )
+        check_early_exit(spec, value, layers)
         view = early_exit_view(target.model, value)
         info = {"name": spec, "kind": "early-exit", "layers": value, "of_layers": layers}
         return ModelDraft(spec, "early-exit", view, info, layers=value)

@@ -157,6 +157,37 @@ def load_model(
     return LoadedModel(model, tokenizer, name, source, _fingerprint(model, directory))
 
 
+def config_num_layers(spec: str | None, trust_remote_code: bool = False) -> int | None:
+    """The model's decoder layer count from its config alone, before any weights load (None: not readable
+    here; `load_model` then says what is wrong). A GGUF file not yet converted is read from its header."""
+    try:
+        if spec is None or spec in ("default", DEFAULT_TARGET) or spec.lower().endswith(".gguf"):
+            path = default_gguf_path() if spec is None or spec in ("default", DEFAULT_TARGET) else Path(spec)
+            if not path.is_file():
+                return None
+            converted = gguf_cache_directory(path) / "config.json"
+            if not converted.exists():
+                return _gguf_block_count(path)
+            source = str(converted.parent)
+        else:
+            source = spec
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return int(config.get_text_config().num_hidden_layers)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, ImportError, SpecprofError):
+        return None  # a probe only: the load that follows reports the real problem, with its fix
+
+
+def _gguf_block_count(path: Path) -> int | None:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    arch = reader.fields["general.architecture"]
+    field = reader.fields.get(f"{bytes(arch.parts[arch.data[0]]).decode()}.block_count")
+    return int(field.parts[field.data[0]][0]) if field is not None else None
+
+
 def _check_weights_format(directory: Path, role: str, spec: str, allow_pickle: bool) -> None:
     files = [p.name for p in directory.iterdir()]
     if not any(f.endswith(".safetensors") for f in files) and any(f.endswith(PICKLE_SUFFIXES) for f in files):
@@ -204,10 +235,15 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def gguf_cache_directory(path: Path) -> Path:
+    """Where `gguf_to_directory` keeps the converted model of this GGUF file (by its content)."""
+    return cache_root() / "gguf" / f"{path.stem}-{_file_digest(path)[:16]}"
+
+
 def gguf_to_directory(path: Path, hf_id: str | None = None) -> Path:
     """De-quantize a GGUF file once into a cached safetensors model directory; return the directory."""
-    digest = _file_digest(path)[:16]
-    target = cache_root() / "gguf" / f"{path.stem}-{digest}"
+    target = gguf_cache_directory(path)
+    digest = target.name.rsplit("-", 1)[1]
     if (target / "config.json").exists():
         return target
     try:

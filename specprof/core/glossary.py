@@ -1,0 +1,58 @@
+"""The one definition of each figure specprof prints, shared by `--help`, the HTML page and the README.
+
+Each term is defined here once, as plain text (no markup: Rich help, HTML and Markdown all show it
+as written). `recommend --help` and `report --html` print these strings; the README's "What it
+measures" table holds the same text, and tests/test_glossary.py checks all three against this module.
+
+Indexing: r_i counts draft positions from 1, as the `r_1..r_k` column of `recommend` does:
+r_1 = P(the block accepted at least its first proposal), and tokens/iter = 1 + r_1 + … + r_k.
+
+What this module does not do: compute anything (`trace`, `costmodel`), print, import torch.
+"""
+
+from __future__ import annotations
+
+ALPHA = (
+    "mean per-token acceptance: at T = 0 the fraction of positions where the draft's proposal equals the "
+    "target's token; at T > 0 the mean of β = Σ_v min(p(v), q(v)). Does not depend on k."
+)
+TOKENS_PER_ITER = (
+    "mean acceptance length as Spec-Bench and transformers' assisted generation count it: tokens emitted per "
+    "target forward pass, accepted draft tokens plus the bonus token (gpt-fast's \"mean accepted\" is this "
+    "minus 1). Pooled: Σ emitted / Σ iterations. vLLM's own counters count differently (the first token from "
+    "prefill, no draft where its proposer found nothing, acceptances past the end): recommend --engine vllm "
+    "predicts them exactly."
+)
+DRAFT_ACCEPTANCE_RATE = (
+    "accepted draft tokens / drafted tokens at that k, k drafted per iteration (vLLM's draft acceptance rate "
+    "counts the tokens its proposer returned: recommend --engine vllm). Falls as k grows."
+)
+PER_POSITION = (
+    "per-position acceptance r_i = P(accepted ≥ i) for i = 1..k: the fraction of blocks at draft length k that "
+    "accepted at least i draft tokens. AL(k) = 1 + Σ_{i=1..k} r_i is the tokens/iter at k (away from the end "
+    "of a continuation)."
+)
+SPEEDUP = (
+    "empirical: measured tokens/iter × t_T(1) / (k·t_D + t_T(k+1) + f_k·t_C), with the target's verification "
+    "times t_T(n) (n tokens at once), the draft's step time t_D and its catch-up t_C measured on this machine. "
+    "t_C = t_D(2) − t_D(1) is paid after each block that accepted all k proposals (a fraction f_k of blocks): "
+    "the draft then feeds 2 tokens in its next step."
+)
+SPEEDUP_IID = (
+    "Leviathan et al.'s i.i.d. model: (1 − α^(k+1)) / (1 − α) / (k·c + 1), c = t_D / t_T(1)."
+)
+
+# (name as printed, its JSON/parquet column where there is one, definition), in reading order
+TERMS: tuple[tuple[str, str, str], ...] = (
+    ("α", "alpha", ALPHA),
+    ("tokens/iter", "tokens_per_iter", TOKENS_PER_ITER),
+    ("draft acceptance rate", "draft_acceptance_rate", DRAFT_ACCEPTANCE_RATE),
+    ("r_i", "per_position_acceptance", PER_POSITION),
+    ("speedup", "speedup", SPEEDUP),
+    ("i.i.d. speedup", "speedup_iid", SPEEDUP_IID),
+)
+
+
+def help_paragraphs() -> list[str]:
+    """One "name: definition" paragraph per term, for a command's --help."""
+    return [f"{name}: {definition}" for name, _, definition in TERMS]
