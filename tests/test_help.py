@@ -37,7 +37,7 @@ def test_help_page_is_plain(args, cli):
             name = word.strip("[]")
             assert re.fullmatch(r"[A-Z][A-Z_]*", name), usage  # one spelling: capitals
             assert word == (name if p.required else f"[{name}]"), usage  # brackets only when optional
-            assert re.search(rf"│\s+(\*\s+)?{name}\s+PATH\s", page), (name, page)  # same name in the panel
+            assert re.search(rf"│\s+(\*\s+)?{name}\s+(PATH|TEXT)\s", page), (name, page)  # same name in the panel
     # a flag shows no value: "--json" is followed by its help text, never by a type or metavar
     for line in page.splitlines():
         m = re.match(r"│\s+(\*\s+)?(--[\w-]+)\s+(\S+)", line)

@@ -751,7 +751,7 @@ class _progress_bar:
 
 @app.command("export-draft")
 def export_draft(
-    draft: str = typer.Argument(..., metavar="early-exit:L", help="The early-exit draft to save."),
+    draft: str = typer.Argument(..., metavar="DRAFT", help="The early-exit draft to save: early-exit:L."),
     out: Path = typer.Option(..., "--out", help="Model directory to write (safetensors and tokenizer)."),
     target: str = typer.Option(None, "--target", help="Target model (default: the embedded SmolLM2)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
