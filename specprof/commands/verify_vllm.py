@@ -46,6 +46,7 @@ NEAR_TIE = {"float32": 1e-3, "float16": 0.1, "bfloat16": 0.5}
 # Draft positions whose top-2 margin is below this are listed as candidate near-ties when a prompt's
 # counters differ with an identical continuation (they are where another kernel could propose otherwise).
 DRAFT_NEAR_TIE_LISTED = 0.05
+REQUEST_TIMEOUT_S = 300.0  # one completion of max_new_tokens on a slow CPU server
 FAR_FACTOR = 2.0  # at T > 0, an engine acceptance off by this factor from the report's interval is "far outside"
 
 Predict = Callable[..., Any]  # engine_counters(report, draft, k, *, prompt_ids, engine) → EngineCounters
@@ -192,7 +193,7 @@ class Options:
     url: str | None = None
     vllm_python: str | None = None  # --launch from this interpreter
     draft_model_dir: str | None = None
-    timeout_s: float = 300.0  # per request
+    timeout_s: float | None = None  # per request (default REQUEST_TIMEOUT_S)
     start_timeout_s: float = launcher.START_TIMEOUT_S
 
 
@@ -215,7 +216,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
     say = progress or (lambda _m: None)
 
     if options.url is not None:
-        client = VllmClient(options.url, options.timeout_s)
+        client = VllmClient(options.url, options.timeout_s or REQUEST_TIMEOUT_S)
         server_k = _server_k(client)
         ks = sorted(set(options.ks)) or [server_k]
         if ks != [server_k]:
@@ -243,7 +244,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
             say(f"k={k}: starting vLLM…")
             with launcher.launch(options.vllm_python, model, config, dtype=dtype,
                                  start_timeout_s=options.start_timeout_s) as server:
-                server.client.timeout_s = options.timeout_s
+                server.client.timeout_s = options.timeout_s or REQUEST_TIMEOUT_S
                 _verify_k(server.client, k, report, draft, prompts, continuations, detok, predict, options, result,
                           say)
     except SpecprofError as e:
@@ -259,38 +260,50 @@ def _verify_k(client: VllmClient, k: int, report: Report, draft: str, prompts: p
     server_k = _server_k(client)
     if server_k != k:
         raise SpecprofError(f"{client.url}: the server runs k = {server_k}, not {k}")
-    ids = [pid for pid in prompts["prompt_id"]]
-    check_tokenizer(client, detok, [prompts.set_index("prompt_id").loc[pid, "prompt_tokens"] for pid in ids]
-                    + [continuations.get(pid, []) for pid in ids])
-    settings = report.run["settings"]
-    temperature, max_new = float(settings["temperature"]), int(settings["max_new_tokens"])
-    engine_total = SpecCounters(0, 0, 0, (0,) * k)
+    ids = [str(pid) for pid in prompts["prompt_id"]]
+    check_tokenizer(client, detok, list(prompts["prompt_tokens"]) + [continuations.get(pid, []) for pid in ids])
+    temperature = float(report.run["settings"]["temperature"])
     per_prompt: dict[str, SpecCounters] = {}
     done: list[str] = []
-    before = settled_metrics(client)
+    engine_total = SpecCounters(0, 0, 0, (0,) * k)
     try:
-        for n, pid in enumerate(ids, 1):
-            prompt = [int(t) for t in prompts.set_index("prompt_id").loc[pid, "prompt_tokens"]]
-            out, _ = client.complete(prompt, max_new, temperature, float(settings["top_p"]),
-                                     seed=int(settings["seed"]) if temperature > 0 else None)
-            after = settled_metrics(client)
-            per_prompt[pid] = after.minus(before)
-            engine_total = _add(engine_total, per_prompt[pid])
-            before = after
-            done.append(pid)
-            say(f"k={k}: {n}/{len(ids)} prompts")
-            if temperature == 0:
-                diff = _compare_continuation(client, k, pid, prompt, continuations.get(pid, []), out.token_ids,
-                                             str(report.run.get("dtype", "float32")))
-                if diff:
-                    result.continuations.append(diff)
+        try:
+            _send(client, k, ids, prompts, report, continuations, result, per_prompt, done, say)
+        except SpecprofError as e:
+            raise SpecprofError(f"{e} (k={k}, after {len(done)} of {len(ids)} prompts)") from None
     finally:  # what was measured before a failure is still compared
         result.prompts_done[k] = len(done)
+        for pid in done:
+            engine_total = _add(engine_total, per_prompt[pid])
         if done:
             _compare(k, report, draft, done, per_prompt, engine_total, predict, options, result, temperature)
     if temperature == 0 and engine_total.num_drafts == 0 and any(r.predicted for r in result.counters if r.k == k):
         raise SpecprofError(f"{client.url}: the spec-decode counters did not move over {len(done)} requests; the "
                             "server is not speculating on them (check its --speculative-config)")
+
+
+def _send(client: VllmClient, k: int, ids: list[str], prompts: pd.DataFrame, report: Report,
+          continuations: dict[str, list[int]], result: VllmVerifyResult, per_prompt: dict[str, SpecCounters],
+          done: list[str], say: Callable[[str], None]) -> None:
+    """One request per prompt, /metrics read after each, so each prompt's counters are known."""
+    settings = report.run["settings"]
+    temperature, max_new = float(settings["temperature"]), int(settings["max_new_tokens"])
+    tokens_of = {str(pid): [int(t) for t in toks] for pid, toks in zip(prompts["prompt_id"], prompts["prompt_tokens"])}
+    before = settled_metrics(client)
+    for n, pid in enumerate(ids, 1):
+        prompt = tokens_of[pid]
+        out, _ = client.complete(prompt, max_new, temperature, float(settings["top_p"]),
+                                 seed=int(settings["seed"]) if temperature > 0 else None)
+        after = settled_metrics(client)
+        per_prompt[pid] = after.minus(before)
+        before = after
+        done.append(pid)
+        say(f"k={k}: {n}/{len(ids)} prompts")
+        if temperature == 0:
+            diff = _compare_continuation(client, k, pid, prompt, continuations.get(pid, []), out.token_ids,
+                                         str(report.run.get("dtype", "float32")))
+            if diff:
+                result.continuations.append(diff)
 
 
 def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: dict[str, SpecCounters],

@@ -158,6 +158,7 @@ class VllmClient:
             raise SpecprofError(f"--url {url}: not an http(s) URL (e.g. http://127.0.0.1:8000)")
         self.timeout_s = timeout_s
         self._model: str | None = None
+        self._answered = False  # once it has answered, a lost connection means the server died
 
     # -- transport ---------------------------------------------------------------------------
     def _request(self, path: str, body: dict | None = None, timeout_s: float | None = None) -> tuple[int, bytes]:
@@ -166,15 +167,20 @@ class VllmClient:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
-                return response.status, response.read()
+                status, raw = response.status, response.read()
         except urllib.error.HTTPError as e:
-            return e.code, e.read()
+            status, raw = e.code, e.read()
         except (urllib.error.URLError, OSError) as e:  # refused, reset, DNS, timeout
             reason = getattr(e, "reason", e)
             if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
                 raise SpecprofError(f"--url {self.url}: no answer to {path} within {timeout_s or self.timeout_s:g} s "
                                     "(the server hung or is overloaded)") from None
+            if self._answered:
+                raise SpecprofError(f"--url {self.url}: the server stopped answering ({reason}) at {path}; it died "
+                                    "or restarted (see its log)") from None
             raise SpecprofError(f"--url {self.url}: unreachable ({reason}); is a vLLM server running there?") from None
+        self._answered = True
+        return status, raw
 
     def _json(self, path: str, body: dict | None = None, timeout_s: float | None = None) -> dict:
         status, raw = self._request(path, body, timeout_s)
