@@ -13,6 +13,15 @@ At T = 0 the probabilities are the plain softmax of the logits; at T > 0 they ar
 run's temperature and top-p processing. `prompts.parquet` is specprof's own addition: one row per
 prompt with what `verify` and `inspect` need to replay it.
 
+Schema 2 adds two tables; every figure of schema 1 keeps its meaning and its rows:
+  past_end.parquet   the tokens.parquet columns for up to k_max positions PAST the end of each
+                     continuation (the target's greedy tokens after EOS / max_new_tokens, and the
+                     drafts' proposals there). Engines count acceptances there (`conventions`);
+                     nothing else reads them: not α, not the blocks, not the continuation.
+  proposals.parquet  block-dependent drafts only (`blockdraft`): what the proposer proposes, with
+                     k_max tokens, from a block starting at each position of the continuation.
+Readers accept schema 1 reports, which lack both (`conventions` says what that leaves inexact).
+
 No torch here; the parquet files open with plain pandas and pyarrow.
 """
 
@@ -22,7 +31,7 @@ import pyarrow as pa
 
 from specprof.errors import SpecprofError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: past_end.parquet and proposals.parquet added
 VERSION_KEY = b"specprof.schema_version"
 
 TOKENS = pa.schema(
@@ -86,7 +95,19 @@ PROMPTS = pa.schema(
     ]
 )
 
-TABLES = {"tokens": TOKENS, "summary": SUMMARY, "blocks": BLOCKS, "prompts": PROMPTS}
+PROPOSALS = pa.schema(
+    [
+        ("draft", pa.string()),
+        ("prompt_id", pa.string()),
+        ("position", pa.int32()),  # where the block starts in the continuation
+        ("proposal", pa.list_(pa.int32())),  # up to k_max tokens proposed from there (empty: none)
+    ]
+)
+
+# past_end has the tokens columns: positions n_generated .. n_generated + k_max - 1
+TABLES = {"tokens": TOKENS, "summary": SUMMARY, "blocks": BLOCKS, "prompts": PROMPTS, "past_end": TOKENS,
+          "proposals": PROPOSALS}
+OPTIONAL_TABLES = ("past_end", "proposals")  # absent from schema-1 reports
 
 
 def with_version(schema: pa.Schema) -> pa.Schema:

@@ -1,0 +1,181 @@
+"""Block-dependent drafts: proposers whose proposal depends on where a speculative block starts.
+
+Engines' prompt lookups (vLLM's `ngram`, transformers' `prompt_lookup_num_tokens`) copy up to k
+tokens after one match, in one shot: the token they propose at position t depends on the block's
+start, not on the target prefix alone, so one teacher-forced pass does not give their trace
+(DESIGN.md §2). Instead the proposer is run from EVERY possible block start s on the target's
+continuation, model-free and cheap, and `proposals.parquet` keeps what it proposed there with
+k_max tokens. A proposer must have the prefix property: its k-token proposal is the first k tokens
+of its k_max-token one (true of both prompt lookups, whose match does not depend on k, and of a
+chain of draft heads such as EAGLE's). Then, for every k, the block at s proposes
+min(k, len(proposal)) tokens and accepts the leading ones equal to the target's tokens there
+(`StartRuns`), and the trace follows block by block (`trace.count_blocks_exact`).
+
+The interface (`BlockProposer`) is what a model head proposing per block (EAGLE-style) would
+implement later. tokens.parquet still holds one row per position for these drafts: the first
+token the proposer would propose from a block starting there (so α keeps its meaning: how often
+the first proposal is right).
+
+No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from specprof.core.ngram import PromptLookup, VllmNgram
+from specprof.errors import SpecprofError
+
+KINDS = ("vllm-ngram", "prompt-lookup")
+VLLM_DEFAULT_NGRAM = 5  # vLLM 0.32.0 config/speculative.py: prompt_lookup_min = prompt_lookup_max = 5 when unset
+TRANSFORMERS_DEFAULT_NGRAM = 2  # transformers: max_matching_ngram_size or 2
+
+
+class BlockProposer(Protocol):
+    kind: str
+
+    def propose(self, context: Sequence[int], k: int) -> list[int]:
+        """Up to k tokens proposed after `context` (possibly none)."""
+
+    def propose_every_start(self, tokens: Sequence[int], start: int, k_max: int) -> list[list[int]]:
+        """`propose(tokens[:t], k_max)` for every t in [start, len(tokens))."""
+
+
+def parse_spec(spec: str, eos_ids: Sequence[int] = ()) -> BlockProposer | None:
+    """The proposer a `--draft` value names, None when it is not a block-dependent kind.
+
+    vllm-ngram            vLLM's defaults: n-grams of 5 only
+    vllm-ngram:N          prompt_lookup_min = prompt_lookup_max = N (vLLM: one set, the other follows)
+    vllm-ngram:MIN:MAX    prompt_lookup_min = MIN, prompt_lookup_max = MAX
+    prompt-lookup[:M]     transformers' prompt lookup with max_matching_ngram_size M (default 2)
+    """
+    head, _, rest = spec.partition(":")
+    if head not in KINDS:
+        return None
+    parts = rest.split(":") if rest else []
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+        parts = ["?"] * 3
+    if head == "vllm-ngram":
+        if len(parts) > 2 or (parts and not values):
+            raise SpecprofError(f"--draft {spec}: expected vllm-ngram, vllm-ngram:N or vllm-ngram:MIN:MAX")
+        low, high = (values * 2)[:2] if values else (VLLM_DEFAULT_NGRAM, VLLM_DEFAULT_NGRAM)
+        if not 1 <= low <= high <= 16:
+            raise SpecprofError(f"--draft {spec}: need 1 ≤ MIN ≤ MAX ≤ 16")
+        return VllmNgram(low, high)
+    if len(parts) > 1 or (parts and not values):
+        raise SpecprofError(f"--draft {spec}: expected prompt-lookup or prompt-lookup:M (max n-gram size)")
+    size = values[0] if values else TRANSFORMERS_DEFAULT_NGRAM
+    if not 1 <= size <= 16:
+        raise SpecprofError(f"--draft {spec}: the n-gram size must be between 1 and 16")
+    return PromptLookup(size, tuple(int(e) for e in eos_ids))
+
+
+def describe(proposer: BlockProposer) -> dict:
+    """What run.json records about a block-dependent draft (enough to rebuild it)."""
+    if isinstance(proposer, VllmNgram):
+        return {"kind": "vllm-ngram", "prompt_lookup_min": proposer.min_ngram, "prompt_lookup_max": proposer.max_ngram}
+    if isinstance(proposer, PromptLookup):
+        return {"kind": "prompt-lookup", "max_matching_ngram_size": proposer.max_ngram,
+                "eos_ids": list(proposer.eos_ids)}
+    return {"kind": proposer.kind}
+
+
+@dataclass(frozen=True)
+class StartRuns:
+    """What a block starting at each position of each continuation proposes and gets accepted (k_max tokens).
+
+    For k ≤ k_max the block at s proposes min(k, proposed[s]) and accepts min(k, accepted[s]).
+    """
+
+    prompt_ids: np.ndarray  # [n_prompts] str
+    lengths: np.ndarray  # [n_prompts] continuation lengths
+    proposed: np.ndarray  # [n_prompts, max_len] tokens proposed from s (0: none; 0 after the end)
+    accepted: np.ndarray  # [n_prompts, max_len] leading proposals equal to the target's tokens inside the continuation
+    # [n_prompts, max_len] the same, counted on into the target's tokens past the end (None: not recorded)
+    accepted_past_end: np.ndarray | None
+
+    def rows(self, prompt_ids: Sequence[str]) -> np.ndarray:
+        """Row index of each of `prompt_ids`."""
+        index = {p: i for i, p in enumerate(self.prompt_ids.tolist())}
+        missing = [p for p in prompt_ids if p not in index]
+        if missing:
+            raise SpecprofError(f"proposals.parquet: no proposals for prompt {missing[0]!r}; the report is incomplete")
+        return np.array([index[p] for p in prompt_ids], dtype=np.int64)
+
+
+def leading_matches(proposals: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """[n] how many leading entries of each row of `proposals` [n, m] equal `targets` [n, m]."""
+    equal = proposals == targets
+    return np.cumprod(equal, axis=1).sum(axis=1) if equal.size else np.zeros(len(proposals), dtype=np.int64)
+
+
+def start_runs(
+    proposals: pd.DataFrame, targets: pd.DataFrame, past_end: pd.DataFrame | None, k_max: int
+) -> dict[str, StartRuns]:
+    """`StartRuns` of every draft in `proposals` (rows draft, prompt_id, position, proposal).
+
+    `targets` holds the continuation (prompt_id, position, target_token of any one draft), `past_end`
+    the target's tokens past the end (same columns; None for a report without them).
+    """
+    out: dict[str, StartRuns] = {}
+    if proposals is None or not len(proposals):
+        return out
+    ids, codes = _prompt_codes(targets)
+    lengths = np.zeros(len(ids), dtype=np.int64)
+    np.maximum.at(lengths, codes, targets["position"].to_numpy(np.int64) + 1)
+    width = int(lengths.max(initial=0)) + k_max + 1
+    inside = np.full((len(ids), width), -2, dtype=np.int64)  # -2: never equal to a proposal
+    inside[codes, targets["position"].to_numpy(np.int64)] = targets["target_token"].to_numpy(np.int64)
+    extended = None
+    if past_end is not None:
+        extended = inside.copy()
+        index = {p: i for i, p in enumerate(ids)}
+        rows = past_end["prompt_id"].map(index)
+        keep = rows.notna().to_numpy() & (past_end["position"].to_numpy(np.int64) < width)
+        extended[rows[keep].to_numpy(np.int64), past_end["position"].to_numpy(np.int64)[keep]] = \
+            past_end["target_token"].to_numpy(np.int64)[keep]
+    for draft, rows in proposals.groupby("draft", sort=False, observed=True):
+        index = {p: i for i, p in enumerate(ids)}
+        row = rows["prompt_id"].map(index)
+        if row.isna().any():
+            raise SpecprofError(f"proposals.parquet: draft {draft!r} has prompts that tokens.parquet lacks")
+        row = row.to_numpy(np.int64)
+        start = rows["position"].to_numpy(np.int64)
+        padded, count = _pad_lists(rows["proposal"], k_max)  # [n_rows, k_max], [n_rows]
+        at = start[:, None] + np.arange(k_max)[None, :]
+        proposed = np.zeros((len(ids), width - k_max - 1), dtype=np.int64)
+        accepted = np.zeros_like(proposed)
+        proposed[row, start] = count
+        accepted[row, start] = leading_matches(padded, inside[row[:, None], at])
+        after = None
+        if extended is not None:
+            after = np.zeros_like(proposed)
+            after[row, start] = leading_matches(padded, extended[row[:, None], at])
+        out[str(draft)] = StartRuns(np.asarray(ids, dtype=object), lengths, proposed, accepted, after)
+    return out
+
+
+def _prompt_codes(targets: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    codes, ids = pd.factorize(targets["prompt_id"].astype(str), sort=False)
+    return [str(p) for p in ids], codes
+
+
+def _pad_lists(column: pd.Series, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """[n, width] int64 rows padded with -3 (never a token), and each list's length (at most width)."""
+    lists = column.tolist()
+    count = np.array([min(len(x), width) for x in lists], dtype=np.int64)
+    out = np.full((len(lists), width), -3, dtype=np.int64)
+    if len(lists):
+        flat = np.concatenate([np.asarray(x[:width], dtype=np.int64) for x in lists] or [np.zeros(0, np.int64)])
+        rows = np.repeat(np.arange(len(lists)), count)
+        cols = np.concatenate([np.arange(c) for c in count]) if len(count) else np.zeros(0, np.int64)
+        out[rows, cols] = flat
+    return out, count
