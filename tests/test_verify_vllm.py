@@ -98,8 +98,11 @@ def test_speculative_config_per_draft_kind():
         "method": "draft_model", "model": "/models/small", "num_speculative_tokens": 1}
     with pytest.raises(SpecprofError, match="--draft-model-dir"):
         launcher.speculative_config("early-exit:26", 4)
+    assert launcher.speculative_config("vllm-ngram:2", 1)["prompt_lookup_min"] == 2  # MIN = MAX = 2
     with pytest.raises(SpecprofError, match="vllm-ngram"):
         launcher.speculative_config("ngram:3", 4)
+    with pytest.raises(SpecprofError, match="not vLLM's n-gram proposer"):
+        launcher.speculative_config("prompt-lookup:2", 4)
 
 
 def test_every_counter_equal(cli, served):

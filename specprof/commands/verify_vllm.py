@@ -108,7 +108,7 @@ class SampledRow:
     engine_first_position_rate: float  # num_accepted_tokens_per_pos[0] / num_drafts
     engine_draft_acceptance_rate: float  # num_accepted_tokens / num_draft_tokens
     engine_mean_acceptance_length: float  # 1 + num_accepted_tokens / num_drafts
-    predicted_mean_acceptance_length: float  # specprof's estimate under vLLM's conventions
+    report_draft_acceptance_rate: float  # the report's chain estimate (transformers' counting: k per iteration)
     alpha: float  # the report's α for draft × ALL, and its 95% interval
     alpha_lo: float
     alpha_hi: float
@@ -129,6 +129,7 @@ class VllmVerifyResult:
     continuations: list[ContinuationDiff] = field(default_factory=list)
     prompt_mismatches: list[PromptMismatch] = field(default_factory=list)
     sampled: list[SampledRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # where the prediction is a bound, not exact (an old report)
     error: str | None = None  # what stopped the run (exit 2); everything above was compared before it
 
     @property
@@ -144,7 +145,7 @@ class VllmVerifyResult:
             "counters": [r.as_dict() for r in self.counters],
             "continuations": [d.as_dict() for d in self.continuations],
             "prompt_mismatches": [m.as_dict() for m in self.prompt_mismatches],
-            "sampled": [s.as_dict() for s in self.sampled],
+            "sampled": [s.as_dict() for s in self.sampled], "notes": list(self.notes),
             "mismatch": self.mismatch, "error": self.error,
         })
 
@@ -309,10 +310,13 @@ def _send(client: VllmClient, k: int, ids: list[str], prompts: pd.DataFrame, rep
 def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: dict[str, SpecCounters],
              engine_total: SpecCounters, predict: Predict, options: Options, result: VllmVerifyResult,
              temperature: float) -> None:
-    predicted = as_counters(predict(report, draft, k, prompt_ids=done, engine="vllm"))
-    if temperature > 0:
-        result.sampled.append(_sampled_row(k, report, draft, predicted, engine_total))
+    if temperature > 0:  # no exact counters to predict: acceptance beside the report's α interval
+        result.sampled.append(_sampled_row(k, report, draft, engine_total))
         return
+    prediction = predict(report, draft, k, prompt_ids=done, engine="vllm")
+    if not getattr(prediction, "exact", True):
+        result.notes.append(f"k={k}: {prediction.note}")
+    predicted = as_counters(prediction)
     result.counters += counter_rows(k, predicted, engine_total)
     if predicted == engine_total:
         return
@@ -327,21 +331,21 @@ def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: di
                                                            "near-tie" if ties else "unexplained"))
 
 
-def _sampled_row(k: int, report: Report, draft: str, predicted: SpecCounters, engine: SpecCounters) -> SampledRow:
+def _sampled_row(k: int, report: Report, draft: str, engine: SpecCounters) -> SampledRow:
     summary = report.frame("summary")
     row = summary[(summary["draft"] == draft) & (summary["domain"] == ALL) & (summary["k"] == k)]
-    alpha, lo, hi = (float(row[c].iloc[0]) if len(row) else float("nan") for c in ("alpha", "alpha_lo", "alpha_hi"))
+    alpha, lo, hi, rate_report = (float(row[c].iloc[0]) if len(row) else float("nan")
+                                  for c in ("alpha", "alpha_lo", "alpha_hi", "draft_acceptance_rate"))
     nan = float("nan")
     first = engine.num_accepted_tokens_per_pos[0] / engine.num_drafts if engine.num_drafts and engine.k else nan
     rate = engine.num_accepted_tokens / engine.num_draft_tokens if engine.num_draft_tokens else nan
     mal = 1 + engine.num_accepted_tokens / engine.num_drafts if engine.num_drafts else nan
-    predicted_mal = 1 + predicted.num_accepted_tokens / predicted.num_drafts if predicted.num_drafts else nan
     flag = ""
     if first == first and lo == lo and not lo <= first <= hi:
         far = first < lo / FAR_FACTOR or first > hi * FAR_FACTOR
         flag = (f"{'far ' if far else ''}outside the report's α interval [{lo:.3f}, {hi:.3f}]: the engine accepted "
                 f"{first:.3f} at the first draft position")
-    return SampledRow(k, first, rate, mal, predicted_mal, alpha, lo, hi, flag)
+    return SampledRow(k, first, rate, mal, rate_report, alpha, lo, hi, flag)
 
 
 def _add(a: SpecCounters, b: SpecCounters) -> SpecCounters:
@@ -395,9 +399,7 @@ def check_tokenizer(client: VllmClient, detok: tokentext.Detokenizer, id_lists: 
 
 
 def report_continuations(tokens: pd.DataFrame) -> dict[str, list[int]]:
-    """Prompt id → the report's continuation (rows recorded past the end excluded)."""
-    if "past_end" in tokens.columns:
-        tokens = tokens[~tokens["past_end"].astype(bool)]
+    """Prompt id → the report's continuation (tokens.parquet; the tokens past the end live in past_end.parquet)."""
     rows = tokens.sort_values(["prompt_id", "position"])
     return {str(pid): g["target_token"].astype(int).tolist() for pid, g in rows.groupby("prompt_id", sort=False)}
 
@@ -452,7 +454,8 @@ def _choose_draft(report: Report, draft: str | None) -> str:
         if draft not in names:
             raise SpecprofError(f"--draft {draft}: not in the report (drafts: {', '.join(names)})")
         return draft
-    usable = [n for n in names if not n.startswith("ngram")]
+    kinds = {d["name"]: d.get("kind", "model") for d in report.run.get("drafts", [])}
+    usable = [n for n in names if kinds[n] not in ("ngram", "prompt-lookup")]  # no vLLM proposer of theirs
     if len(usable) != 1:
         raise SpecprofError(f"--engine vllm: pass --draft, the report has {len(names)} drafts ({', '.join(names)})")
     return usable[0]

@@ -560,8 +560,7 @@ def _verify_vllm(report: Path, ks: tuple, limit: int | None, drafts: tuple, json
         sampled = result.temperature > 0
         stdout.print(render_vllm.sampled_table(result) if sampled else render_vllm.counters_table(result))
         for line in render_vllm.lines(result):
-            stdout.print(f"[red]error:[/] {line}" if result.temperature == 0 else f"[yellow]flag:[/] {line}",
-                         highlight=False)
+            stdout.print(line, highlight=False)
         stdout.print(render_vllm.summary_line(result), highlight=False)
     if result.error:
         render.print_error(stderr, result.error)

@@ -22,26 +22,26 @@ def counters_table(result) -> Table:
 def sampled_table(result) -> Table:
     table = Table(title=f"verify --engine vllm: draft {result.draft}, sampled run (T = {result.temperature:g})",
                   title_justify="left")
-    for name in ("k", "vLLM accept@1", "vLLM draft acc. rate", "vLLM mean acc. len", "specprof mean acc. len",
+    for name in ("k", "vLLM accept@1", "vLLM draft acc. rate", "vLLM mean acc. len", "specprof draft acc. rate",
                  "specprof α [95%]", "check"):
         table.add_column(name, justify="left" if name == "check" else "right")
     for s in result.sampled:
         table.add_row(str(s.k), _f(s.engine_first_position_rate), _f(s.engine_draft_acceptance_rate),
-                      _f(s.engine_mean_acceptance_length), _f(s.predicted_mean_acceptance_length),
+                      _f(s.engine_mean_acceptance_length), _f(s.report_draft_acceptance_rate),
                       f"{_f(s.alpha)} [{_f(s.alpha_lo)}, {_f(s.alpha_hi)}]",
                       f"[yellow]{s.flag}[/]" if s.flag else "[green]inside[/]")
     return table
 
 
 def lines(result) -> list[str]:
-    """Every difference, one line each, saying where and why."""
+    """Every difference, one line each, saying where and why (Rich markup: error, flag or note first)."""
     out = []
     for d in result.continuations:
         end = lambda t: "(end)" if t < 0 else str(t)  # noqa: E731
         why = (f"a near-tie of the target (vLLM's own top-2 margin {_f(d.margin, 5)}, gap {_f(d.gap, 5)})"
                if d.verdict == "near-tie" else
                f"the target diverged (vLLM's top-2 margin there {_f(d.margin, 5)}, gap {_f(d.gap, 5)})")
-        out.append(f"k={d.k}, prompt {d.prompt_id}: continuation differs at position {d.position}: report "
+        out.append(f"[red]error:[/] k={d.k}, prompt {d.prompt_id}: continuation differs at position {d.position}: report "
                    f"{end(d.report_token)}, vLLM {end(d.engine_token)} — {why}; this prompt's counters are not "
                    "comparable after it")
     for m in result.prompt_mismatches:
@@ -50,10 +50,11 @@ def lines(result) -> list[str]:
         ties = ", ".join(f"position {p} (margin {m_:.2g})" for p, m_ in m.near_ties[:6])
         why = (f"draft near-ties at {ties}" if m.near_ties else
                "no draft near-tie found: a real difference between vLLM's proposer and specprof's model of it")
-        out.append(f"k={m.k}, prompt {m.prompt_id}: identical continuation, counters differ ({diff}); {why}")
+        out.append(f"[red]error:[/] k={m.k}, prompt {m.prompt_id}: identical continuation, counters differ ({diff}); {why}")
+    out += [f"note: {n}" for n in result.notes]
     for s in result.sampled:
         if s.flag:
-            out.append(f"k={s.k}: {s.flag} (see README: vLLM's CPU build at T > 0)")
+            out.append(f"[yellow]flag:[/] k={s.k}: {s.flag} (see README: vLLM's CPU build at T > 0)")
     return out
 
 

@@ -9,12 +9,13 @@ always stops the whole group (the API server and its engine-core child) on the w
 `speculative_config` maps a specprof draft name to the `--speculative-config` JSON that makes vLLM
 propose what the draft proposes:
     vllm-ngram[:MIN:MAX]  → {"method": "ngram", "prompt_lookup_min": MIN, "prompt_lookup_max": MAX}
-                            (vLLM's defaults 5:5 when not given, as `vllm-ngram` alone means)
+                            (vllm-ngram:N: MIN = MAX = N; vllm-ngram alone: vLLM's defaults 5:5)
     early-exit:L          → {"method": "draft_model", "model": DIR}: vLLM needs a model directory; DIR
                             must hold the target's first L layers (`save_pretrained` of the truncated
                             model proposes exactly what early-exit:L proposes)
     a model dir / HF id   → {"method": "draft_model", "model": that}
-    ngram[:N]             → refused: specprof's own prompt lookup is not an engine's (use vllm-ngram)
+    ngram[:N], prompt-lookup[:M] → refused: specprof's own n-gram rule and transformers' prompt lookup
+                            are not vLLM's proposer (profile --draft vllm-ngram instead)
 What this module does not do: talk HTTP beyond the health wait (`client`), compare anything.
 """
 
@@ -33,10 +34,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from specprof.core import blockdraft
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
 
-VLLM_NGRAM_DEFAULT = (5, 5)  # vLLM's prompt_lookup_min/max when neither is set (config/speculative.py)
 START_TIMEOUT_S = 900.0  # about 100 s on 2 CPU cores; a model draft and a busy machine take longer
 STOP_GRACE_S = 20.0
 
@@ -45,10 +46,13 @@ def speculative_config(draft: str, k: int, draft_model_dir: str | None = None) -
     """vLLM's `--speculative-config` for a specprof draft name at k (see the module docstring)."""
     if k < 1:
         raise SpecprofError(f"--k {k}: must be ≥ 1")
-    m = re.fullmatch(r"vllm-ngram(?::(\d+):(\d+))?", draft)
-    if m:
-        low, high = (int(m.group(1)), int(m.group(2))) if m.group(1) else VLLM_NGRAM_DEFAULT
-        return {"method": "ngram", "prompt_lookup_min": low, "prompt_lookup_max": high, "num_speculative_tokens": k}
+    proposer = blockdraft.parse_spec(draft)
+    if isinstance(proposer, blockdraft.VllmNgram):
+        return {"method": "ngram", "prompt_lookup_min": proposer.min_ngram, "prompt_lookup_max": proposer.max_ngram,
+                "num_speculative_tokens": k}
+    if proposer is not None:
+        raise SpecprofError(f"--draft {draft}: transformers' prompt lookup is not vLLM's n-gram proposer; profile "
+                            "with --draft vllm-ngram[:MIN:MAX] to compare with vLLM")
     if re.fullmatch(r"ngram(:\d+)?", draft):
         raise SpecprofError(f"--draft {draft}: specprof's own prompt lookup has no vLLM equivalent (vLLM's n-gram "
                             "takes the earliest match and copies k tokens at once); profile with --draft vllm-ngram")
