@@ -41,7 +41,8 @@ def lines(result) -> list[str]:
         why = (f"a near-tie of the target (vLLM's own top-2 margin {_f(d.margin, 5)}, gap {_f(d.gap, 5)})"
                if d.verdict == "near-tie" else
                f"the target diverged (vLLM's top-2 margin there {_f(d.margin, 5)}, gap {_f(d.gap, 5)})")
-        out.append(f"[red]error:[/] k={d.k}, prompt {d.prompt_id}: continuation differs at position {d.position}: report "
+        out.append(f"[red]error:[/] k={d.k}, prompt {d.prompt_id}: continuation differs at position {d.position}: "
+                   f"report "
                    f"{end(d.report_token)}, vLLM {end(d.engine_token)} — {why}; this prompt's counters are not "
                    "comparable after it")
     for m in result.prompt_mismatches:
@@ -50,7 +51,8 @@ def lines(result) -> list[str]:
         ties = ", ".join(f"position {p} (margin {m_:.2g})" for p, m_ in m.near_ties[:6])
         why = (f"draft near-ties at {ties}" if m.near_ties else
                "no draft near-tie found: a real difference between vLLM's proposer and specprof's model of it")
-        out.append(f"[red]error:[/] k={m.k}, prompt {m.prompt_id}: identical continuation, counters differ ({diff}); {why}")
+        out.append(f"[red]error:[/] k={m.k}, prompt {m.prompt_id}: identical continuation, counters differ "
+                   f"({diff}); {why}")
     out += [f"note: {n}" for n in result.notes]
     for s in result.sampled:
         if s.flag:
