@@ -233,7 +233,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
         model = _target_dir(report.run)
         dtype = str(report.run.get("dtype", "float32"))
         draft_dir = options.draft_model_dir or _draft_source(report.run, draft)
-        plan = [(k, launcher.speculative_config(draft, k, draft_dir)) for k in ks]
+        plan = [(k, launcher.speculative_config(draft, k, draft_dir, sampled=temperature > 0)) for k in ks]
 
     try:
         for k, config in plan:
@@ -340,10 +340,13 @@ def _sampled_row(k: int, report: Report, draft: str, engine: SpecCounters) -> Sa
     first = engine.num_accepted_tokens_per_pos[0] / engine.num_drafts if engine.num_drafts and engine.k else nan
     rate = engine.num_accepted_tokens / engine.num_draft_tokens if engine.num_draft_tokens else nan
     mal = 1 + engine.num_accepted_tokens / engine.num_drafts if engine.num_drafts else nan
+    if not lo < hi and alpha == alpha and engine.num_drafts:  # a point estimate (too few prompts for an interval):
+        se = (alpha * (1 - alpha) / engine.num_drafts) ** 0.5  # allow the engine's own sampling noise, 2 s.e.
+        lo, hi = alpha - 2 * se, alpha + 2 * se
     flag = ""
     if first == first and lo == lo and not lo <= first <= hi:
         far = first < lo / FAR_FACTOR or first > hi * FAR_FACTOR
-        flag = (f"{'far ' if far else ''}outside the report's α interval [{lo:.3f}, {hi:.3f}]: the engine accepted "
+        flag = (f"{'far ' if far else ''}outside the report's α range [{lo:.3f}, {hi:.3f}]: the engine accepted "
                 f"{first:.3f} at the first draft position")
     return SampledRow(k, first, rate, mal, rate_report, alpha, lo, hi, flag)
 

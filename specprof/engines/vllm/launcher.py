@@ -42,8 +42,14 @@ START_TIMEOUT_S = 900.0  # about 100 s on 2 CPU cores; a model draft and a busy 
 STOP_GRACE_S = 20.0
 
 
-def speculative_config(draft: str, k: int, draft_model_dir: str | None = None) -> dict:
-    """vLLM's `--speculative-config` for a specprof draft name at k (see the module docstring)."""
+def speculative_config(draft: str, k: int, draft_model_dir: str | None = None, sampled: bool = False) -> dict:
+    """vLLM's `--speculative-config` for a specprof draft name at k (see the module docstring).
+
+    `sampled` (a report at T > 0): a model draft samples from its distribution and the rejection test
+    uses it ("draft_sample_method": "probabilistic"), the speculative sampling whose acceptance specprof's
+    α = Σ min(p, q) describes. vLLM's default, "greedy", proposes the draft's argmax and treats it as
+    one-hot: still lossless, but it accepts with probability p(argmax q), another quantity.
+    """
     if k < 1:
         raise SpecprofError(f"--k {k}: must be ≥ 1")
     proposer = blockdraft.parse_spec(draft)
@@ -60,8 +66,13 @@ def speculative_config(draft: str, k: int, draft_model_dir: str | None = None) -
         if not draft_model_dir:
             raise SpecprofError(f"--draft {draft}: vLLM needs the draft as a model directory; save the target's "
                                 "first L layers with save_pretrained and pass --draft-model-dir DIR")
-        return {"method": "draft_model", "model": str(draft_model_dir), "num_speculative_tokens": k}
-    return {"method": "draft_model", "model": str(draft_model_dir or draft), "num_speculative_tokens": k}
+        model = str(draft_model_dir)
+    else:
+        model = str(draft_model_dir or draft)
+    config = {"method": "draft_model", "model": model, "num_speculative_tokens": k}
+    if sampled:
+        config["draft_sample_method"] = "probabilistic"
+    return config
 
 
 def check_python(python: str) -> str:
