@@ -179,3 +179,33 @@ def _pad_lists(column: pd.Series, width: int) -> tuple[np.ndarray, np.ndarray]:
         cols = np.concatenate([np.arange(c) for c in count]) if len(count) else np.zeros(0, np.int64)
         out[rows, cols] = flat
     return out, count
+
+
+def block_dependent(run: dict) -> list[str]:
+    """Names of the block-dependent drafts a run.json lists."""
+    return [d["name"] for d in run.get("drafts") or [] if d.get("kind") in KINDS]
+
+
+def load_runs(rep, drafts: Sequence[str], k_max: int) -> dict[str, StartRuns]:
+    """`StartRuns` of the block-dependent drafts among `drafts`, read from a report (`reportfiles.Report`).
+
+    Proposals hold k_max tokens (the run's k_max): a larger k cannot be simulated from them.
+    """
+    wanted = [d for d in block_dependent(rep.run) if d in set(drafts)]
+    if not wanted:
+        return {}
+    run_k_max = int((rep.run.get("settings") or {}).get("k_max", 8))
+    if k_max > run_k_max:
+        raise SpecprofError(
+            f"--k-max {k_max}: draft {wanted[0]} was simulated up to k = {run_k_max} when profiled; "
+            f"pass --k-max {run_k_max} or less"
+        )
+    proposals = rep.frame("proposals")
+    proposals = proposals[proposals["draft"].isin(wanted)]
+    columns = ["draft", "prompt_id", "position", "target_token"]
+    targets = rep.frame("tokens", columns)
+    targets = targets[targets["draft"] == wanted[0]]
+    past = rep.frame("past_end", columns) if rep.path("past_end").exists() else None
+    if past is not None:
+        past = past[past["draft"] == wanted[0]]
+    return start_runs(proposals, targets, past, run_k_max)

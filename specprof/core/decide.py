@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from specprof.core import costmodel, policy_estimate, reportfiles, stats
+from specprof.core import blockdraft, costmodel, policy_estimate, reportfiles, stats
 from specprof.core.estimate import (
     ALL,
     OFF_CAUSES,
@@ -39,6 +39,7 @@ from specprof.core.policy import PolicyCounts
 from specprof.errors import SpecprofError
 
 TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
+NO_CONFIDENCE = ("ngram", *blockdraft.KINDS)  # draft kinds that propose without a probability to threshold
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ def load(
     if domains and ALL not in domains:
         frame = frame[frame["domain"].isin(domains)]
     timings = Timings.from_dict(rep.run["timings"]) if rep.run.get("timings") else None
-    traces = _trace_drafts(frame, k_max or run_k_max, exact=exact)
-    no_policy = tuple(d["name"] for d in rep.run.get("drafts") or [] if d.get("kind") == "ngram")
+    runs = blockdraft.load_runs(rep, [str(d) for d in frame["draft"].unique()], k_max or run_k_max) if exact else {}
+    traces = _trace_drafts(frame, k_max or run_k_max, exact=exact, runs=runs)
+    no_policy = tuple(d["name"] for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE)
     simulated = {}
     if policies and exact:
         simulated = policy_estimate.trace_policies(frame, [t for t in traces if t.draft not in no_policy])

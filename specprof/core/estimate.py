@@ -13,13 +13,13 @@ it, so the same report gives the same figures everywhere. No torch here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from specprof.core import costmodel, stats, trace
+from specprof.core import blockdraft, costmodel, stats, trace
 from specprof.core.ngram import NO_PROPOSAL
 from specprof.errors import SpecprofError
 
@@ -94,8 +94,15 @@ class DraftTrace:
         )
 
 
-def trace_drafts(tokens: pd.DataFrame, k_max: int, exact: bool) -> list[DraftTrace]:
-    """Block statistics of every draft in a tokens table, prompts in first-seen order."""
+def trace_drafts(
+    tokens: pd.DataFrame, k_max: int, exact: bool, runs: Mapping[str, blockdraft.StartRuns] | None = None
+) -> list[DraftTrace]:
+    """Block statistics of every draft in a tokens table, prompts in first-seen order.
+
+    `runs` holds the block-dependent drafts' simulation from every block start (`blockdraft`): at
+    T = 0 their blocks come from it. At T > 0 they follow the chain estimate on the first proposal
+    of each position, like every draft (an estimate).
+    """
     if k_max < 1:
         raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
     traces = []
@@ -114,8 +121,14 @@ def trace_drafts(tokens: pd.DataFrame, k_max: int, exact: bool) -> list[DraftTra
         no_proposal[prompt_codes, positions] = rows["draft_token"].to_numpy() == NO_PROPOSAL
         accept_sum = np.bincount(prompt_codes, rows["accept_prob"].to_numpy(np.float64), minlength=n_prompts)
         domains = rows["domain"].to_numpy()[np.unique(prompt_codes, return_index=True)[1]]
+        starts: dict[str, np.ndarray] = {}
+        if exact and runs and str(draft) in runs:
+            r = runs[str(draft)]
+            at = r.rows([str(p) for p in prompt_ids])
+            width = padded.shape[1]
+            starts = {"start_accepted": r.accepted[at, :width], "start_proposed": r.proposed[at, :width]}
         counts = (
-            trace.count_blocks_exact(padded, n_tokens, k_max, no_proposal)
+            trace.count_blocks_exact(padded, n_tokens, k_max, no_proposal, **starts)
             if exact
             else trace.count_blocks_expected(padded, n_tokens, k_max, no_proposal)
         )

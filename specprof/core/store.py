@@ -1,7 +1,8 @@
 """The output directory of a profile run: a lock, part files per finished batch, run.json, final tables.
 
-Each finished batch is written as `parts/tokens-NNNNN.parquet` and `parts/prompts-NNNNN.parquet`,
-then recorded in run.json's `completed_batches` and `completed_prompts`. Every write is atomic
+Each finished batch is written as `parts/tokens-NNNNN.parquet`, `parts/prompts-NNNNN.parquet` (and
+the past_end and proposals parts), then recorded in run.json's `completed_batches` and
+`completed_prompts`. Every write is atomic
 (temp file, fsync, rename), so a run killed at any moment — Ctrl-C, SIGTERM, kill -9, power loss —
 keeps every recorded batch; a part written but not yet recorded is ignored and redone on resume.
 `finish` writes the report tables (tokens, prompts, summary, blocks), sets `finished_at`, and
@@ -33,6 +34,7 @@ from specprof.errors import SpecprofError
 PARTS = "parts"
 LOCK = ".specprof.lock"
 REPORT_FILES = (*reportfiles.FILES.values(), reportfiles.RUN_JSON)
+PART_TABLES = ("tokens", "prompts", "past_end", "proposals")  # written per batch, joined by `finish`
 # run.json entries a resumed run must share with the stored one, with the words used to name them.
 IDENTITY = {
     "target": "target model",
@@ -163,6 +165,11 @@ class RunStore:
         except (OSError, ValueError) as e:
             raise SpecprofError(f"{run_path}: unreadable ({e})") from None
         schema.check_version({schema.VERSION_KEY: str(stored.get("schema_version", "")).encode()}, str(run_path))
+        if stored.get("schema_version") != schema.SCHEMA_VERSION:
+            raise SpecprofError(
+                f"--resume: the run in {directory} was started by an older specprof (report schema "
+                f"{stored.get('schema_version')}, now {schema.SCHEMA_VERSION}); start over with --overwrite"
+            )
         for key, words in IDENTITY.items():
             if stored.get(key) != run_info.get(key):
                 raise SpecprofError(
@@ -173,7 +180,7 @@ class RunStore:
         lock = RunLock(directory)
         lock.acquire()
         store = cls(directory, stored, lock)
-        recorded = {store._part(n, i).name for i in stored.get("completed_batches", []) for n in ("tokens", "prompts")}
+        recorded = {store._part(n, i).name for i in stored.get("completed_batches", []) for n in PART_TABLES}
         for part in (directory / PARTS).glob("*.parquet") if (directory / PARTS).exists() else []:
             if part.name not in recorded:
                 part.unlink()  # written but never recorded: the batch is redone
@@ -198,11 +205,12 @@ class RunStore:
     def _part(self, name: str, index: int) -> Path:
         return self.directory / PARTS / f"{name}-{index:05d}.parquet"
 
-    def append_batch(self, index: int, tokens: pd.DataFrame, prompts: pd.DataFrame) -> None:
-        reportfiles.write_table(self._part("tokens", index), tokens, "tokens")
-        reportfiles.write_table(self._part("prompts", index), prompts, "prompts")
+    def append_batch(self, index: int, tables: dict[str, pd.DataFrame]) -> None:
+        """Write one batch's rows of each `PART_TABLES` table, then record the batch as done."""
+        for name in PART_TABLES:
+            reportfiles.write_table(self._part(name, index), tables[name], name)
         self.run["completed_batches"].append(index)
-        self.run["completed_prompts"].extend(prompts["prompt_id"].tolist())
+        self.run["completed_prompts"].extend(tables["prompts"]["prompt_id"].tolist())
         self._write_run()
 
     def _concat(self, name: str) -> pa.Table:
@@ -212,12 +220,16 @@ class RunStore:
     def tokens(self) -> pd.DataFrame:
         return self._concat("tokens").to_pandas()
 
+    def table(self, name: str) -> pd.DataFrame:
+        """The rows of one of `PART_TABLES` recorded so far."""
+        return self._concat(name).to_pandas()
+
     def prompts(self) -> pd.DataFrame:
         return self._concat("prompts").to_pandas()
 
     def finish(self, summary: pd.DataFrame, blocks: pd.DataFrame, timings: Any) -> dict[str, Any]:
         """Write the final tables and mark the run finished; the parts are then removed."""
-        for name in ("tokens", "prompts"):
+        for name in PART_TABLES:
             reportfiles.write_table(self.directory / reportfiles.FILES[name], self._concat(name), name)
         reportfiles.write_table(self.directory / reportfiles.FILES["summary"], summary, "summary")
         reportfiles.write_table(self.directory / reportfiles.FILES["blocks"], blocks, "blocks")

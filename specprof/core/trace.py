@@ -94,10 +94,16 @@ def proposals_per_block(take: np.ndarray, left: np.ndarray, stopped: np.ndarray,
 
 
 def count_blocks_exact(
-    match: np.ndarray, lengths: np.ndarray, k_max: int, no_proposal: np.ndarray | None = None
+    match: np.ndarray, lengths: np.ndarray, k_max: int, no_proposal: np.ndarray | None = None,
+    start_accepted: np.ndarray | None = None, start_proposed: np.ndarray | None = None,
 ) -> BlockCounts:
     """Greedy blocks for all prompts and all k; `match` is [n_prompts, max_len], zero-padded, and
     `no_proposal` (same shape, default none) marks positions where the draft proposed nothing.
+
+    A block-dependent draft (`blockdraft`) gives instead, per block start s ([n_prompts, max_len]),
+    `start_accepted[s]`: how many of its k_max proposals from s the target accepts, and
+    `start_proposed[s]`: how many it proposed; at k the block accepts min(k, start_accepted[s])
+    and proposes min(k, start_proposed[s]). `match` is then unused.
 
     Vectorised over prompts: each step advances every unfinished prompt by one block, and prompts
     drop out of the working set as they finish, so the work is the number of blocks, not
@@ -105,7 +111,16 @@ def count_blocks_exact(
     `simulate_blocks` row by row (tests check this).
     """
     n = match.shape[0]
-    runs = run_lengths(match)  # [n, max_len + 1]; zero padding ends every run at the row's end
+    if start_accepted is None:
+        runs = run_lengths(match)  # [n, max_len + 1]; zero padding ends every run at the row's end
+    else:
+        runs = np.zeros((n, match.shape[1] + 1), dtype=np.int64)
+        runs[:, : start_accepted.shape[1]] = start_accepted
+    block_proposed = None
+    if start_proposed is not None:
+        block_proposed = np.zeros(runs.shape, dtype=np.int64)
+        block_proposed[:, : start_proposed.shape[1]] = start_proposed
+        block_proposed = block_proposed.ravel()
     flat_runs = runs.ravel()
     row_base = np.arange(n, dtype=np.int64) * runs.shape[1]
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -130,7 +145,10 @@ def count_blocks_exact(
             seen_rows.append(rows)
             seen_take.append(take)
             seen_emit.append(np.minimum(take + 1, left))  # the bonus token only exists inside y
-            seen_proposed.append(proposals_per_block(take, left, flat_stopped[at + take], k))
+            if block_proposed is None:
+                seen_proposed.append(proposals_per_block(take, left, flat_stopped[at + take], k))
+            else:
+                seen_proposed.append(np.minimum(block_proposed[at], k))
             start = start + take + 1
             going = start < lengths[rows]
             rows, start = rows[going], start[going]

@@ -278,6 +278,14 @@ RECOMMEND_HELP = "\n\n".join([
     "k_max = 2..K. Its tokens/iter is exact; its draft steps after a rejected proposal were not recorded, so its "
     "speedup is a range; it beats fixed k only when the 95% interval of the gain is above 0 at the pessimistic end.",
     "With --alpha and --cost-ratio and no REPORT: the i.i.d. model's k table, best k and breakeven α (what-if).",
+    "--engine vllm: the figures vLLM's own metrics will show for these prompts (T = 0 reports, exact): "
+    "num_drafts, num_draft_tokens, num_accepted_tokens, per position; mean acceptance length = 1 + accepted / "
+    "drafts, per-position acceptance rate = accepted at i / drafts, draft acceptance rate = accepted / drafted. "
+    "vLLM samples the first token in prefill, counts no draft where its proposer found nothing, and counts "
+    "acceptances past EOS / max_tokens. At each domain's best k, or at --k.",
+    "--emit vllm | sglang: print only the configuration to paste for the recommended draft and k (vLLM's "
+    "--speculative-config JSON, SGLang's flags), or why no domain should enable speculation; --draft, --domain "
+    "and --k choose.",
 ])
 
 GATE_HELP = "\n\n".join([
@@ -310,6 +318,9 @@ def recommend(
     alpha: float = typer.Option(None, "--alpha", help="What-if mode (no REPORT): acceptance rate α."),
     k_max: int = typer.Option(None, "--k-max", help="Consider k = 1..K (what-if default 8; report: its k_max)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    engine: str = typer.Option(None, "--engine", metavar="vllm", help="Add the engine's own counters (vllm)."),
+    k: int = typer.Option(None, "--k", help="With --engine or --emit: at this k instead of each best k."),
+    emit: str = typer.Option(None, "--emit", metavar="vllm|sglang", help="Print only the config to paste."),
 ) -> None:
     def go() -> None:
         from specprof.core import decide, policy_estimate
@@ -325,19 +336,52 @@ def recommend(
             return
         if alpha is not None:
             raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
+        if engine is not None and engine not in ("vllm", "transformers"):
+            raise SpecprofError(f"--engine {engine}: unknown engine (use vllm, or transformers for specprof's own)")
+        if emit is not None and emit not in ("vllm", "sglang"):
+            raise SpecprofError(f"--emit {emit}: unknown engine (use vllm or sglang)")
+        if k is not None and engine is None and emit is None:
+            raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
+        if emit is not None:
+            from specprof.core import engineplan
+
+            analysis = decide.load(report_path, draft or (), domain or (), k_max)
+            estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
+            choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domain or (), k)
+            if choice.draft is None:
+                typer.echo(choice.none)
+                return
+            target = str((analysis.run.get("target") or {}).get("name", "TARGET"))
+            for note in engineplan.notes(choice, target, emit):
+                stderr.print(f"note: {note}")
+            typer.echo(engineplan.vllm_config(choice, target) if emit == "vllm"
+                       else engineplan.sglang_flags(choice, target))
+            return
         analysis = decide.load(report_path, draft or (), domain or (), k_max, policies=True)
         estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
         plans = decide.plans(estimates)
         policies = decide.policy_estimates(analysis, estimates, cost_ratio)
+        entries = None
+        if engine is not None:
+            from specprof.core import engineplan
+
+            entries = engineplan.engine_entries(analysis, estimates, engine, k)
         if as_json:
+            recommendations = decide.recommendations_json(estimates, policies)
+            if entries is not None:
+                recommendations = engineplan.engine_json(recommendations, entries, engine)
             _print_json({
                 "report": str(analysis.path),
                 "min_speedup": min_speedup,
                 "exact": analysis.exact,
-                "recommendations": decide.recommendations_json(estimates, policies),
+                "recommendations": recommendations,
                 "drafts": [decide.plan_json(p) for p in plans],
                 "threshold_policy": decide.policy_grid_json(analysis),
             })
+        elif entries is not None:
+            from specprof.ui import engineview
+
+            stdout.print(engineview.engine_view(estimates, entries, engine, k is not None))
         else:
             stdout.print(render.recommend_view(estimates, plans, min_speedup, policies, analysis.no_policy))
             if not analysis.exact:

@@ -5,9 +5,13 @@ DRAFT specs (`--draft`):
   early-exit:L   the target's embeddings, first L decoder layers, final norm and LM head
                  (self-speculative; a view on the target's weights, nothing is copied)
   ngram[:N]      prompt lookup with n-grams of size N down to 1 (default N = 3), model-free
+  vllm-ngram[:MIN:MAX]  vLLM's n-gram proposer (its defaults 5:5), model-free
+  prompt-lookup[:M]     transformers' prompt lookup (max_matching_ngram_size M, default 2), model-free
 
-Every kind proposes from the token prefix alone, which is what makes the profile exact.
-A model draft (`ModelDraft`, early exits included) gives logits; `NgramDraft` gives token proposals.
+The first three propose from the token prefix alone, so one teacher-forced pass gives their exact
+trace. The engines' prompt lookups (`BlockDraft`) propose per block: they are simulated from every
+block start (`core.blockdraft`). A model draft (`ModelDraft`, early exits included) gives logits;
+`NgramDraft` and `BlockDraft` give token proposals.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from specprof.core import ngram
-from specprof.engines.hf.models import LoadedModel, check_same_vocab, load_model
+from specprof.core import blockdraft, ngram
+from specprof.engines.hf.models import LoadedModel, check_same_vocab, eos_token_ids, load_model
 from specprof.errors import SpecprofError
 
 DEFAULT_NGRAM = 3
@@ -26,8 +30,10 @@ DEFAULT_EXIT_DEPTH = 0.87  # of the target's layers: deep enough to agree often 
 
 
 def default_specs(num_layers: int) -> list[str]:
-    """The drafts profiled when none is given: prompt lookup, and an early exit when the target has depth."""
-    specs = ["ngram"]
+    """The drafts profiled when none is given, the ones an engine can run: vLLM's n-gram proposer, and
+    an early exit when the target has depth (in vLLM a model directory of the target's first L layers,
+    `specprof export-draft`)."""
+    specs = ["vllm-ngram"]
     if num_layers >= 2:
         specs.append(f"early-exit:{min(max(round(num_layers * DEFAULT_EXIT_DEPTH), 1), num_layers - 1)}")
     return specs
@@ -74,12 +80,35 @@ class NgramDraft:
         return ngram.propose_all(tokens, start, self.max_ngram).tolist()
 
 
-Draft = ModelDraft | NgramDraft
+@dataclass
+class BlockDraft:
+    """An engine's prompt lookup (`core.blockdraft`): proposals depend on where the block starts."""
+
+    name: str
+    proposer: blockdraft.BlockProposer
+
+    @property
+    def kind(self) -> str:
+        return self.proposer.kind
+
+    @property
+    def info(self) -> dict:
+        return {"name": self.name, **blockdraft.describe(self.proposer)}
+
+    def proposals_every_start(self, tokens: list[int], start: int, k_max: int) -> list[list[int]]:
+        """What a block starting at each t ≥ start proposes with k_max tokens, given tokens[:t]."""
+        return self.proposer.propose_every_start(tokens, start, k_max)
+
+
+Draft = ModelDraft | NgramDraft | BlockDraft
 
 
 def parse_kind(spec: str) -> tuple[str, int | None]:
-    """('ngram', N) / ('early-exit', L) / ('model', None) for a --draft value, or a clear error."""
+    """('ngram', N) / ('early-exit', L) / ('vllm-ngram' or 'prompt-lookup', None) / ('model', None)
+    for a --draft value, or a clear error."""
     head, sep, arg = spec.partition(":")
+    if blockdraft.parse_spec(spec) is not None:
+        return head, None
     if head in ("ngram", "early-exit"):
         if head == "ngram" and not sep:
             return "ngram", DEFAULT_NGRAM
@@ -94,7 +123,10 @@ def parse_kind(spec: str) -> tuple[str, int | None]:
         from pathlib import Path
 
         if not Path(spec).exists():
-            raise SpecprofError(f"--draft {spec}: unknown draft kind {head!r} (use a model, early-exit:L or ngram[:N])")
+            raise SpecprofError(
+                f"--draft {spec}: unknown draft kind {head!r} "
+                "(use a model, early-exit:L, ngram[:N], vllm-ngram[:MIN:MAX] or prompt-lookup[:M])"
+            )
     return "model", None
 
 
@@ -108,6 +140,8 @@ def load_draft(
     allow_pickle: bool = False,
 ) -> Draft:
     kind, value = parse_kind(spec)
+    if kind in blockdraft.KINDS:
+        return BlockDraft(spec, blockdraft.parse_spec(spec, eos_token_ids(target)))
     if kind == "ngram":
         return NgramDraft(spec, value)
     if kind == "early-exit":

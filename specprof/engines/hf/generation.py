@@ -10,6 +10,10 @@ step the target's statistics for its own token are recorded in float32.
 predicts a continuation token: an early-exit draft at layer L then needs only the final norm and
 LM head on them, instead of a second pass through L layers.
 
+`past_end` keeps each row going for that many tokens after its end (EOS or `max_new_tokens`): the
+target's own tokens past the stop point, which an engine verifies when a block runs past the end
+(`core.conventions`). They sit after the continuation in `sequences` (mask 1) but not in `lengths`.
+
 What this module does not do: run drafts (`profiler`) or speculative decoding (`speculate`).
 """
 
@@ -35,6 +39,7 @@ class Generation:
     margin: torch.Tensor  # [B, T] float32 top-1 minus top-2 raw logit (how near a tie the choice was)
     logits: torch.Tensor | None  # [B, T, V] raw target logits in the model's dtype; kept only when sampling
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer L → [B, T, H] state predicting y[t]
+    past_end: int = 0  # tokens generated after each row's end (columns lengths[b] .. lengths[b] + past_end - 1)
 
     @property
     def continuation(self) -> torch.Tensor:
@@ -46,6 +51,12 @@ class Generation:
         """[B, T] True at real continuation positions."""
         width = self.continuation.shape[1]
         return torch.arange(width)[None, :] < torch.tensor(self.lengths)[:, None]
+
+    @property
+    def scored(self) -> torch.Tensor:
+        """[B, T] True at continuation positions and at the positions past the end."""
+        width = self.continuation.shape[1]
+        return torch.arange(width)[None, :] < torch.tensor(self.lengths)[:, None] + self.past_end
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -95,17 +106,22 @@ def generate(
     top_p: float = 1.0,
     generators: list[torch.Generator] | None = None,
     capture_layers: Sequence[int] = (),
+    past_end: int = 0,
 ) -> Generation:
-    """Generate continuations for a batch of tokenized prompts (greedy at temperature 0)."""
+    """Generate continuations for a batch of tokenized prompts (greedy at temperature 0), each followed
+    by `past_end` more tokens that are not part of it."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     ids, prompt_mask = left_pad(prompts, pad_id, device)
     batch, width = ids.shape
     eos = torch.tensor(list(eos_ids) or [-1], device=device)
-    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    stats = torch.zeros((3, batch, max_new_tokens), dtype=torch.float32, device=device)  # p, entropy, margin
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    max_steps = max_new_tokens + past_end
+    tokens = torch.full((batch, max_steps), pad_id, dtype=torch.long, device=device)
+    stats = torch.zeros((3, batch, max_steps), dtype=torch.float32, device=device)  # p, entropy, margin
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # continuation lengths, fixed at each row's end
+    produced = torch.zeros(batch, dtype=torch.long, device=device)  # tokens generated, past the end included
+    ended_at = torch.zeros(batch, dtype=torch.bool, device=device)  # the row's continuation has ended
     eos_hit = torch.zeros(batch, dtype=torch.bool, device=device)
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, logits) per step, when sampling
     hidden: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in capture_layers}
@@ -117,7 +133,7 @@ def generate(
         mask = prompt_mask
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), cache=cache,
                     use_cache=True, logits_to_keep=1)
-        for step in range(max_new_tokens):
+        for step in range(max_steps):
             logits = out.logits[:, -1, :]
             for n in capture_layers:
                 hidden[n].append((rows, capture.states[n]))
@@ -130,10 +146,13 @@ def generate(
             stats[2, rows, step] = top2[:, 0] - top2[:, 1]
             if temperature > 0:
                 kept.append((rows, logits))
-            lengths[rows] += 1
-            ended = torch.isin(token, eos)
-            eos_hit[rows[ended]] = True
-            if step == max_new_tokens - 1 or bool(ended.all()):
+            produced[rows] += 1
+            ending = ~ended_at[rows] & (torch.isin(token, eos) | (produced[rows] == max_new_tokens))
+            eos_hit[rows[ending & torch.isin(token, eos)]] = True
+            lengths[rows[ending]] = produced[rows[ending]]
+            ended_at[rows[ending]] = True
+            ended = ended_at[rows] & (produced[rows] >= lengths[rows] + past_end)  # nothing more to generate
+            if step == max_steps - 1 or bool(ended.all()):
                 break
             live = (~ended).nonzero().squeeze(-1)
             if len(live) < len(rows):  # drop finished rows: the rest of the batch stops paying for them
@@ -145,9 +164,10 @@ def generate(
     finally:
         capture.remove()
 
-    steps = int(lengths.max())
+    lengths = torch.where(ended_at, lengths, produced)
+    steps = int(produced.max())
     continuation = tokens[:, :steps]
-    valid = torch.arange(steps, device=device)[None, :] < lengths[:, None]
+    valid = torch.arange(steps, device=device)[None, :] < produced[:, None]
     return Generation(
         sequences=torch.cat([ids, torch.where(valid, continuation, pad_id)], dim=1),
         attention_mask=torch.cat([prompt_mask, valid.long()], dim=1),
@@ -159,6 +179,7 @@ def generate(
         margin=stats[2, :, :steps].cpu(),
         logits=_assemble(kept, batch, steps) if kept else None,
         hidden={n: _assemble(v, batch, steps) for n, v in hidden.items()},
+        past_end=past_end,
     )
 
 

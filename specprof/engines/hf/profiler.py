@@ -8,6 +8,12 @@ For each batch of prompts (sorted by length so padding stays small):
   3. the batch's rows are appended to the run's part files.
 Then forward times are measured, and `summary` turns the records into blocks for every k.
 
+The target also generates k_max tokens past each continuation's end, and every draft is scored
+there too: those rows go to past_end.parquet, apart from tokens.parquet, so they never enter α,
+the blocks or the continuation (engines count acceptances there: `core.conventions`). A
+block-dependent draft (`BlockDraft`, an engine's prompt lookup) is run from every block start;
+its k_max-token proposals go to proposals.parquet, and tokens.parquet holds the first of each.
+
 Progress is reported through a callback; nothing here prints.
 """
 
@@ -21,11 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from specprof.core.blockdraft import start_runs
 from specprof.core.corpus import Prompt
 from specprof.core.estimate import Timings, summarize, trace_drafts
 from specprof.core.store import RunStore
 from specprof.engines.hf import sampling, timings
-from specprof.engines.hf.drafts import Draft, ModelDraft, NgramDraft
+from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft, NgramDraft
 from specprof.engines.hf.generation import Generation, generate
 from specprof.engines.hf.models import LoadedModel, context_limit, encode_prompt, eos_token_ids
 from specprof.errors import SpecprofError
@@ -55,6 +62,12 @@ class Progress:
 class BatchResult:
     tokens: pd.DataFrame  # rows of tokens.parquet
     prompts: pd.DataFrame  # rows of prompts.parquet
+    past_end: pd.DataFrame  # rows of past_end.parquet
+    proposals: pd.DataFrame  # rows of proposals.parquet
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"tokens": self.tokens, "prompts": self.prompts, "past_end": self.past_end,
+                "proposals": self.proposals}
 
 
 @dataclass
@@ -92,17 +105,24 @@ def profile_batch(
         top_p=settings.top_p,
         generators=generators,
         capture_layers=sorted({d.layers for d in drafts if isinstance(d, ModelDraft) and d.layers}),
+        past_end=past_end_room(batch, target, settings),
     )
-    valid = gen.valid  # [B, T]
-    _check_finite(gen.target_p, valid, ids, "target")
+    valid = gen.valid  # [B, T] the continuations
+    past = gen.scored & ~valid  # [B, T] the positions past their ends
+    _check_finite(gen.target_p, gen.scored, ids, "target")
 
-    frames = []
+    frames, past_frames, proposal_frames = [], [], []
     for draft in drafts:
-        stats = score_model_draft(draft, gen, settings) if isinstance(draft, ModelDraft) else score_ngram_draft(
-            draft, gen, [e.ids for e in batch], settings
-        )
-        _check_finite(stats["draft_top1_p"], valid, ids, draft.name)
+        if isinstance(draft, ModelDraft):
+            stats = score_model_draft(draft, gen, settings)
+        elif isinstance(draft, BlockDraft):
+            stats, proposals = score_block_draft(draft, gen, [e.ids for e in batch], settings)
+            proposal_frames.append(_proposal_rows(draft.name, batch, gen, proposals))
+        else:
+            stats = score_ngram_draft(draft, gen, [e.ids for e in batch], settings)
+        _check_finite(stats["draft_top1_p"], gen.scored, ids, draft.name)
         frames.append(_rows(draft.name, batch, gen, stats, valid))
+        past_frames.append(_rows(draft.name, batch, gen, stats, past))
 
     prompts = pd.DataFrame(
         {
@@ -122,7 +142,22 @@ def profile_batch(
             ],
         }
     )
-    return BatchResult(pd.concat(frames, ignore_index=True), prompts)
+    return BatchResult(pd.concat(frames, ignore_index=True), prompts, pd.concat(past_frames, ignore_index=True),
+                       pd.concat(proposal_frames, ignore_index=True) if proposal_frames else _no_proposals())
+
+
+def _no_proposals() -> pd.DataFrame:
+    return pd.DataFrame({"draft": pd.Series([], dtype=str), "prompt_id": pd.Series([], dtype=str),
+                         "position": pd.Series([], dtype=np.int32), "proposal": pd.Series([], dtype=object)})
+
+
+def past_end_room(batch: Sequence[Encoded], target: LoadedModel, settings: Settings) -> int:
+    """Tokens to generate past the end: k_max, fewer where the longest prompt would outrun the context."""
+    limit = context_limit(target)
+    if limit is None:
+        return settings.k_max
+    longest = max(len(e.ids) for e in batch)
+    return max(0, min(settings.k_max, limit - longest - settings.max_new_tokens))
 
 
 @torch.inference_mode()
@@ -164,8 +199,33 @@ def score_ngram_draft(
     proposal = torch.full((batch, width), -1, dtype=torch.long)
     continuation = gen.continuation.cpu()
     for i, prompt in enumerate(prompt_ids):
-        n = gen.lengths[i]
+        n = gen.lengths[i] + gen.past_end
         proposal[i, :n] = torch.tensor(draft.proposals(prompt + continuation[i, :n].tolist(), len(prompt)))
+    return _point_mass_stats(proposal, gen, settings)
+
+
+def score_block_draft(
+    draft: BlockDraft, gen: Generation, prompt_ids: Sequence[list[int]], settings: Settings
+) -> tuple[dict[str, torch.Tensor], list[list[list[int]]]]:
+    """An engine's prompt lookup run from every block start: the first token it proposes at each
+    position (the per-position records), and per row its k_max-token proposals from each start
+    inside the continuation (proposals.parquet)."""
+    batch, width = gen.continuation.shape
+    first = torch.full((batch, width), -1, dtype=torch.long)
+    continuation = gen.continuation.cpu()
+    proposals = []
+    for i, prompt in enumerate(prompt_ids):
+        n = gen.lengths[i] + gen.past_end
+        every = draft.proposals_every_start(prompt + continuation[i, :n].tolist(), len(prompt), settings.k_max)
+        first[i, :n] = torch.tensor([p[0] if p else -1 for p in every], dtype=torch.long)
+        proposals.append(every[: gen.lengths[i]])
+    return _point_mass_stats(first, gen, settings), proposals
+
+
+def _point_mass_stats(proposal: torch.Tensor, gen: Generation, settings: Settings) -> dict[str, torch.Tensor]:
+    """Records of a draft proposing tokens without probabilities (-1: nothing proposed)."""
+    batch, width = proposal.shape
+    continuation = gen.continuation.cpu()
     match = (proposal == continuation).float()
     has = (proposal >= 0).float()
     if settings.temperature == 0:
@@ -180,10 +240,11 @@ def score_ngram_draft(
 
 
 def _rows(
-    draft: str, batch: Sequence[Encoded], gen: Generation, stats: dict[str, torch.Tensor], valid: torch.Tensor
+    draft: str, batch: Sequence[Encoded], gen: Generation, stats: dict[str, torch.Tensor], keep: torch.Tensor
 ) -> pd.DataFrame:
-    lengths = gen.lengths
-    flat = valid.reshape(-1)
+    """Records at the positions `keep` ([B, T], row-major order) marks."""
+    rows, positions = (v.numpy() for v in keep.nonzero(as_tuple=True))
+    flat = keep.reshape(-1)
 
     def take(t: torch.Tensor) -> np.ndarray:
         return t.detach().cpu().reshape(-1)[flat].numpy()
@@ -193,9 +254,9 @@ def _rows(
     return pd.DataFrame(
         {
             "draft": draft,
-            "prompt_id": np.repeat([e.prompt.id for e in batch], lengths),
-            "domain": np.repeat([e.prompt.domain for e in batch], lengths),
-            "position": np.concatenate([np.arange(n) for n in lengths]).astype(np.int32),
+            "prompt_id": np.array([e.prompt.id for e in batch], dtype=object)[rows],
+            "domain": np.array([e.prompt.domain for e in batch], dtype=object)[rows],
+            "position": positions.astype(np.int32),
             "target_token": target_token.astype(np.int32),
             "draft_token": draft_token.astype(np.int32),
             "match": draft_token == target_token,
@@ -204,6 +265,20 @@ def _rows(
             "draft_q": take(stats["draft_q"]).astype(np.float32),
             "target_entropy": take(gen.target_entropy).astype(np.float32),
             "draft_top1_p": take(stats["draft_top1_p"]).astype(np.float32),
+        }
+    )
+
+
+def _proposal_rows(
+    draft: str, batch: Sequence[Encoded], gen: Generation, proposals: list[list[list[int]]]
+) -> pd.DataFrame:
+    """proposals.parquet rows: one per prompt and block start inside its continuation."""
+    return pd.DataFrame(
+        {
+            "draft": draft,
+            "prompt_id": np.repeat([e.prompt.id for e in batch], gen.lengths),
+            "position": np.concatenate([np.arange(n) for n in gen.lengths]).astype(np.int32),
+            "proposal": [p for row in proposals for p in row],
         }
     )
 
@@ -319,8 +394,8 @@ def profile_batch_adaptive(
             notice("CUDA out of memory: halving the batch size until it fits (run.json records the final size)")
             continue
         return BatchResult(
-            pd.concat([p.tokens for p in parts], ignore_index=True),
-            pd.concat([p.prompts for p in parts], ignore_index=True),
+            *(pd.concat([getattr(p, name) for p in parts], ignore_index=True)
+              for name in ("tokens", "prompts", "past_end", "proposals")),
         ), size
 
 
@@ -366,7 +441,7 @@ def run_profile(
         if new_size != size:
             size = new_size
             store.update(final_batch_size=size)
-        store.append_batch(index, result.tokens, result.prompts)
+        store.append_batch(index, result.tables())
         done_prompts += len(batch)
         done_tokens += int(result.prompts["n_generated"].sum())
         if progress:
@@ -374,7 +449,11 @@ def run_profile(
     store.update(final_batch_size=size)
     tokens = store.tokens()
     measured = measure_timings(target, drafts, timing_context(encoded, tokens, settings.k_max), settings.k_max)
-    traces = trace_drafts(tokens, settings.k_max, exact=settings.temperature == 0)
+    runs = {}
+    if settings.temperature == 0 and any(isinstance(d, BlockDraft) for d in drafts):
+        runs = start_runs(store.table("proposals"), tokens[tokens["draft"] == tokens["draft"].iloc[0]],
+                          store.table("past_end"), settings.k_max)
+    traces = trace_drafts(tokens, settings.k_max, exact=settings.temperature == 0, runs=runs)
     summary_frame, blocks_frame = summarize(traces, measured)
     run = store.finish(summary_frame, blocks_frame, measured)
     return ProfileResult(str(store.directory), summary_frame, run)
@@ -390,7 +469,7 @@ def prepare(
 
 
 def context_limit_of(draft: Draft) -> int | None:
-    if isinstance(draft, NgramDraft):
+    if isinstance(draft, NgramDraft | BlockDraft):
         return None
     return getattr(draft.model.config.get_text_config(), "max_position_embeddings", None)
 

@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specprof.core import ngram
+from specprof.core import blockdraft, ngram
 from specprof.engines.hf import sampling
-from specprof.engines.hf.drafts import Draft, ModelDraft
+from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
 
 
 @dataclass(frozen=True)
@@ -182,11 +182,32 @@ class NgramProposer:
         pass
 
 
-Proposer = ModelProposer | NgramProposer
+class BlockLookupProposer:
+    """An engine's prompt lookup (`core.blockdraft`): up to k tokens copied in one shot per block."""
+
+    def __init__(self, proposer: blockdraft.BlockProposer):
+        self.proposer = proposer
+
+    def start(self, prompt: Sequence[int]) -> None:
+        pass
+
+    def propose(self, context: list[int], k: int, temperature: float, top_p: float,
+                generator: torch.Generator | None, confidence_threshold: float | None = None) -> tuple[list[int], None]:
+        return self.proposer.propose(context, k), None
+
+    def rollback(self, valid: int) -> None:
+        pass
+
+
+Proposer = ModelProposer | NgramProposer | BlockLookupProposer
 
 
 def proposer_for(draft: Draft) -> Proposer:
-    return ModelProposer(draft.model) if isinstance(draft, ModelDraft) else NgramProposer(draft.max_ngram)
+    if isinstance(draft, ModelDraft):
+        return ModelProposer(draft.model)
+    if isinstance(draft, BlockDraft):
+        return BlockLookupProposer(draft.proposer)
+    return NgramProposer(draft.max_ngram)
 
 
 def accept_greedy(target_logits: torch.Tensor, proposals: list[int]) -> tuple[int, int]:

@@ -21,7 +21,7 @@ import time
 import torch
 
 from specprof.core import ngram
-from specprof.engines.hf.drafts import Draft, ModelDraft
+from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
 
 WARMUP = 2
 REPEATS = 12
@@ -88,7 +88,10 @@ def draft_step_seconds(draft: Draft, context: list[int]) -> float:
     times = []
     for i in range(WARMUP + REPEATS):
         start = time.perf_counter()
-        ngram.propose_next(context, draft.max_ngram)
+        if isinstance(draft, BlockDraft):
+            draft.proposer.propose(context, 1)  # one lookup serves the whole block: priced per token as one
+        else:
+            ngram.propose_next(context, draft.max_ngram)
         if i >= WARMUP:
             times.append(time.perf_counter() - start)
     return _typical(times)

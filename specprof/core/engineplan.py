@@ -1,0 +1,207 @@
+"""`recommend --engine` and `--emit`: a report's figures in an engine's language, and its config to paste.
+
+`engine_json` adds to each recommendation (draft × domain, ALL included) the counters the engine
+would report at that entry's best k (or at `--k`) under its conventions (`conventions`): vLLM's
+num_drafts, num_draft_tokens, num_accepted_tokens and num_accepted_tokens_per_pos, and from
+them the mean acceptance length, per-position acceptance rate and draft acceptance rate its log
+line prints.
+
+`choose` picks what to turn on (the draft, the domains and k): with --domain, that domain's
+entry if its decision is GO; otherwise each draft's plan (the GO domains and the one k that
+serves them best), the draft with the highest speedup winning. `vllm_config` / `sglang_flags`
+write it as vLLM's `--speculative-config` JSON (checked against vLLM 0.32.0's
+config/speculative.py) and SGLang's flags, or `Choice.none` says why nothing should be enabled.
+
+No torch here; nothing printed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from specprof.core import blockdraft, conventions
+from specprof.core.decide import Analysis, DraftPlan, _num
+from specprof.core.estimate import ALL, Estimate
+from specprof.core.ngram import VllmNgram
+from specprof.errors import SpecprofError
+
+EMIT_TARGETS = ("vllm", "sglang")
+
+
+class CounterCache:
+    """Per draft, its records and per-prompt counters at each k (each computed once)."""
+
+    def __init__(self, analysis: Analysis, engine: str):
+        self.analysis = analysis
+        self.engine = engine
+        self.records: dict[str, conventions.DraftRecords] = {}
+        self.per_prompt: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def counters(self, draft: str, domain: str, k: int) -> conventions.EngineCounters:
+        if draft not in self.records:
+            self.records[draft] = conventions.load_records(self.analysis.path, draft)
+        rec = self.records[draft]
+        if (draft, k) not in self.per_prompt:
+            self.per_prompt[(draft, k)] = conventions.prompt_counters(rec, k, self.engine)
+        mask = None if domain == ALL else rec.domains == domain
+        return conventions.counters_of(rec, k, self.engine, mask, self.per_prompt[(draft, k)])
+
+
+def check_k(analysis: Analysis, k: int | None) -> None:
+    if k is None:
+        return
+    k_max = min(t.blocks.k_max for t in analysis.traces)
+    if not 1 <= k <= k_max:
+        raise SpecprofError(f"--k {k}: the report covers k = 1..{k_max}")
+
+
+def counters_json(c: conventions.EngineCounters) -> dict[str, Any]:
+    return {
+        "engine_counters": c.as_dict(),
+        "mean_acceptance_length": _num(c.mean_acceptance_length),
+        "per_position_acceptance_rate": [_num(r) for r in c.per_position_acceptance_rate],
+        "engine_draft_acceptance_rate": _num(c.draft_acceptance_rate),  # vLLM's; draft_acceptance_rate stays ours
+        "engine_counters_exact": c.exact,
+        "engine_counters_note": c.note or None,
+    }
+
+
+def engine_entries(
+    analysis: Analysis, estimates: Sequence[Estimate], engine: str, k: int | None = None
+) -> list[tuple[int, conventions.EngineCounters]]:
+    """(k, counters) for each estimate: at its best k, or at `k`."""
+    if not analysis.exact:
+        raise SpecprofError(
+            f"--engine {engine}: engine counters are exact at temperature 0 only; this report was sampled "
+            "(compare acceptance with `verify` instead)"
+        )
+    check_k(analysis, k)
+    cache = CounterCache(analysis, engine)
+    out = []
+    for e in estimates:
+        kk = e.best_k if k is None else k
+        out.append((kk, cache.counters(e.draft, e.domain, kk)))
+    return out
+
+
+def engine_json(
+    recommendations: list[dict[str, Any]], entries: Sequence[tuple[int, conventions.EngineCounters]], engine: str
+) -> list[dict[str, Any]]:
+    """`recommendations` (recommend --json entries, same order) with the engine's figures added."""
+    return [{**r, "engine": engine, "engine_k": k, **counters_json(c)} for r, (k, c) in zip(recommendations, entries)]
+
+
+# --- emit ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What to turn on: one draft at one k for some domains, or nothing (`none` says why)."""
+
+    draft: str | None
+    kind: str | None  # run.json's draft kind: model, early-exit, ngram, vllm-ngram, prompt-lookup
+    info: dict  # run.json's record of the draft
+    k: int | None
+    domains: tuple[str, ...]
+    speedup: float | None
+    none: str = ""  # why no domain should enable speculation ("" when something should)
+
+
+def choose(
+    analysis: Analysis, estimates: Sequence[Estimate], plans: Sequence[DraftPlan], domains: Sequence[str] = (),
+    k: int | None = None,
+) -> Choice:
+    """The draft, k and domains to enable (see the module docstring)."""
+    check_k(analysis, k)
+    infos = {d.get("name"): d for d in analysis.run.get("drafts") or []}
+    options: list[tuple[float, str, int, tuple[str, ...]]] = []
+    if domains:
+        for e in estimates:
+            if e.domain in domains and e.verdict().decision == "GO":
+                kk = e.best_k if k is None else k
+                options.append((float(e.speedup[kk - 1]), e.draft, kk, (e.domain,)))
+    else:
+        for p in plans:
+            if p.enable and p.shared_k is not None:
+                kk = p.shared_k if k is None else k
+                speedup = p.shared_speedup if k is None else _plan_speedup(estimates, p, kk)
+                options.append((float(speedup), p.draft, kk, p.enable))
+    if not options:
+        where = f"domain {', '.join(domains)}" if domains else "no domain"
+        decided = ", ".join(sorted({f"{e.draft}: {e.domain} {e.verdict().decision}" for e in estimates
+                                    if e.domain != ALL or domains}))
+        return Choice(None, None, {}, None, (), None,
+                      f"{where} should enable speculation: no draft is GO there ({decided})")
+    speedup, draft, kk, chosen = max(options, key=lambda o: o[0])
+    info = infos.get(draft, {"name": draft, "kind": "model"})
+    return Choice(draft, info.get("kind", "model"), info, kk, chosen, speedup)
+
+
+def _plan_speedup(estimates: Sequence[Estimate], plan: DraftPlan, k: int) -> float:
+    rows = [e for e in estimates if e.draft == plan.draft and e.domain in plan.enable]
+    weights = np.array([e.n_prompts for e in rows], dtype=np.float64)
+    return float((weights * np.array([e.speedup[k - 1] for e in rows])).sum() / weights.sum())
+
+
+def model_dir_hint(c: Choice, target: str) -> str:
+    """Where the draft model directory comes from (an early exit has none until exported)."""
+    if c.kind == "early-exit":
+        layers = c.info.get("layers") or str(c.draft).partition(":")[2]
+        return f"specprof-draft-L{layers}"
+    return str(c.info.get("source") or c.info.get("name") or c.draft)
+
+
+def notes(c: Choice, target: str, engine: str) -> list[str]:
+    """What the user should know beside the pasted config (for stderr)."""
+    out = [f"{c.draft} at k = {c.k} for {', '.join(c.domains)} (expected speedup {c.speedup:.2f}×)"]
+    if c.kind == "early-exit":
+        out.append(
+            f"make the draft model directory first: specprof export-draft {c.draft} --target {target} "
+            f"--out {model_dir_hint(c, target)}"
+        )
+    if c.kind == "ngram":
+        out.append("specprof's ngram rule is not the engine's n-gram proposer: profile vllm-ngram to check its figures")
+    if c.kind == "prompt-lookup":
+        out.append("transformers' prompt lookup cuts proposals before EOS and vLLM's does not: profile "
+                   "vllm-ngram to check its figures")
+    if engine == "sglang" and c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
+        out.append("SGLang's NGRAM proposer (CUDA only) is its own rule, not vLLM's: its acceptance will differ")
+    return out
+
+
+def _ngram_bounds(c: Choice) -> tuple[int, int]:
+    if c.kind == "vllm-ngram":
+        p = blockdraft.parse_spec(str(c.draft))
+        assert isinstance(p, VllmNgram)
+        return p.min_ngram, p.max_ngram
+    if c.kind == "prompt-lookup":
+        return 1, int(c.info.get("max_matching_ngram_size", blockdraft.TRANSFORMERS_DEFAULT_NGRAM))
+    return 1, int(c.info.get("max_ngram", 3))
+
+
+def vllm_config(c: Choice, target: str) -> str:
+    """vLLM's --speculative-config JSON (method ngram with prompt_lookup_min/max, or draft_model)."""
+    if c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
+        low, high = _ngram_bounds(c)
+        config: dict[str, Any] = {"method": "ngram", "prompt_lookup_min": low, "prompt_lookup_max": high,
+                                  "num_speculative_tokens": c.k}
+    else:
+        config = {"method": "draft_model", "model": model_dir_hint(c, target), "num_speculative_tokens": c.k}
+    return json.dumps(config)
+
+
+def sglang_flags(c: Choice, target: str) -> str:
+    """SGLang's server flags: a chain of k draft tokens (top-1), k + 1 tokens verified per step."""
+    if c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
+        flags = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(c.k + 1)]
+    else:
+        flags = ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path",
+                 model_dir_hint(c, target), "--speculative-num-steps", str(c.k), "--speculative-eagle-topk", "1",
+                 "--speculative-num-draft-tokens", str(c.k + 1)]
+    return shlex.join(flags)
