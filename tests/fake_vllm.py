@@ -67,7 +67,7 @@ class FakeVllm:
         out = self.continuations[prompt][: body["max_tokens"]]
         return {"choices": [{"index": 0, "text": "", "token_ids": out, "finish_reason": "length"}]}
 
-    def start(self) -> str:
+    def start(self, port: int = 0) -> str:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,7 +114,7 @@ class FakeVllm:
                 else:
                     self._reply(404, {"error": {"message": "not found"}})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -122,3 +122,27 @@ class FakeVllm:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def counters_for(i: int, k: int) -> tuple[int, int, int, tuple[int, ...]]:
+    """What prompt number i adds to the fake's counters at k: i+4 drafts of k tokens, i+1 accepted at position 0."""
+    return (i + 4, k * (i + 4), i + 1, (i + 1,) + (0,) * (k - 1))
+
+
+def serve_report(report_dir: str, k: int, port: int) -> None:
+    """Serve a report's own continuations at `port` until killed (the stand-in `python -m vllm…` runs this)."""
+    from specprof.commands import verify_vllm
+    from specprof.core import reportfiles, tokentext
+
+    report = reportfiles.load_report(report_dir)
+    prompts = report.frame("prompts")
+    draft = report.run["drafts"][0]["name"]
+    tokens = report.frame("tokens")
+    continuations = verify_vllm.report_continuations(tokens[tokens["draft"] == draft])
+    ids = [tuple(int(t) for t in toks) for toks in prompts["prompt_tokens"]]
+    fake = FakeVllm(tokentext.load(report.run).decode,
+                    {p: continuations[str(pid)] for p, pid in zip(ids, prompts["prompt_id"])},
+                    {p: counters_for(i, k) for i, p in enumerate(ids)}, k=k)
+    fake.start(port)
+    while True:
+        time.sleep(1)

@@ -8,11 +8,13 @@ per prompt, continuations checked, and every failure one line with exit 2 and no
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from fake_vllm import FakeVllm
+from fake_vllm import FakeVllm, counters_for
 
 from specprof.commands import verify_vllm
 from specprof.core import reportfiles, tokentext
@@ -23,13 +25,31 @@ from specprof.errors import SpecprofError
 K = 3
 
 
-def prompt_counters(i: int) -> tuple[int, int, int, tuple[int, ...]]:
-    """What prompt number i adds to vLLM's counters at k = 3: i+4 drafts, all full, i+1 accepted at position 0."""
-    return (i + 4, 3 * (i + 4), i + 1, (i + 1, 0, 0))
+def prompt_counters(i: int, k: int = K) -> tuple[int, int, int, tuple[int, ...]]:
+    """What prompt number i adds to vLLM's counters: i+4 drafts of k tokens, i+1 accepted at position 0."""
+    return counters_for(i, k)
 
 
 @pytest.fixture()
-def served(small_report, monkeypatch):
+def predict_by_index(small_report, monkeypatch):
+    """specprof's prediction stand-in: prompt number i predicts `prompt_counters(i, k)`."""
+    prompts = reportfiles.load_report(small_report).frame("prompts")
+    index = {pid: i for i, pid in enumerate(prompts["prompt_id"])}
+    calls = []
+
+    def predict(report, draft, k, *, prompt_ids=None, engine="vllm"):
+        calls.append((draft, k, tuple(prompt_ids), engine))
+        rows = [prompt_counters(index[p], k) for p in prompt_ids]
+        return SimpleNamespace(num_drafts=sum(r[0] for r in rows), num_draft_tokens=sum(r[1] for r in rows),
+                               num_accepted_tokens=sum(r[2] for r in rows),
+                               num_accepted_tokens_per_pos=tuple(sum(r[3][i] for r in rows) for i in range(k)))
+
+    monkeypatch.setattr(verify_vllm, "default_predict", lambda: predict)
+    return calls
+
+
+@pytest.fixture()
+def served(small_report, predict_by_index):
     """A fake server that serves small_report's target exactly as the report says, and a matching prediction."""
     report = reportfiles.load_report(small_report)
     prompts = report.frame("prompts")
@@ -40,19 +60,9 @@ def served(small_report, monkeypatch):
     detok = tokentext.load(report.run)
     fake = FakeVllm(detok.decode, {ids[p]: continuations[p] for p in ids},
                     {ids[p]: prompt_counters(index[p]) for p in ids}, k=K)
-    calls = []
-
-    def predict(report, draft, k, *, prompt_ids=None, engine="vllm"):
-        calls.append((draft, k, tuple(prompt_ids), engine))
-        rows = [prompt_counters(index[p]) for p in prompt_ids]
-        return SimpleNamespace(num_drafts=sum(r[0] for r in rows), num_draft_tokens=sum(r[1] for r in rows),
-                               num_accepted_tokens=sum(r[2] for r in rows),
-                               num_accepted_tokens_per_pos=tuple(sum(r[3][i] for r in rows) for i in range(k)))
-
-    monkeypatch.setattr(verify_vllm, "default_predict", lambda: predict)
     url = fake.start()
     yield SimpleNamespace(fake=fake, url=url, report=small_report, draft=draft, ids=ids, index=index,
-                          continuations=continuations, calls=calls)
+                          continuations=continuations, calls=predict_by_index)
     fake.stop()
 
 
@@ -236,3 +246,98 @@ def test_flags_that_go_together(cli, small_report):
     line = one_line_error(cli("verify", small_report, "--engine", "vllm"))
     assert "pass either --url URL (a running server) or --launch --vllm-python PY" in line
     assert "go with --engine vllm" in one_line_error(cli("verify", small_report, "--url", "http://x"))
+
+
+FAKE_API_SERVER = """
+import argparse, json, os, subprocess, sys
+from fake_vllm import serve_report
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--speculative-config")
+parser.add_argument("--port", type=int)
+args, _ = parser.parse_known_args()
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # as vLLM's engine-core process
+with open(os.environ["FAKE_VLLM_LOG"], "a") as log:
+    log.write(json.dumps({"argv": sys.argv[1:], "child": child.pid, "pid": os.getpid()}) + "\\n")
+serve_report(os.environ["FAKE_VLLM_REPORT"], json.loads(args.speculative_config)["num_speculative_tokens"], args.port)
+"""
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie nobody reaped yet (it runs no more)."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_launch_starts_one_server_per_k_and_stops_its_process_group(cli, small_report, predict_by_index, tmp_path,
+                                                                    monkeypatch):
+    """A stand-in `vllm` package whose api_server serves the report: verify launches it per k with the draft's
+    config, compares, and leaves no process behind (the server and the child it started)."""
+    package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for d in (package, package.parent, package.parent.parent):
+        (d / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(FAKE_API_SERVER)
+    log = tmp_path / "servers.jsonl"
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake"), here, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    monkeypatch.setenv("FAKE_VLLM_REPORT", str(small_report))
+    report = reportfiles.load_report(small_report)
+    draft = report.run["drafts"][0]["name"]
+    r = cli("verify", small_report, "--engine", "vllm", "--launch", "--vllm-python", sys.executable, "--k", "1",
+            "--k", "2", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["configs"] == {str(k): {"method": "draft_model", "model": draft, "num_speculative_tokens": k}
+                              for k in (1, 2)}
+    assert all(c["equal"] for c in out["counters"]) and out["prompts_done"] == {"1": 8, "2": 8}
+    servers = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(servers) == 2
+    argv = servers[0]["argv"]
+    assert argv[argv.index("--model") + 1] == report.run["target"]["source"]
+    assert {"--enforce-eager", "--dtype", "float32"} <= set(argv)
+    assert all(gone(s["pid"]) and gone(s["child"]) for s in servers)
+
+
+@pytest.fixture(scope="module")
+def sampled_report(tiny, corpus, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from specprof.ui.cli import app
+
+    out = tmp_path_factory.mktemp("sampled") / "report"
+    args = ["profile", corpus, "--target", tiny["target"], "--draft", tiny["close"], "--k-max", 3,
+            "--max-new-tokens", 12, "--temperature", 0.7, "--out", out]
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_sampled_report_shows_the_engine_beside_the_alpha_interval(cli, sampled_report, monkeypatch):
+    """T > 0: no counters to predict (conventions are exact at T = 0 only) and no token comparison; an engine that
+    accepted nothing is "far outside" the report's α range, a warning (exit 0)."""
+    report = reportfiles.load_report(sampled_report)
+    prompts = report.frame("prompts")
+    ids = [tuple(int(t) for t in toks) for toks in prompts["prompt_tokens"]]
+    fake = FakeVllm(tokentext.load(report.run).decode, {p: [5, 6, 7] for p in ids},
+                    {p: (10, 30, 0, (0, 0, 0)) for p in ids}, k=3)
+    monkeypatch.setattr(verify_vllm, "default_predict", lambda: lambda *a, **kw: pytest.fail("predicted at T > 0"))
+    url = fake.start()
+    try:
+        r = cli("verify", sampled_report, "--engine", "vllm", "--url", url, "--json")
+    finally:
+        fake.stop()
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    [row] = out["sampled"]
+    summary = report.frame("summary").query("domain == 'ALL' and k == 3")
+    assert row["alpha"] == pytest.approx(float(summary["alpha"].iloc[0]))
+    assert (row["engine_first_position_rate"], row["engine_draft_acceptance_rate"]) == (0.0, 0.0)
+    assert row["engine_mean_acceptance_length"] == 1.0
+    assert row["flag"].startswith("far outside the report's α range")
+    assert out["counters"] == [] and out["continuations"] == [] and out["mismatch"] is False
+    assert fake.requests[-1]["temperature"] == 0.7 and fake.requests[-1]["seed"] == 0
