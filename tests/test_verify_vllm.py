@@ -263,6 +263,25 @@ serve_report(os.environ["FAKE_VLLM_REPORT"], json.loads(args.speculative_config)
 """
 
 
+def fake_vllm_package(tmp_path: Path, api_server: str, monkeypatch) -> None:
+    """A `vllm` package on PYTHONPATH whose vllm.entrypoints.openai.api_server runs `api_server`."""
+    package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for d in (package, package.parent, package.parent.parent):
+        (d / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(api_server)
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake"), here, os.environ.get("PYTHONPATH", "")]))
+
+
+def test_launch_of_a_server_that_exits_at_start(cli, small_report, predict_by_index, tmp_path, monkeypatch):
+    fake_vllm_package(tmp_path, "import sys\nprint('ValueError: num_speculative_tokens must be > 0')\nsys.exit(1)\n",
+                      monkeypatch)
+    r = cli("verify", small_report, "--engine", "vllm", "--launch", "--vllm-python", sys.executable, "--k", "2")
+    line = one_line_error(r)
+    assert "vLLM server exited with code 1 (ValueError: num_speculative_tokens must be > 0); full log: " in line
+
+
 def gone(pid: int) -> bool:
     """No such process, or a zombie nobody reaped yet (it runs no more)."""
     status = Path(f"/proc/{pid}/status")
@@ -276,14 +295,8 @@ def test_launch_starts_one_server_per_k_and_stops_its_process_group(cli, small_r
                                                                     monkeypatch):
     """A stand-in `vllm` package whose api_server serves the report: verify launches it per k with the draft's
     config, compares, and leaves no process behind (the server and the child it started)."""
-    package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
-    package.mkdir(parents=True)
-    for d in (package, package.parent, package.parent.parent):
-        (d / "__init__.py").write_text("")
-    (package / "api_server.py").write_text(FAKE_API_SERVER)
+    fake_vllm_package(tmp_path, FAKE_API_SERVER, monkeypatch)
     log = tmp_path / "servers.jsonl"
-    here = str(Path(__file__).parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "fake"), here, os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
     monkeypatch.setenv("FAKE_VLLM_REPORT", str(small_report))
     report = reportfiles.load_report(small_report)

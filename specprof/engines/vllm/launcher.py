@@ -152,10 +152,19 @@ def launch(python: str, model: str, config: dict, *, dtype: str = "float32", por
             raise SpecprofError(f"--vllm-python {python}: cannot start it ({e})") from None
     server = Server(VllmClient(f"http://127.0.0.1:{port}"), process, log_path, config)
     try:
-        server.client.wait_healthy(start_timeout_s, alive=server.exit_reason)
+        try:
+            server.client.wait_healthy(start_timeout_s, alive=server.exit_reason)
+        except SpecprofError as e:
+            if process.poll() is None:  # still starting: say so, with its log
+                raise SpecprofError(f"vLLM server not healthy after {start_timeout_s:g} s (last log line: "
+                                    f"{last_log_line(log_path)}); full log: {log_path}") from None
+            raise SpecprofError(str(e)) from None
         yield server
-    finally:
-        stop(process)
+    except BaseException:
+        stop(process)  # the log stays: the error names it
+        raise
+    stop(process)
+    log_path.unlink(missing_ok=True)
 
 
 def stop(process: subprocess.Popen) -> None:
