@@ -354,3 +354,16 @@ def test_sampled_report_shows_the_engine_beside_the_alpha_interval(cli, sampled_
     assert row["flag"].startswith("far outside the report's α range")
     assert out["counters"] == [] and out["continuations"] == [] and out["mismatch"] is False
     assert fake.requests[-1]["temperature"] == 0.7 and fake.requests[-1]["seed"] == 0
+
+
+def test_limit_sends_the_first_prompts_of_each_domain(cli, served):
+    r = verify(cli, served, "--limit", "1")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    domains = reportfiles.load_report(served.report).frame("prompts").set_index("prompt_id")["domain"]
+    first = [next(p for p in served.ids if domains[p] == d) for d in ("alpha", "beta")]  # in the report's order
+    first.sort(key=list(served.ids).index)
+    assert out["prompts_done"] == {"3": 2}
+    assert [b["prompt"] for b in served.fake.requests if "max_tokens" in b] == [list(served.ids[p]) for p in first]
+    drafts = {c["counter"]: c["engine"] for c in out["counters"]}["num_drafts"]
+    assert drafts == sum(prompt_counters(served.index[p])[0] for p in first)

@@ -1,7 +1,8 @@
 """Against a real vLLM (CPU build 0.32.0 in its own environment): specprof's counters equal vLLM's /metrics.
 
 The embedded SmolLM2-135M-Instruct target, 4 prompts × 32 new tokens, greedy, k = 1..4, one server per
-draft and k (`verify --engine vllm --launch` starts and stops them, about 50 s each on 2 cores):
+draft and k (`verify --engine vllm --launch` starts and stops them, about 60 s each on 2 cores; one
+server is started apart and verified through `--url`):
   - vllm-ngram:1:3 (vLLM's n-gram proposer, prompt_lookup_min 1, max 3): every counter exact;
   - a model-draft directory holding SmolLM2's first 26 layers (it proposes what early-exit:26
     proposes): every counter exact, or each prompt that differs explained as a near-tie.
@@ -74,14 +75,32 @@ def draft_dir(tmp_path_factory) -> Path:
     return out
 
 
-def verify(cli, report: Path, python: str, draft: str, *extra) -> tuple[int, dict]:
+def verify(cli, report: Path, python: str, draft: str, *extra, ks=KS) -> tuple[int, dict]:
     args = ["verify", report, "--engine", "vllm", "--launch", "--vllm-python", python, "--draft", draft, "--json"]
-    for k in KS:
+    for k in ks:
         args += ["--k", k]
     r = cli(*args, *extra)
     assert r.exit_code in (0, 1), r.output
     out = json.loads(r.stdout)
     print(side_by_side(out))  # shown with -s: the figures the README and the closing note quote
+    return r.exit_code, out
+
+
+def verify_url(cli, report: Path, python: str, draft: str, k: int) -> tuple[int, dict]:
+    """A server started as a user would (the same launcher, outside specprof's run), then `verify --url`."""
+    from specprof.core import reportfiles
+    from specprof.engines.vllm import launcher
+
+    config = launcher.speculative_config(draft, k)
+    target = reportfiles.load_report(report).run["target"]["source"]
+    with launcher.launch(python, target, config) as server:
+        r = cli("verify", report, "--engine", "vllm", "--url", server.client.url, "--draft", draft, "--k", k, "--json")
+        assert r.exit_code in (0, 1), r.output
+        # the server at k must refuse another --k before sending anything
+        other = cli("verify", report, "--engine", "vllm", "--url", server.client.url, "--draft", draft, "--k", k + 1)
+        assert other.exit_code == 2 and f"runs speculative decoding at k = {k}" in other.stderr, other.output
+    out = json.loads(r.stdout)
+    print(side_by_side(out))
     return r.exit_code, out
 
 
@@ -92,14 +111,18 @@ def side_by_side(out: dict) -> str:
 
 
 def test_vllm_ngram_counters_equal_vllm_metrics(cli, report, vllm_python):
-    code, out = verify(cli, report, vllm_python, "vllm-ngram:1:3")
-    assert out["error"] is None and out["notes"] == []
-    assert out["prompts_done"] == {k: len(PROMPTS) for k in KS}
-    assert out["continuations"] == []  # vLLM's greedy output is the report's continuation, token for token
-    assert [c for c in out["counters"] if not c["equal"]] == []
-    assert len(out["counters"]) == sum(3 + int(k) for k in KS)
-    assert code == 0
-    assert {c["k"] for c in out["counters"] if c["counter"] == "num_drafts" and c["engine"] > 0} == {1, 2, 3, 4}
+    """k = 1, 2, 4 through --launch; k = 3 on a server started apart, through --url."""
+    code, out = verify(cli, report, vllm_python, "vllm-ngram:1:3", ks=("1", "2", "4"))
+    code3, out3 = verify_url(cli, report, vllm_python, "vllm-ngram:1:3", 3)
+    for o in (out, out3):
+        assert o["error"] is None and o["notes"] == []
+        assert o["continuations"] == []  # vLLM's greedy output is the report's continuation, token for token
+        assert [c for c in o["counters"] if not c["equal"]] == []
+    assert out["prompts_done"] == {k: len(PROMPTS) for k in ("1", "2", "4")} and out3["prompts_done"] == {"3": 4}
+    assert code == code3 == 0
+    counters = out["counters"] + out3["counters"]
+    assert len(counters) == sum(3 + k for k in (1, 2, 3, 4))
+    assert {c["k"] for c in counters if c["counter"] == "num_drafts" and c["engine"] > 0} == {1, 2, 3, 4}
 
 
 def test_model_draft_counters_equal_vllm_metrics_or_near_ties(cli, report, vllm_python, draft_dir):
