@@ -109,7 +109,7 @@ class SampledRow:
     engine_draft_acceptance_rate: float  # num_accepted_tokens / num_draft_tokens
     engine_mean_acceptance_length: float  # 1 + num_accepted_tokens / num_drafts
     report_draft_acceptance_rate: float  # the report's chain estimate (transformers' counting: k per iteration)
-    alpha: float  # the report's α for draft × ALL, and its 95% interval
+    alpha: float  # the report's α for draft × ALL, and its 95% interval (or α ± 2 s.e. of the engine's count)
     alpha_lo: float
     alpha_hi: float
     flag: str  # "" inside the interval, else how far outside
@@ -348,7 +348,7 @@ def _sampled_row(k: int, report: Report, draft: str, engine: SpecCounters) -> Sa
         far = first < lo / FAR_FACTOR or first > hi * FAR_FACTOR
         flag = (f"{'far ' if far else ''}outside the report's α range [{lo:.3f}, {hi:.3f}]: the engine accepted "
                 f"{first:.3f} at the first draft position")
-    return SampledRow(k, first, rate, mal, rate_report, alpha, lo, hi, flag)
+    return SampledRow(k, first, rate, mal, rate_report, alpha, lo, hi, flag)  # lo, hi: the range compared with
 
 
 def _add(a: SpecCounters, b: SpecCounters) -> SpecCounters:

@@ -23,7 +23,7 @@ def sampled_table(result) -> Table:
     table = Table(title=f"verify --engine vllm: draft {result.draft}, sampled run (T = {result.temperature:g})",
                   title_justify="left")
     for name in ("k", "vLLM accept@1", "vLLM draft acc. rate", "vLLM mean acc. len", "specprof draft acc. rate",
-                 "specprof α [95%]", "check"):
+                 "specprof α [range]", "check"):
         table.add_column(name, justify="left" if name == "check" else "right")
     for s in result.sampled:
         table.add_row(str(s.k), _f(s.engine_first_position_rate), _f(s.engine_draft_acceptance_rate),
