@@ -280,6 +280,9 @@ def test_launch_of_a_server_that_exits_at_start(cli, small_report, predict_by_in
     r = cli("verify", small_report, "--engine", "vllm", "--launch", "--vllm-python", sys.executable, "--k", "2")
     line = one_line_error(r)
     assert "vLLM server exited with code 1 (ValueError: num_speculative_tokens must be > 0); full log: " in line
+    log = Path(line.rsplit("full log: ", 1)[1])
+    assert "num_speculative_tokens must be > 0" in log.read_text()  # kept for the user to read
+    log.unlink()
 
 
 def gone(pid: int) -> bool:
