@@ -525,8 +525,22 @@ def verify(
     limit: int = typer.Option(None, "--limit", help="Only the first N prompts of each domain (default: all)."),
     draft: list[str] = typer.Option(None, "--draft", help="Only this draft of the report (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
+    engine: str = typer.Option("transformers", "--engine", help="transformers: run the loop here; vllm: compare "
+                               "with a vLLM server's /metrics counters (--url or --launch)."),
+    url: str = typer.Option(None, "--url", help="vllm: a running vLLM server started with the draft's "
+                            "--speculative-config (e.g. http://127.0.0.1:8000)."),
+    launch: bool = typer.Option(False, "--launch", help="vllm: start a server per k from --vllm-python, "
+                                "stop it after."),
+    vllm_python: str = typer.Option(None, "--vllm-python", help="vllm --launch: a Python with vLLM installed "
+                                    "(e.g. .venv-vllm/bin/python)."),
+    draft_model_dir: str = typer.Option(None, "--draft-model-dir", help="vllm: the model directory that serves "
+                                        "the draft (early-exit:L: the target's first L layers, save_pretrained)."),
 ) -> None:
     """Run real speculative decoding on the report's prompts and check its predictions on this machine.
+
+    With --engine vllm: send the report's prompts as token ids to a vLLM server (--url, or --launch one per k)
+    and compare its spec-decode counters (/metrics) and continuations with specprof's prediction under vLLM's
+    conventions; exit 1 on a difference at temperature 0.
 
     Times the target alone and speculative decoding after a warm-up, prefill and decode apart, and
     prints predicted vs measured tokens/iter and speedup per domain (decode phase, as the cost model
@@ -536,7 +550,15 @@ def verify(
     At temperature > 0 a measured acceptance rate outside the report's α interval is flagged.
     """
 
+    if engine == "vllm":
+        _verify_vllm(report, k or (), limit, draft or (), json_out, url, launch, vllm_python, draft_model_dir)
+        return
+
     def go() -> Any:
+        if engine != "transformers":
+            raise SpecprofError(f"--engine {engine}: use transformers or vllm")
+        if url or launch or vllm_python or draft_model_dir:
+            raise SpecprofError("--url, --launch, --vllm-python and --draft-model-dir go with --engine vllm")
         if limit is not None:
             check_range("--limit", limit, 1)
         for value in k or ():
@@ -565,6 +587,40 @@ def verify(
                      + ("identical outputs" if result.temperature == 0 and result.identical_outputs else
                         "outputs differ" if result.temperature == 0 else "sampled (outputs are not compared)"))
     if result.failed:
+        raise typer.Exit(code=1)
+
+
+def _verify_vllm(report: Path, ks: tuple, limit: int | None, drafts: tuple, json_out: bool, url: str | None,
+                 launch: bool, vllm_python: str | None, draft_model_dir: str | None) -> None:
+    """verify --engine vllm: the work is in commands.verify_vllm, the tables in ui.render_vllm."""
+
+    def go() -> Any:
+        from specprof.commands import verify_vllm
+
+        if launch != (vllm_python is not None) or (launch and url):
+            raise SpecprofError("--engine vllm: pass either --url URL or --launch --vllm-python PY")
+        if len(drafts) > 1:
+            raise SpecprofError("--engine vllm: one --draft at a time (a server runs one speculative config)")
+        options = verify_vllm.Options(drafts[0] if drafts else None, tuple(ks), limit, url, vllm_python,
+                                      draft_model_dir)
+        with stderr.status("verifying against vLLM…") as status:
+            return verify_vllm.run(str(report), options, progress=lambda m: status.update(m))
+
+    result = _run(go)
+    from specprof.ui import render_vllm
+
+    if json_out:
+        _print_json(result.as_dict())
+    else:
+        sampled = result.temperature > 0
+        stdout.print(render_vllm.sampled_table(result) if sampled else render_vllm.counters_table(result))
+        for line in render_vllm.lines(result):
+            stdout.print(line, highlight=False)
+        stdout.print(render_vllm.summary_line(result), highlight=False)
+    if result.error:
+        render.print_error(stderr, result.error)
+        raise typer.Exit(code=2)
+    if result.mismatch:
         raise typer.Exit(code=1)
 
 

@@ -1,0 +1,505 @@
+"""`specprof verify REPORT --engine vllm`: hold the report's prediction against a real vLLM server's counters.
+
+For one draft of the report and each k:
+  1. a server: `--url` (one already running with a speculative config; its k is read from its
+     per-position counters) or `--launch` (started from `--vllm-python` with the config
+     `launcher.speculative_config` derives from the draft name, stopped at the end or on error);
+  2. checks that it serves the report's target: its `/detokenize` must give the same text as the
+     report's tokenizer for every id the run will send or expect (a tokenizer, not a name);
+  3. the report's prompts as token ids, one request at a time (greedy at T = 0, the report's
+     max_new_tokens, every sampling knob set), reading `/metrics` before and after each request,
+     so each prompt's counters are known;
+  4. compares the differences with `specprof.core.conventions.engine_counters` (vLLM's conventions),
+     counter by counter, and every continuation with the report's. Where they differ it says where
+     and why: a continuation that diverged (position, tokens, the target's own top-2 margin there,
+     from vLLM's logprobs), or a prompt whose counters differ while its continuation is identical
+     (the draft proposed something else: its near-ties, top-2 margin per position, float32);
+  5. at T > 0 outputs are sampled and not comparable token by token: the engine's first-position
+     acceptance rate is printed beside the report's α and its interval, flagged when outside.
+A failure (server gone, timeout, wrong model, no speculation) stops the run with one line and keeps
+everything already compared in the result (`VllmVerifyResult.error`).
+What this module does not do: print (`ui.render_vllm`), parse flags (`ui.cli`), the conventions
+themselves (`core.conventions`), HTTP (`engines.vllm.client`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from specprof.core import costmodel, tokentext
+from specprof.core.estimate import ALL
+from specprof.core.reportfiles import Report, load_report
+from specprof.engines.vllm import launcher
+from specprof.engines.vllm.client import SpecCounters, TopLogprobs, VllmClient
+from specprof.errors import SpecprofError
+
+COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
+# Two tokens whose float32 log-probabilities differ by less than this are a near-tie: vLLM's CPU kernels
+# and PyTorch's may order them either way (the same bound `verify`'s transformers engine uses at float32).
+NEAR_TIE = {"float32": 1e-3, "float16": 0.1, "bfloat16": 0.5}
+# Draft positions whose top-2 margin is below this are listed as candidate near-ties when a prompt's
+# counters differ with an identical continuation (they are where another kernel could propose otherwise).
+DRAFT_NEAR_TIE_LISTED = 0.05
+REQUEST_TIMEOUT_S = 300.0  # one completion of max_new_tokens on a slow CPU server
+FAR_FACTOR = 2.0  # at T > 0, an engine acceptance off by this factor from the report's interval is "far outside"
+
+Predict = Callable[..., Any]  # engine_counters(report, draft, k, *, prompt_ids, engine) → EngineCounters
+
+
+@dataclass(frozen=True)
+class CounterRow:
+    k: int
+    counter: str  # num_drafts, num_draft_tokens, num_accepted_tokens or num_accepted_tokens_per_pos[i]
+    predicted: int  # specprof's prediction under vLLM's conventions
+    engine: int  # the difference of the server's /metrics over the run
+
+    @property
+    def equal(self) -> bool:
+        return self.predicted == self.engine
+
+    def as_dict(self) -> dict:
+        return {"k": self.k, "counter": self.counter, "predicted": self.predicted, "engine": self.engine,
+                "equal": self.equal}
+
+
+@dataclass(frozen=True)
+class ContinuationDiff:
+    k: int
+    prompt_id: str
+    position: int  # first differing position in the continuation
+    report_token: int  # -1: the report's continuation ended there
+    engine_token: int  # -1: vLLM's output ended there
+    margin: float  # vLLM's top-1 minus top-2 log-probability there (the target's own margin)
+    gap: float  # vLLM's log-probability of its token minus the report's token (NaN: not in its top few)
+    verdict: Literal["near-tie", "diverged"]
+
+    def as_dict(self) -> dict:
+        return _no_nan(dict(self.__dict__))
+
+
+@dataclass(frozen=True)
+class PromptMismatch:
+    """A prompt whose counters differ from the prediction although its continuation is the report's."""
+
+    k: int
+    prompt_id: str
+    predicted: dict
+    engine: dict
+    near_ties: list[tuple[int, float]]  # (position, draft top-2 margin) below DRAFT_NEAR_TIE_LISTED, smallest first
+    verdict: Literal["near-tie", "unexplained"]
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["near_ties"] = [{"position": p, "margin": m} for p, m in self.near_ties]
+        return d
+
+
+@dataclass(frozen=True)
+class SampledRow:
+    """T > 0: the engine's acceptance beside the report's estimate (not compared token by token)."""
+
+    k: int
+    engine_first_position_rate: float  # num_accepted_tokens_per_pos[0] / num_drafts
+    engine_draft_acceptance_rate: float  # num_accepted_tokens / num_draft_tokens
+    engine_mean_acceptance_length: float  # 1 + num_accepted_tokens / num_drafts
+    report_draft_acceptance_rate: float  # the report's chain estimate (transformers' counting: k per iteration)
+    alpha: float  # the report's α for draft × ALL, and its 95% interval (or α ± 2 s.e. of the engine's count)
+    alpha_lo: float
+    alpha_hi: float
+    flag: str  # "" inside the interval, else how far outside
+
+    def as_dict(self) -> dict:
+        return _no_nan(dict(self.__dict__))
+
+
+@dataclass
+class VllmVerifyResult:
+    draft: str
+    temperature: float
+    vllm_version: str | None = None
+    configs: dict[int, dict] = field(default_factory=dict)  # k → the server's --speculative-config (None: --url)
+    prompts_done: dict[int, int] = field(default_factory=dict)  # k → prompts compared
+    counters: list[CounterRow] = field(default_factory=list)
+    continuations: list[ContinuationDiff] = field(default_factory=list)
+    prompt_mismatches: list[PromptMismatch] = field(default_factory=list)
+    sampled: list[SampledRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # where the prediction is a bound, not exact (an old report)
+    error: str | None = None  # what stopped the run (exit 2); everything above was compared before it
+
+    @property
+    def mismatch(self) -> bool:
+        """At T = 0 a counter or a continuation differs (exit 1)."""
+        return self.temperature == 0 and (any(not r.equal for r in self.counters) or bool(self.continuations))
+
+    def as_dict(self) -> dict:
+        return _no_nan({
+            "engine": "vllm", "draft": self.draft, "temperature": self.temperature,
+            "vllm_version": self.vllm_version, "configs": {str(k): v for k, v in self.configs.items()},
+            "prompts_done": {str(k): v for k, v in self.prompts_done.items()},
+            "counters": [r.as_dict() for r in self.counters],
+            "continuations": [d.as_dict() for d in self.continuations],
+            "prompt_mismatches": [m.as_dict() for m in self.prompt_mismatches],
+            "sampled": [s.as_dict() for s in self.sampled], "notes": list(self.notes),
+            "mismatch": self.mismatch, "error": self.error,
+        })
+
+
+def _no_nan(value):
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def as_counters(predicted: Any) -> SpecCounters:
+    """Any object with vLLM's four counter fields (core.conventions.EngineCounters) as SpecCounters."""
+    return SpecCounters(int(predicted.num_drafts), int(predicted.num_draft_tokens),
+                        int(predicted.num_accepted_tokens),
+                        tuple(int(v) for v in predicted.num_accepted_tokens_per_pos))
+
+
+def counter_rows(k: int, predicted: SpecCounters, engine: SpecCounters) -> list[CounterRow]:
+    rows = [CounterRow(k, name, getattr(predicted, name), getattr(engine, name)) for name in COUNTERS]
+    n = max(predicted.k, engine.k)
+    for i in range(n):
+        p = predicted.num_accepted_tokens_per_pos[i] if i < predicted.k else 0
+        e = engine.num_accepted_tokens_per_pos[i] if i < engine.k else 0
+        rows.append(CounterRow(k, f"num_accepted_tokens_per_pos[{i}]", p, e))
+    return rows
+
+
+def default_predict() -> Predict:
+    try:
+        from specprof.core.conventions import engine_counters
+    except ImportError:
+        raise SpecprofError("this specprof has no engine conventions (specprof.core.conventions); "
+                            "verify --engine vllm needs them") from None
+    return engine_counters
+
+
+@dataclass(frozen=True)
+class Options:
+    draft: str | None = None
+    ks: tuple[int, ...] = ()
+    limit: int | None = None
+    url: str | None = None
+    vllm_python: str | None = None  # --launch from this interpreter
+    draft_model_dir: str | None = None
+    timeout_s: float | None = None  # per request (default REQUEST_TIMEOUT_S)
+    start_timeout_s: float = launcher.START_TIMEOUT_S
+
+
+def run(report_path: str | Path, options: Options, predict: Predict | None = None,
+        progress: Callable[[str], None] | None = None) -> VllmVerifyResult:
+    """Verify against vLLM; raises SpecprofError for bad input found before anything ran."""
+    if (options.url is None) == (options.vllm_python is None):
+        raise SpecprofError("--engine vllm: pass either --url URL (a running server) or --launch --vllm-python PY")
+    report = load_report(report_path)
+    settings = report.run["settings"]
+    temperature = float(settings["temperature"])
+    draft = _choose_draft(report, options.draft)
+    prompts = _select_prompts(report.frame("prompts"), options.limit)
+    tokens = report.frame("tokens")
+    tokens = tokens[tokens["draft"] == draft]
+    continuations = report_continuations(tokens)
+    detok = tokentext.load(report.run)
+    predict = predict or default_predict()
+    result = VllmVerifyResult(draft, temperature)
+    say = progress or (lambda _m: None)
+
+    if options.url is not None:
+        client = VllmClient(options.url, options.timeout_s or REQUEST_TIMEOUT_S)
+        server_k = _server_k(client)
+        ks = sorted(set(options.ks)) or [server_k]
+        if ks != [server_k]:
+            raise SpecprofError(f"--url {options.url}: the server runs speculative decoding at k = {server_k} "
+                                f"(num_speculative_tokens), not --k {', '.join(map(str, ks))}; pass --k {server_k} "
+                                "or restart it")
+        _check_ks(ks, settings)
+        plan: list[tuple[int, dict | None]] = [(server_k, None)]
+    else:
+        result.vllm_version = launcher.check_python(options.vllm_python)
+        ks = sorted(set(options.ks)) or [_best_k(report, draft)]
+        _check_ks(ks, settings)
+        model = _target_dir(report.run)
+        dtype = str(report.run.get("dtype", "float32"))
+        draft_dir = options.draft_model_dir or _draft_source(report.run, draft)
+        plan = [(k, launcher.speculative_config(draft, k, draft_dir, sampled=temperature > 0)) for k in ks]
+
+    try:
+        for k, config in plan:
+            result.configs[k] = config
+            if config is None:
+                say(f"k={k}: checking the server…")
+                _verify_k(client, k, report, draft, prompts, continuations, detok, predict, options, result, say)
+                continue
+            say(f"k={k}: starting vLLM…")
+            with launcher.launch(options.vllm_python, model, config, dtype=dtype,
+                                 start_timeout_s=options.start_timeout_s) as server:
+                server.client.timeout_s = options.timeout_s or REQUEST_TIMEOUT_S
+                _verify_k(server.client, k, report, draft, prompts, continuations, detok, predict, options, result,
+                          say)
+    except SpecprofError as e:
+        result.error = str(e)
+    return result
+
+
+def _verify_k(client: VllmClient, k: int, report: Report, draft: str, prompts: pd.DataFrame,
+              continuations: dict[str, list[int]], detok: tokentext.Detokenizer, predict: Predict,
+              options: Options, result: VllmVerifyResult, say: Callable[[str], None]) -> None:
+    if result.vllm_version is None:
+        result.vllm_version = client.version()
+    server_k = _server_k(client)
+    if server_k != k:
+        raise SpecprofError(f"{client.url}: the server runs k = {server_k}, not {k}")
+    ids = [str(pid) for pid in prompts["prompt_id"]]
+    check_tokenizer(client, detok, list(prompts["prompt_tokens"]) + [continuations.get(pid, []) for pid in ids])
+    temperature = float(report.run["settings"]["temperature"])
+    per_prompt: dict[str, SpecCounters] = {}
+    done: list[str] = []
+    engine_total = SpecCounters(0, 0, 0, (0,) * k)
+    try:
+        try:
+            _send(client, k, ids, prompts, report, continuations, result, per_prompt, done, say)
+        except SpecprofError as e:
+            raise SpecprofError(f"{e} (k={k}, after {len(done)} of {len(ids)} prompts)") from None
+    finally:  # what was measured before a failure is still compared
+        result.prompts_done[k] = len(done)
+        for pid in done:
+            engine_total = _add(engine_total, per_prompt[pid])
+        if done:
+            _compare(k, report, draft, done, per_prompt, engine_total, predict, options, result, temperature)
+    if temperature == 0 and engine_total.num_drafts == 0 and any(r.predicted for r in result.counters if r.k == k):
+        raise SpecprofError(f"{client.url}: the spec-decode counters did not move over {len(done)} requests; the "
+                            "server is not speculating on them (check its --speculative-config)")
+
+
+def _send(client: VllmClient, k: int, ids: list[str], prompts: pd.DataFrame, report: Report,
+          continuations: dict[str, list[int]], result: VllmVerifyResult, per_prompt: dict[str, SpecCounters],
+          done: list[str], say: Callable[[str], None]) -> None:
+    """One request per prompt, /metrics read after each, so each prompt's counters are known."""
+    settings = report.run["settings"]
+    temperature, max_new = float(settings["temperature"]), int(settings["max_new_tokens"])
+    tokens_of = {str(pid): [int(t) for t in toks] for pid, toks in zip(prompts["prompt_id"], prompts["prompt_tokens"])}
+    before = settled_metrics(client)
+    for n, pid in enumerate(ids, 1):
+        prompt = tokens_of[pid]
+        out, _ = client.complete(prompt, max_new, temperature, float(settings["top_p"]),
+                                 seed=int(settings["seed"]) if temperature > 0 else None)
+        after = settled_metrics(client)
+        per_prompt[pid] = after.minus(before)
+        before = after
+        done.append(pid)
+        say(f"k={k}: {n}/{len(ids)} prompts")
+        if temperature == 0:
+            diff = _compare_continuation(client, k, pid, prompt, continuations.get(pid, []), out.token_ids,
+                                         str(report.run.get("dtype", "float32")))
+            if diff:
+                result.continuations.append(diff)
+
+
+def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: dict[str, SpecCounters],
+             engine_total: SpecCounters, predict: Predict, options: Options, result: VllmVerifyResult,
+             temperature: float) -> None:
+    if temperature > 0:  # no exact counters to predict: acceptance beside the report's α interval
+        result.sampled.append(_sampled_row(k, report, draft, engine_total))
+        return
+    prediction = predict(report, draft, k, prompt_ids=done, engine="vllm")
+    if not getattr(prediction, "exact", True):
+        result.notes.append(f"k={k}: {prediction.note}")
+    predicted = as_counters(prediction)
+    result.counters += counter_rows(k, predicted, engine_total)
+    if predicted == engine_total:
+        return
+    diverged = {d.prompt_id for d in result.continuations if d.k == k}
+    for pid in done:
+        if pid in diverged:
+            continue
+        mine = as_counters(predict(report, draft, k, prompt_ids=[pid], engine="vllm"))
+        if mine != per_prompt[pid]:
+            ties = draft_near_ties(report, draft, pid, options.draft_model_dir)
+            result.prompt_mismatches.append(PromptMismatch(k, pid, mine.as_dict(), per_prompt[pid].as_dict(), ties,
+                                                           "near-tie" if ties else "unexplained"))
+
+
+def _sampled_row(k: int, report: Report, draft: str, engine: SpecCounters) -> SampledRow:
+    summary = report.frame("summary")
+    row = summary[(summary["draft"] == draft) & (summary["domain"] == ALL) & (summary["k"] == k)]
+    alpha, lo, hi, rate_report = (float(row[c].iloc[0]) if len(row) else float("nan")
+                                  for c in ("alpha", "alpha_lo", "alpha_hi", "draft_acceptance_rate"))
+    nan = float("nan")
+    first = engine.num_accepted_tokens_per_pos[0] / engine.num_drafts if engine.num_drafts and engine.k else nan
+    rate = engine.num_accepted_tokens / engine.num_draft_tokens if engine.num_draft_tokens else nan
+    mal = 1 + engine.num_accepted_tokens / engine.num_drafts if engine.num_drafts else nan
+    if not lo < hi and alpha == alpha and engine.num_drafts:  # a point estimate (too few prompts for an interval):
+        se = (alpha * (1 - alpha) / engine.num_drafts) ** 0.5  # allow the engine's own sampling noise, 2 s.e.
+        lo, hi = alpha - 2 * se, alpha + 2 * se
+    flag = ""
+    if first == first and lo == lo and not lo <= first <= hi:
+        far = first < lo / FAR_FACTOR or first > hi * FAR_FACTOR
+        flag = (f"{'far ' if far else ''}outside the report's α range [{lo:.3f}, {hi:.3f}]: the engine accepted "
+                f"{first:.3f} at the first draft position")
+    return SampledRow(k, first, rate, mal, rate_report, alpha, lo, hi, flag)  # lo, hi: the range compared with
+
+
+def _add(a: SpecCounters, b: SpecCounters) -> SpecCounters:
+    return SpecCounters(a.num_drafts + b.num_drafts, a.num_draft_tokens + b.num_draft_tokens,
+                        a.num_accepted_tokens + b.num_accepted_tokens,
+                        tuple(x + y for x, y in zip(a.num_accepted_tokens_per_pos, b.num_accepted_tokens_per_pos)))
+
+
+def settled_metrics(client: VllmClient, wait_s: float = 2.0) -> SpecCounters:
+    """/metrics once two reads agree: vLLM records a step's stats just after it hands the output on."""
+    last = _spec_metrics(client)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = _spec_metrics(client)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def _spec_metrics(client: VllmClient) -> SpecCounters:
+    counters = client.metrics()
+    if counters is None:
+        raise SpecprofError(f"{client.url}: the server runs without speculative decoding (no vllm:spec_decode_* "
+                            "counters in /metrics); start it with --speculative-config for the report's draft")
+    return counters
+
+
+def _server_k(client: VllmClient) -> int:
+    counters = _spec_metrics(client)
+    if counters.k == 0:
+        raise SpecprofError(f"{client.url}: /metrics has no per-position spec-decode counters")
+    return counters.k
+
+
+def check_tokenizer(client: VllmClient, detok: tokentext.Detokenizer, id_lists: Sequence[Sequence[int]]) -> None:
+    """The served tokenizer must decode every id this run sends or expects as the report's does."""
+    ids = sorted({int(t) for ids in id_lists for t in ids})
+    ours = detok.decode(ids)
+    if client.detokenize(ids) == ours:
+        return
+    for i in ids:  # find the first id that differs, for the message
+        theirs, mine = client.detokenize([i]), detok.decode([i])
+        if theirs != mine:
+            raise SpecprofError(
+                f"{client.url}: serves another model than the report's target ({client.model()}: token id {i} is "
+                f"{theirs!r} there, {mine!r} in the report's tokenizer)")
+    raise SpecprofError(f"{client.url}: serves another model than the report's target ({client.model()}: its "
+                        "tokenizer decodes the report's ids to other text)")
+
+
+def report_continuations(tokens: pd.DataFrame) -> dict[str, list[int]]:
+    """Prompt id → the report's continuation (tokens.parquet; the tokens past the end live in past_end.parquet)."""
+    rows = tokens.sort_values(["prompt_id", "position"])
+    return {str(pid): g["target_token"].astype(int).tolist() for pid, g in rows.groupby("prompt_id", sort=False)}
+
+
+def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _compare_continuation(client: VllmClient, k: int, pid: str, prompt: list[int], report_y: list[int],
+                          engine_y: list[int], dtype: str) -> ContinuationDiff | None:
+    j = _first_difference(report_y, engine_y)
+    if j is None:
+        return None
+    a = report_y[j] if j < len(report_y) else -1
+    b = engine_y[j] if j < len(engine_y) else -1
+    margin, gap = float("nan"), float("nan")
+    if a >= 0 and b >= 0:  # the target's own view at j: one more token with the top-5 log-probabilities
+        _, tops = client.complete(prompt + engine_y[:j], 1, logprobs=5)
+        if tops:
+            top: TopLogprobs = tops[0]
+            margin = top.margin()
+            if a in top.candidates and b in top.candidates:
+                gap = top.candidates[b] - top.candidates[a]
+    near = gap == gap and gap <= NEAR_TIE.get(dtype, 1e-3)
+    return ContinuationDiff(k, pid, j, a, b, margin, gap, "near-tie" if near else "diverged")
+
+
+def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str | None) -> list[tuple[int, float]]:
+    """Positions where the draft's top-2 logits are within DRAFT_NEAR_TIE_LISTED (float32), smallest first.
+
+    Model drafts only (an n-gram rule has no ties): the draft is re-run in float32 with transformers
+    (imported here, only when a prompt needs explaining).
+    """
+    source = draft_model_dir or _draft_source(report.run, draft)
+    if draft.startswith("vllm-ngram") or not source:
+        return []
+    from specprof.engines.hf import margins
+
+    prompts = report.frame("prompts").set_index("prompt_id")
+    continuation = report_continuations(report.frame("tokens").query("draft == @draft")).get(pid, [])
+    prompt = [int(t) for t in prompts.loc[pid, "prompt_tokens"]]
+    found = margins.top2_margins(source, prompt, continuation)
+    return sorted(((i, m) for i, m in enumerate(found) if m < DRAFT_NEAR_TIE_LISTED), key=lambda x: x[1])
+
+
+def _choose_draft(report: Report, draft: str | None) -> str:
+    names = [d["name"] for d in report.run.get("drafts", [])]
+    if draft is not None:
+        if draft not in names:
+            raise SpecprofError(f"--draft {draft}: not in the report (drafts: {', '.join(names)})")
+        return draft
+    kinds = {d["name"]: d.get("kind", "model") for d in report.run.get("drafts", [])}
+    usable = [n for n in names if kinds[n] not in ("ngram", "prompt-lookup")]  # no vLLM proposer of theirs
+    if len(usable) != 1:
+        raise SpecprofError(f"--engine vllm: pass --draft, the report has {len(names)} drafts ({', '.join(names)})")
+    return usable[0]
+
+
+def _select_prompts(prompts: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    if limit is not None and limit < 1:
+        raise SpecprofError(f"--limit {limit}: must be ≥ 1")
+    if limit is None:
+        return prompts.reset_index(drop=True)
+    return prompts.groupby("domain", sort=False).head(limit).reset_index(drop=True)
+
+
+def _check_ks(ks: Sequence[int], settings: dict) -> None:
+    k_max = int(settings["k_max"])
+    for k in ks:
+        if not 1 <= k <= k_max:
+            raise SpecprofError(f"--k {k}: the report covers k = 1..{k_max}")
+
+
+def _best_k(report: Report, draft: str) -> int:
+    summary = report.frame("summary")
+    by_k = summary[(summary["draft"] == draft) & (summary["domain"] == ALL)].set_index("k")["speedup"].dropna()
+    if by_k.empty:
+        raise SpecprofError(f"report: no predicted speedup for draft {draft!r}; pass --k")
+    return costmodel.best_k(by_k.to_dict())
+
+
+def _target_dir(run: dict) -> str:
+    info = run.get("target") or {}
+    source = str(info.get("source") or "")
+    if source and Path(source).exists():
+        return source
+    raise SpecprofError(f"--launch: the report's target directory {source or '?'} is not on this machine (vLLM needs "
+                        "a model directory; run `specprof profile` here once, or start vLLM yourself and pass --url)")
+
+
+def _draft_source(run: dict, draft: str) -> str | None:
+    for d in run.get("drafts", []):
+        if d.get("name") == draft:
+            source = d.get("source")
+            if source and Path(str(source)).exists():
+                return str(source)
+    return None

@@ -1,0 +1,148 @@
+"""A stand-in for a vLLM server's HTTP API, in a thread: the endpoints `verify --engine vllm` uses, no model.
+
+It answers a completion for a prompt it knows with the continuation it was given for that prompt,
+and adds that prompt's counters to its /metrics, in vLLM 0.32.0's exposition format. Knobs plant
+each failure `verify` must report: no speculation, an old vLLM, another tokenizer, a server that
+dies or hangs after n requests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODEL = "/models/target"
+
+
+@dataclass
+class FakeVllm:
+    decode: object  # ids → text, the served tokenizer
+    continuations: dict[tuple[int, ...], list[int]]  # prompt ids → the generated ids
+    counters: dict[tuple[int, ...], tuple[int, int, int, tuple[int, ...]]]  # prompt ids → what one request adds
+    k: int = 3
+    spec: bool = True  # False: a server without --speculative-config (no spec-decode metrics at all)
+    old: bool = False  # True: only num_accepted/num_draft_tokens, as an old vLLM exported
+    die_after: int | None = None  # close every connection from the completion after this many on
+    dead: bool = False
+    hang_after: int | None = None  # stall completions after this many
+    logprobs: dict[tuple[int, ...], dict[int, float]] = field(default_factory=dict)  # prefix → top logprobs
+    totals: list[int] = field(default_factory=lambda: [0, 0, 0])
+    per_pos: list[int] = field(default_factory=list)
+    completions: int = 0
+    requests: list[dict] = field(default_factory=list)
+
+    def metrics_text(self) -> str:
+        labels = f'engine="0",model_name="{MODEL}"'
+        lines = ['# HELP vllm:num_requests_running Number of requests running.',
+                 f'vllm:num_requests_running{{{labels}}} 0.0']
+        if not self.spec:
+            return "\n".join(lines) + "\n"
+        names = ["vllm:spec_decode_num_drafts_total", "vllm:spec_decode_num_draft_tokens_total",
+                 "vllm:spec_decode_num_accepted_tokens_total"]
+        for i, name in enumerate(names):
+            if self.old and i == 0:
+                continue
+            lines += [f"# TYPE {name} counter", f"{name}{{{labels}}} {float(self.totals[i])}",
+                      f"{name.replace('_total', '_created')}{{{labels}}} 1.7e9"]
+        if not self.old:
+            name = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
+            per_pos = self.per_pos or [0] * self.k
+            lines += [f'{name}{{{labels},position="{i}"}} {float(v)}' for i, v in enumerate(per_pos)]
+        return "\n".join(lines) + "\n"
+
+    def complete(self, body: dict) -> dict:
+        prompt = tuple(body["prompt"])
+        if body.get("max_tokens") == 1 and body.get("logprobs"):  # verify asking for the target's margin
+            top = self.logprobs.get(prompt, {})
+            chosen = max(top, key=top.get) if top else 0
+            return {"choices": [{"token_ids": [chosen], "finish_reason": "length",
+                                 "logprobs": {"top_logprobs": [{f"token_id:{t}": v for t, v in top.items()}]}}]}
+        self.completions += 1
+        drafts, draft_tokens, accepted, per_pos = self.counters[prompt]
+        self.totals = [self.totals[0] + drafts, self.totals[1] + draft_tokens, self.totals[2] + accepted]
+        self.per_pos = [a + b for a, b in zip(self.per_pos or [0] * self.k, per_pos)]
+        out = self.continuations[prompt][: body["max_tokens"]]
+        return {"choices": [{"index": 0, "text": "", "token_ids": out, "finish_reason": "length"}]}
+
+    def start(self, port: int = 0) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status: int, body: str | dict, kind: str = "application/json") -> None:
+                data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _gone(self, completion: bool = False) -> bool:
+                fake.dead = fake.dead or (completion and fake.die_after is not None
+                                          and fake.completions >= fake.die_after)
+                if fake.dead:
+                    self.close_connection = True
+                    self.connection.close()
+                    return True
+                return False
+
+            def do_GET(self):
+                if self._gone():
+                    return
+                routes = {"/health": lambda: self._reply(200, ""),
+                          "/version": lambda: self._reply(200, {"version": "0.32.0"}),
+                          "/v1/models": lambda: self._reply(200, {"data": [{"id": MODEL}]}),
+                          "/metrics": lambda: self._reply(200, fake.metrics_text(), "text/plain")}
+                routes.get(self.path, lambda: self._reply(404, {"error": {"message": "not found"}}))()
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self._gone(self.path == "/v1/completions"):
+                    return
+                fake.requests.append(body)
+                if self.path == "/detokenize":
+                    self._reply(200, {"prompt": fake.decode(body["tokens"])})
+                elif self.path == "/v1/completions":
+                    if fake.hang_after is not None and fake.completions >= fake.hang_after:
+                        time.sleep(3)
+                    self._reply(200, fake.complete(body))
+                else:
+                    self._reply(404, {"error": {"message": "not found"}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def counters_for(i: int, k: int) -> tuple[int, int, int, tuple[int, ...]]:
+    """What prompt number i adds to the fake's counters at k: i+4 drafts of k tokens, i+1 accepted at position 0."""
+    return (i + 4, k * (i + 4), i + 1, (i + 1,) + (0,) * (k - 1))
+
+
+def serve_report(report_dir: str, k: int, port: int) -> None:
+    """Serve a report's own continuations at `port` until killed (the stand-in `python -m vllm…` runs this)."""
+    from specprof.commands import verify_vllm
+    from specprof.core import reportfiles, tokentext
+
+    report = reportfiles.load_report(report_dir)
+    prompts = report.frame("prompts")
+    draft = report.run["drafts"][0]["name"]
+    tokens = report.frame("tokens")
+    continuations = verify_vllm.report_continuations(tokens[tokens["draft"] == draft])
+    ids = [tuple(int(t) for t in toks) for toks in prompts["prompt_tokens"]]
+    fake = FakeVllm(tokentext.load(report.run).decode,
+                    {p: continuations[str(pid)] for p, pid in zip(ids, prompts["prompt_id"])},
+                    {p: counters_for(i, k) for i, p in enumerate(ids)}, k=k)
+    fake.start(port)
+    while True:
+        time.sleep(1)

@@ -1,0 +1,136 @@
+"""Against a real vLLM (CPU build 0.32.0 in its own environment): specprof's counters equal vLLM's /metrics.
+
+The embedded SmolLM2-135M-Instruct target, 4 prompts × 32 new tokens, greedy, k = 1..4, one server per
+draft and k (`verify --engine vllm --launch` starts and stops them, about 60 s each on 2 cores; one
+server is started apart and verified through `--url`):
+  - vllm-ngram:1:3 (vLLM's n-gram proposer, prompt_lookup_min 1, max 3): every counter exact;
+  - a model-draft directory holding SmolLM2's first 26 layers (it proposes what early-exit:26
+    proposes): every counter exact, or each prompt that differs explained as a near-tie.
+Skipped where no vLLM environment is found (SPECPROF_VLLM_PYTHON, default .venv-vllm/bin/python in the
+repository); SPECPROF_REQUIRE_VLLM=1 (.ci/run sets it) turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.vllm, pytest.mark.realmodel]
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ("code-02", "json-01", "template-01", "extraction-01")  # repetitive enough for n-gram matches
+KS = ("1", "2", "3", "4")
+MAX_NEW = 32
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> str:
+    from specprof.engines.vllm import launcher
+    from specprof.errors import SpecprofError
+
+    python = os.environ.get("SPECPROF_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
+    required = os.environ.get("SPECPROF_REQUIRE_VLLM") == "1"
+    try:
+        launcher.check_python(python)
+    except SpecprofError as e:
+        if required:
+            pytest.fail(f"SPECPROF_REQUIRE_VLLM=1 but no usable vLLM: {e}")
+        pytest.skip(f"no vLLM environment ({e}); set SPECPROF_VLLM_PYTHON")
+    return python
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    from specprof.ui.cli import app
+
+    root = tmp_path_factory.mktemp("vllm")
+    corpus = root / "prompts.jsonl"
+    rows = [json.loads(line) for f in sorted((ROOT / "sample_prompts").glob("*.jsonl")) for line in f.open()]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] in PROMPTS))
+    out = root / "report"
+    args = ["profile", corpus, "--draft", "vllm-ngram:1:3", "--draft", "early-exit:26", "--k-max", 4,
+            "--max-new-tokens", MAX_NEW, "--out", out]
+    r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def draft_dir(tmp_path_factory) -> Path:
+    """SmolLM2's first 26 layers with its norm and head, saved as an ordinary model directory."""
+    import torch
+
+    from specprof.engines.hf import models
+    from specprof.engines.hf.drafts import early_exit_view
+
+    out = tmp_path_factory.mktemp("early-exit-26")
+    target = models.load_model(None, torch.device("cpu"), torch.float32)
+    early_exit_view(target.model, 26).save_pretrained(out)
+    target.tokenizer.save_pretrained(out)
+    return out
+
+
+def verify(cli, report: Path, python: str, draft: str, *extra, ks=KS) -> tuple[int, dict]:
+    args = ["verify", report, "--engine", "vllm", "--launch", "--vllm-python", python, "--draft", draft, "--json"]
+    for k in ks:
+        args += ["--k", k]
+    r = cli(*args, *extra)
+    assert r.exit_code in (0, 1), r.output
+    out = json.loads(r.stdout)
+    print(side_by_side(out))  # shown with -s: the figures the README and the closing note quote
+    return r.exit_code, out
+
+
+def verify_url(cli, report: Path, python: str, draft: str, k: int) -> tuple[int, dict]:
+    """A server started as a user would (the same launcher, outside specprof's run), then `verify --url`."""
+    from specprof.core import reportfiles
+    from specprof.engines.vllm import launcher
+
+    config = launcher.speculative_config(draft, k)
+    target = reportfiles.load_report(report).run["target"]["source"]
+    with launcher.launch(python, target, config) as server:
+        r = cli("verify", report, "--engine", "vllm", "--url", server.client.url, "--draft", draft, "--k", k, "--json")
+        assert r.exit_code in (0, 1), r.output
+        # the server at k must refuse another --k before sending anything
+        other = cli("verify", report, "--engine", "vllm", "--url", server.client.url, "--draft", draft, "--k", k + 1)
+        assert other.exit_code == 2 and f"runs speculative decoding at k = {k}" in other.stderr, other.output
+    out = json.loads(r.stdout)
+    print(side_by_side(out))
+    return r.exit_code, out
+
+
+def side_by_side(out: dict) -> str:
+    lines = [f"draft {out['draft']}, vLLM {out['vllm_version']}: counter  specprof  vLLM"]
+    lines += [f"  k={c['k']} {c['counter']:<32} {c['predicted']:>5} {c['engine']:>5}" for c in out["counters"]]
+    return "\n".join(lines)
+
+
+def test_vllm_ngram_counters_equal_vllm_metrics(cli, report, vllm_python):
+    """k = 1, 2, 4 through --launch; k = 3 on a server started apart, through --url."""
+    code, out = verify(cli, report, vllm_python, "vllm-ngram:1:3", ks=("1", "2", "4"))
+    code3, out3 = verify_url(cli, report, vllm_python, "vllm-ngram:1:3", 3)
+    for o in (out, out3):
+        assert o["error"] is None and o["notes"] == []
+        assert o["continuations"] == []  # vLLM's greedy output is the report's continuation, token for token
+        assert [c for c in o["counters"] if not c["equal"]] == []
+    assert out["prompts_done"] == {k: len(PROMPTS) for k in ("1", "2", "4")} and out3["prompts_done"] == {"3": 4}
+    assert code == code3 == 0
+    counters = out["counters"] + out3["counters"]
+    assert len(counters) == sum(3 + k for k in (1, 2, 3, 4))
+    assert {c["k"] for c in counters if c["counter"] == "num_drafts" and c["engine"] > 0} == {1, 2, 3, 4}
+
+
+def test_model_draft_counters_equal_vllm_metrics_or_near_ties(cli, report, vllm_python, draft_dir):
+    code, out = verify(cli, report, vllm_python, "early-exit:26", "--draft-model-dir", draft_dir)
+    assert out["error"] is None and out["notes"] == []
+    assert out["prompts_done"] == {k: len(PROMPTS) for k in KS}
+    assert [d for d in out["continuations"] if d["verdict"] != "near-tie"] == []
+    if code == 0:
+        assert all(c["equal"] for c in out["counters"])
+    else:  # every prompt whose counters differ is explained by a near-tie of the draft, with its margin
+        assert out["prompt_mismatches"] and all(m["verdict"] == "near-tie" for m in out["prompt_mismatches"])
