@@ -144,12 +144,29 @@ def profile(
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed prompts as plain text."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos' own code."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin/.pt) checkpoints."),
+    responses: str = typer.Option(
+        None, "--responses",
+        help="logged: no generation; one teacher-forced target pass over each prompt + its logged response "
+        "(default when every record has a response). At --temperature 0 the response is used up to its first "
+        "disagreement with the target's greedy choice (the agreement is reported; almost none: refused). At T > 0 "
+        "the logged tokens are assumed to be samples of this target at the served --temperature and --top-p, and "
+        "acceptance along them is Σ min(p, q). generate: ignore logged responses and generate.",
+    ),
+    domain_field: str = typer.Option(
+        None, "--domain-field", help="The record field holding the domain, a dotted path (metadata.route). "
+        "Default: \"domain\", else default.",
+    ),
+    shard: str = typer.Option(
+        None, "--shard", help="i/n: profile only shard i of n (prompts split by a hash of their id); "
+        "combine the n reports with specprof merge.",
+    ),
 ) -> None:
     """Measure token-level acceptance of each draft against the target, per domain, for every k.
 
     One greedy target generation per prompt plus one teacher-forced pass per draft gives the exact
     speculative trace for every k = 1..K at once (at --temperature 0). Writes tokens.parquet,
-    summary.parquet, blocks.parquet, prompts.parquet and run.json to --out.
+    summary.parquet, blocks.parquet, prompts.parquet and run.json to --out. PROMPTS may be a traffic log
+    with the served responses (chat completions, ShareGPT, OpenAI batch input + output files): see --responses.
     """
 
     def go() -> None:
@@ -165,9 +182,20 @@ def profile(
             raise SpecprofError(f"--too-long {too_long}: use skip or error")
         if resume and overwrite:
             raise SpecprofError("--resume and --overwrite: choose one")
+        import time
+
+        from specprof.core import logs, shards
         from specprof.core.corpus import load_corpus
 
-        corpus = load_corpus(prompts, domain or (), limit)
+        notes: list[str] = []
+        corpus = load_corpus(prompts, domain or (), limit, domain_field, notes)
+        corpus, mode = logs.choose_responses(corpus, responses)
+        shard_info = None
+        if shard is not None:
+            corpus, shard_info = shards.take_shard(corpus, *shards.parse_shard(shard))
+        for note in notes:
+            _notice(note)
+        loading_started = time.perf_counter()
         _quiet_transformers()
         from specprof.core.store import RunStore
         from specprof.engines.hf import drafts, models, profiler
@@ -182,6 +210,7 @@ def profile(
             seed=seed,
             batch_size=batch_size or (64 if dev.type == "cuda" else 32),
             chat_template=not no_chat_template,
+            responses=mode,
         )
         specs = list(draft or [])
         if len(set(specs)) != len(specs):
@@ -197,7 +226,10 @@ def profile(
             ]
         prepared = profiler.prepare(corpus, tgt, loaded, settings, too_long)  # bad prompts fail before any write
         run_info = profiler.describe_run(tgt, loaded, settings, corpus, str(prompts), domain or [], limit, dev, dt)
+        if shard_info is not None:
+            run_info["shard"] = shard_info
         store = RunStore.resume(out, run_info) if resume else RunStore.create(out, run_info, overwrite=overwrite)
+        profiler.add_phases(store, {"loading": time.perf_counter() - loading_started})
         try:
             if store.finished:
                 stdout.print(f"the run in {out}/ already finished; nothing to resume")
@@ -219,7 +251,34 @@ def profile(
             store.close()
         for d in dict.fromkeys(result.summary["draft"]):
             stdout.print(render.profile_table(result.summary, d))
+        if result.run.get("logged_responses"):
+            stdout.print(logs.describe_agreement(logs.pool_agreement(result.run["logged_responses"]["prompts"]),
+                                                 temperature == 0), markup=False, highlight=False)
         stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
+
+    _run(go)
+
+
+@app.command()
+def merge(
+    reports: list[Path] = typer.Argument(..., metavar="REPORT...", help="The shard reports of one run."),
+    out: Path = typer.Option(..., "--out", help="Directory for the merged report."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
+) -> None:
+    """Merge the reports of `profile --shard i/n` (all n shards of one run) into the unsharded report.
+
+    Shards of different runs (models, settings, corpus, versions) are refused, naming the difference.
+    Tokens and prompts are concatenated in the unsharded run's order and the summary and blocks recomputed,
+    so the report equals the unsharded one; costs are priced with the mean of the shards' measured timings
+    (each shard's are kept in run.json's merged_from).
+    """
+
+    def go() -> None:
+        from specprof.core import shards
+
+        run = shards.merge_reports(reports, out, overwrite)
+        stdout.print(f"merged {len(run['merged_from'])} shards ({run['corpus']['n_prompts']} prompts) into {out}/ "
+                     f"(recommend with: specprof recommend {out})")
 
     _run(go)
 

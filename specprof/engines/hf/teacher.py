@@ -1,0 +1,195 @@
+"""The target's teacher-forced pass over logged responses: a profile of served traffic without generating.
+
+One forward pass over prompt + logged response gives, at every response position, the target's
+logits given the logged prefix. It returns the same `Generation` record that `generation.generate`
+does, so the drafts' passes and the token records are the profiler's usual ones.
+
+Greedy (T = 0): the logged response is the target's greedy trace only as long as each logged token
+is the target's argmax. The continuation is the response up to the first disagreement, then the
+target's own token there (it is the greedy continuation's next token, and the drafts are scored on
+it like any other); a response that agrees to its end gets the EOS token the target then chooses, if
+it chooses one. So a log of the target's own greedy outputs gives exactly the generated continuation
+(up to the round trip of text to token ids: `prompts.parquet`'s finish_reason is "eos", "length"
+(the cap or the end of the log) or "disagree"). The agreement counts go to run.json per prompt.
+
+Sampling (T > 0): the logged tokens are taken as samples from the served target at the same
+temperature and top-p, as `--temperature`/`--top-p` say; the whole response (up to the cap) is the
+continuation, nothing is appended (whether the served sample ended on EOS is not in the text), and
+β = Σ min(p, q) is computed against the target's processed distribution at each logged position.
+
+What this module does not do: generate, or score drafts (`profiler`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from specprof.core.corpus import Prompt
+from specprof.engines.hf import sampling
+from specprof.engines.hf.generation import Generation, left_pad, position_ids
+from specprof.errors import SpecprofError
+
+
+@dataclass
+class TargetPass(Generation):
+    """A `Generation` read off logged responses, with how far each response was the target's greedy trace."""
+
+    logged_tokens: list[int] = field(default_factory=list)  # [B] response tokens considered (capped)
+    agree: list[int] = field(default_factory=list)  # [B] positions where the logged token is the target's argmax
+    used: list[int] = field(default_factory=list)  # [B] logged tokens kept as the continuation
+    finish_reasons: list[str] = field(default_factory=list)  # [B] "eos", "length" or "disagree"
+
+
+class _FullCapture:
+    """Forward hooks keeping every position's output of chosen decoder layers."""
+
+    def __init__(self, model: torch.nn.Module, layers: Sequence[int]):
+        self.states: dict[int, torch.Tensor] = {}
+        blocks = model.model.layers if layers else []
+        self.handles = [blocks[n - 1].register_forward_hook(self._hook(n)) for n in layers]
+
+    def _hook(self, n: int):
+        def keep(module, args, output):
+            self.states[n] = output[0] if isinstance(output, tuple) else output
+
+        return keep
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.inference_mode()
+def target_pass(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    capture_layers: Sequence[int] = (),
+) -> TargetPass:
+    """Teacher-force the target over each prompt + logged response (capped at `max_new_tokens`).
+
+    Example (T = 0): response [5, 7, 9] where the target's argmax is [5, 8, …]: agree 1 of 3, the
+    continuation is [5, 8] (the logged 5, then the target's own 8), finish "disagree".
+    """
+    device = next(model.parameters()).device
+    logged = [list(r[:max_new_tokens]) for r in responses]
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
+    batch, width = prompt_ids.shape
+    span = max(len(r) for r in logged)  # logits at columns P-1 .. P+span-1 predict positions 0 .. span
+    tail = torch.full((batch, span), pad_id, dtype=torch.long)
+    tail_mask = torch.zeros((batch, span), dtype=torch.long)
+    for i, r in enumerate(logged):
+        tail[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        tail_mask[i, : len(r)] = 1
+    ids = torch.cat([prompt_ids, tail.to(device)], dim=1)
+    mask = torch.cat([prompt_mask, tail_mask.to(device)], dim=1)
+    capture = _FullCapture(model, capture_layers)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
+                       logits_to_keep=span + 1).logits  # [B, span + 1, V]
+    finally:
+        capture.remove()
+
+    greedy = logits.float().argmax(dim=-1).cpu()  # [B, span + 1] the target's choice at each position
+    eos = set(int(e) for e in eos_ids)
+    continuations, finish, agree, used = [], [], [], []
+    for i, r in enumerate(logged):
+        same = greedy[i, : len(r)] == torch.tensor(r, dtype=torch.long)
+        agree.append(int(same.sum()))
+        if temperature > 0:  # samples of the served target: all of them are the trace
+            continuations.append(r)
+            finish.append("length")
+            used.append(len(r))
+            continue
+        first_miss = int((~same).nonzero()[0]) if not bool(same.all()) else len(r)
+        used.append(first_miss)
+        choice = int(greedy[i, first_miss])
+        if first_miss < len(r) or not r:  # the greedy trace leaves the log here: its own token ends our knowledge
+            continuations.append(r[:first_miss] + [choice])
+            finish.append("eos" if choice in eos else "disagree")
+        elif len(r) < max_new_tokens and choice in eos:
+            continuations.append(r + [choice])
+            finish.append("eos")
+        else:
+            continuations.append(r)
+            finish.append("length")
+
+    steps = max(len(c) for c in continuations)
+    lengths = [len(c) for c in continuations]
+    continuation = torch.full((batch, steps), pad_id, dtype=torch.long)
+    for i, c in enumerate(continuations):
+        continuation[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+    continuation = continuation.to(device)
+    valid = torch.arange(steps, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+    kept = logits[:, :steps]  # [B, T, V] logits predicting continuation positions 0 .. T-1
+    probs = sampling.probabilities(kept, temperature, top_p)
+    top2 = kept.float().topk(2, dim=-1).values
+    zero = torch.zeros((), device=device)
+    return TargetPass(
+        sequences=torch.cat([prompt_ids, continuation], dim=1),
+        attention_mask=torch.cat([prompt_mask, valid.long()], dim=1),
+        prompt_width=width,
+        lengths=lengths,
+        finished_by_eos=[f == "eos" for f in finish],
+        target_p=torch.where(valid, probs.gather(-1, continuation[..., None]).squeeze(-1), zero).cpu(),
+        target_entropy=torch.where(valid, sampling.entropy(probs), zero).cpu(),
+        margin=torch.where(valid, top2[..., 0] - top2[..., 1], zero).cpu(),
+        logits=kept if temperature > 0 else None,
+        # the state after layer L at column P-1+t predicts y[t]
+        hidden={n: s[:, width - 1 : width - 1 + steps] for n, s in capture.states.items()},
+        logged_tokens=[len(r) for r in logged],
+        agree=agree,
+        used=used,
+        finish_reasons=finish,
+    )
+
+
+def agreement_rows(prompts: Sequence[Prompt], result: TargetPass) -> dict[str, dict]:
+    """run.json's per-prompt agreement rows for one batch."""
+    return {
+        p.id: {"domain": p.domain, "logged": n, "agree": a, "used": u}
+        for p, n, a, u in zip(prompts, result.logged_tokens, result.agree, result.used)
+    }
+
+
+def encode_responses(encoded: Sequence, tokenizer: object) -> None:
+    """Tokenise each prompt's logged response as the engine's continuation of the prompt (no special tokens)."""
+    for e in encoded:
+        e.response_ids = list(tokenizer(e.prompt.response, add_special_tokens=False)["input_ids"])
+
+
+def prepare_logged(
+    prompts: Sequence[Prompt], target, drafts: Sequence, settings, too_long: str
+) -> tuple[list, list[str]]:
+    """`profiler.prepare` for logged responses: prompt + response (+ the one token after) must fit the context."""
+    from specprof.engines.hf import profiler
+
+    encoded = profiler.encode_all(prompts, target, settings.chat_template)
+    encode_responses(encoded, target.tokenizer)
+    limits = [n for n in [profiler.context_limit(target)] + [profiler.context_limit_of(d) for d in drafts] if n]
+    if not limits:
+        return encoded, []
+    context = min(limits)
+    kept, skipped = [], []
+    for e in encoded:
+        length = len(e.ids) + min(len(e.response_ids), settings.max_new_tokens) + 1
+        if length <= context:
+            kept.append(e)
+        elif too_long == "error":
+            raise SpecprofError(f"{e.prompt.source}: prompt {e.prompt.id!r} and its logged response have {length - 1} "
+                                f"tokens, over the model context of {context} (--too-long skip to skip it)")
+        else:
+            skipped.append(e.prompt.id)
+    if not kept:
+        raise SpecprofError(f"every prompt with its logged response is longer than the model context of {context} "
+                            "tokens")
+    return kept, skipped
