@@ -95,3 +95,19 @@ def test_merge_refuses_shards_of_different_runs(tiny, twelve, tmp_path, cli, fix
     assert r.exit_code == 2 and "not a shard (profile it with --shard i/n)" in r.stderr
     r = cli("profile", twelve, *common, "--shard", "4/3", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "--shard 4/3: need 1 ≤ i ≤ n" in r.stderr
+
+
+def test_an_empty_shard_writes_an_empty_report_that_merges(tiny, corpus, tmp_path, cli, fixed_timings):
+    """The 8 fixture prompts fall in shards 2 and 3 of 3 only: shard 1 is empty and merges all the same."""
+    common = ["--target", tiny["target"], "--draft", "ngram", "--k-max", 3, "--max-new-tokens", 8]
+    r = cli("profile", corpus, *common, "--shard", "1/3", "--out", tmp_path / "s1")
+    assert r.exit_code == 0, r.output
+    assert "shard 1/3: no prompt of the corpus falls in it" in r.stdout
+    for i in (2, 3):
+        assert cli("profile", corpus, *common, "--shard", f"{i}/3", "--out", tmp_path / f"s{i}").exit_code == 0
+    assert cli("profile", corpus, *common, "--out", tmp_path / "whole").exit_code == 0
+    r = cli("merge", tmp_path / "s1", tmp_path / "s2", tmp_path / "s3", "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    for name in ("summary", "blocks"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / f"{name}.parquet"),
+                                      pd.read_parquet(tmp_path / "m" / f"{name}.parquet"))

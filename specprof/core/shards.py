@@ -59,14 +59,21 @@ def shard_of(prompt_id: str, count: int) -> int:
 
 
 def take_shard(prompts: Sequence[Any], index: int, count: int) -> tuple[list[Any], dict[str, Any]]:
-    """The prompts of shard `index`/`count`, and what run.json records about the shard."""
+    """The prompts of shard `index`/`count` (perhaps none), and what run.json records about the shard."""
     kept = [p for p in prompts if shard_of(p.id, count) == index]
-    if not kept:
-        raise SpecprofError(f"--shard {index}/{count}: none of the {len(prompts)} prompts falls in this shard "
-                            "(use fewer shards)")
     info = {"index": index, "count": count, "corpus_fingerprint": corpus_mod.fingerprint(prompts),
             "n_prompts": len(prompts)}
     return kept, info
+
+
+def finish_empty(run_store: store.RunStore) -> None:
+    """Finish the report of a shard that holds no prompt (a small corpus, many shards), so `merge` gets all n."""
+    import shutil
+
+    for name in ("tokens", "prompts", "summary", "blocks"):
+        reportfiles.write_table(run_store.directory / reportfiles.FILES[name], schema.TABLES[name].empty_table(), name)
+    run_store.update(timings=None, finished_at=store.now())
+    shutil.rmtree(run_store.directory / store.PARTS, ignore_errors=True)
 
 
 def batch_order(lengths: dict[str, int], batch_size: int) -> list[list[str]]:
@@ -104,7 +111,7 @@ def _load_shards(paths: Sequence[str | Path]) -> list[reportfiles.Report]:
 
 
 def _mean_timings(reports: Sequence[reportfiles.Report]) -> Timings:
-    shards = [Timings.from_dict(r.run["timings"]) for r in reports]
+    shards = [Timings.from_dict(r.run["timings"]) for r in reports if r.run.get("timings")]  # empty shards: none
     first = shards[0]
     return Timings(
         target_forward_s=tuple(statistics.fmean(t.target_forward_s[i] for t in shards)
@@ -179,6 +186,7 @@ def merge_reports(paths: Sequence[str | Path], out: str | Path, overwrite: bool 
         run["logged_responses"] = {**logs.agreement_summary(rows), "prompts": rows}
     run["merged_from"] = [
         {"path": str(r.directory), "shard": f"{r.run['shard']['index']}/{r.run['shard']['count']}",
+         "n_prompts": r.run["corpus"]["n_prompts"],
          "started_at": r.run["started_at"], "finished_at": r.run["finished_at"], "timings": r.run["timings"],
          "phases_s": r.run.get("phases_s")}
         for r in reports

@@ -224,7 +224,8 @@ def profile(
                 drafts.load_draft(s, tgt, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
                 for s in specs
             ]
-        prepared = profiler.prepare(corpus, tgt, loaded, settings, too_long)  # bad prompts fail before any write
+        # bad prompts fail before any write; an empty shard has none
+        prepared = profiler.prepare(corpus, tgt, loaded, settings, too_long) if corpus else ([], [])
         run_info = profiler.describe_run(tgt, loaded, settings, corpus, str(prompts), domain or [], limit, dev, dt)
         if shard_info is not None:
             run_info["shard"] = shard_info
@@ -233,6 +234,11 @@ def profile(
         try:
             if store.finished:
                 stdout.print(f"the run in {out}/ already finished; nothing to resume")
+                return
+            if not corpus:
+                shards.finish_empty(store)
+                stdout.print(f"shard {shard}: no prompt of the corpus falls in it; an empty report is written to "
+                             f"{out}/ for specprof merge")
                 return
             with _interruptible(), _progress_bar(len(prepared[0])) as update:
                 result = profiler.run_profile(

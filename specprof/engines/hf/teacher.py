@@ -82,28 +82,15 @@ def target_pass(
     """
     device = next(model.parameters()).device
     logged = [list(r[:max_new_tokens]) for r in responses]
+    row_logits, row_hidden = _forward_rows(model, prompts, logged, pad_id, capture_layers)
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     batch, width = prompt_ids.shape
-    span = max(len(r) for r in logged)  # logits at columns P-1 .. P+span-1 predict positions 0 .. span
-    tail = torch.full((batch, span), pad_id, dtype=torch.long)
-    tail_mask = torch.zeros((batch, span), dtype=torch.long)
-    for i, r in enumerate(logged):
-        tail[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        tail_mask[i, : len(r)] = 1
-    ids = torch.cat([prompt_ids, tail.to(device)], dim=1)
-    mask = torch.cat([prompt_mask, tail_mask.to(device)], dim=1)
-    capture = _FullCapture(model, capture_layers)
-    try:
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
-                       logits_to_keep=span + 1).logits  # [B, span + 1, V]
-    finally:
-        capture.remove()
 
-    greedy = logits.float().argmax(dim=-1).cpu()  # [B, span + 1] the target's choice at each position
     eos = set(int(e) for e in eos_ids)
     continuations, finish, agree, used = [], [], [], []
     for i, r in enumerate(logged):
-        same = greedy[i, : len(r)] == torch.tensor(r, dtype=torch.long)
+        greedy = row_logits[i].float().argmax(dim=-1).cpu()  # [R + 1] the target's choice at each position
+        same = greedy[: len(r)] == torch.tensor(r, dtype=torch.long)
         agree.append(int(same.sum()))
         if temperature > 0:  # samples of the served target: all of them are the trace
             continuations.append(r)
@@ -112,7 +99,7 @@ def target_pass(
             continue
         first_miss = int((~same).nonzero()[0]) if not bool(same.all()) else len(r)
         used.append(first_miss)
-        choice = int(greedy[i, first_miss])
+        choice = int(greedy[first_miss])
         if first_miss < len(r) or not r:  # the greedy trace leaves the log here: its own token ends our knowledge
             continuations.append(r[:first_miss] + [choice])
             finish.append("eos" if choice in eos else "disagree")
@@ -130,7 +117,7 @@ def target_pass(
         continuation[i, : len(c)] = torch.tensor(c, dtype=torch.long)
     continuation = continuation.to(device)
     valid = torch.arange(steps, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
-    kept = logits[:, :steps]  # [B, T, V] logits predicting continuation positions 0 .. T-1
+    kept = _stack([x[:n] for x, n in zip(row_logits, lengths)], steps)  # [B, T, V] predicting positions 0 .. T-1
     probs = sampling.probabilities(kept, temperature, top_p)
     top2 = kept.float().topk(2, dim=-1).values
     zero = torch.zeros((), device=device)
@@ -144,13 +131,65 @@ def target_pass(
         target_entropy=torch.where(valid, sampling.entropy(probs), zero).cpu(),
         margin=torch.where(valid, top2[..., 0] - top2[..., 1], zero).cpu(),
         logits=kept if temperature > 0 else None,
-        # the state after layer L at column P-1+t predicts y[t]
-        hidden={n: s[:, width - 1 : width - 1 + steps] for n, s in capture.states.items()},
+        hidden={n: _stack([x[:k] for x, k in zip(states, lengths)], steps) for n, states in row_hidden.items()},
         logged_tokens=[len(r) for r in logged],
         agree=agree,
         used=used,
         finish_reasons=finish,
     )
+
+
+PAD_SLACK = 0.1  # a chunk of rows may spend this share of its slots on padding
+
+
+def _forward_rows(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], logged: Sequence[list[int]], pad_id: int,
+    capture_layers: Sequence[int],
+) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
+    """Per row, the logits [R + 1, V] at the positions predicting each response token and the one after,
+    and the captured layers' states [R + 1, H] there.
+
+    Rows run in chunks of similar length, each sequence left-padded whole, so a row's response
+    positions are the last R + 1 columns and little compute goes to padding: the pass is compute
+    bound (one prefill over every prompt + response), unlike generation, which pays a step per token.
+    """
+    device = next(model.parameters()).device
+    sequences = [list(p) + r for p, r in zip(prompts, logged)]
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    chunks: list[list[int]] = []
+    for i in order:  # ascending length: the newest row sets the chunk's padded width
+        chunk = chunks[-1] if chunks else None
+        if chunk and (len(chunk) + 1) * len(sequences[i]) <= (1 + PAD_SLACK) * sum(
+            len(sequences[j]) for j in [*chunk, i]
+        ):
+            chunk.append(i)
+        else:
+            chunks.append([i])
+    row_logits: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
+    row_hidden: dict[int, list[torch.Tensor]] = {n: [torch.empty(0)] * len(sequences) for n in capture_layers}
+    for chunk in chunks:
+        ids, mask = left_pad([sequences[i] for i in chunk], pad_id, device)
+        keep = max(len(logged[i]) for i in chunk) + 1
+        capture = _FullCapture(model, capture_layers)
+        try:
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
+                           logits_to_keep=keep).logits  # [b, keep, V]
+        finally:
+            capture.remove()
+        for j, i in enumerate(chunk):
+            n = len(logged[i]) + 1
+            row_logits[i] = logits[j, keep - n :]
+            for layer, states in capture.states.items():  # the state after layer L at column c predicts column c+1
+                row_hidden[layer][i] = states[j, states.shape[1] - n :]
+    return row_logits, row_hidden
+
+
+def _stack(rows: Sequence[torch.Tensor], steps: int) -> torch.Tensor:
+    """[B, steps, D] from rows of [n_i ≤ steps, D], zeros after each row's end."""
+    out = rows[0].new_zeros((len(rows), steps, rows[0].shape[-1]))
+    for i, x in enumerate(rows):
+        out[i, : x.shape[0]] = x
+    return out
 
 
 def agreement_rows(prompts: Sequence[Prompt], result: TargetPass) -> dict[str, dict]:
