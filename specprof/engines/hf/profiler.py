@@ -481,7 +481,8 @@ def describe_run(
             "seed": settings.seed,
             "batch_size": settings.batch_size,
             "chat_template": settings.chat_template,
-            "responses": settings.responses,
+            # only when logged: a generating run's settings stay those of earlier releases (resume, compare)
+            **({"responses": settings.responses} if settings.responses != "generate" else {}),
         },
         "corpus": {"path": corpus_path, "domains": list(domains), "limit": limit, "n_prompts": len(prompts)},
         "corpus_fingerprint": fingerprint(prompts),
