@@ -107,6 +107,8 @@ def test_logged_greedy_equals_generating(logged_setup, tiny, tmp_path, cli):
     assert set(run["phases_s"]) == {"loading", "target_pass", "draft_passes", "cost_timing"}
     gen_run = json.loads((logged_setup["gen"] / "run.json").read_text())
     assert set(gen_run["phases_s"]) == {"loading", "generation", "draft_passes", "cost_timing"}
+    r = cli("verify", out)  # verify replays generation, which a log's continuations need not match in length
+    assert r.exit_code == 2 and "profiled from logged responses" in r.stderr
 
 
 def test_a_disagreement_cuts_the_response_there(logged_setup, tiny, tmp_path, cli):
@@ -123,6 +125,10 @@ def test_a_disagreement_cuts_the_response_there(logged_setup, tiny, tmp_path, cl
     assert r.exit_code == 0, r.output
     n = len(logged_setup["round_trip"])
     assert f"(1 of {n} prompts cut)" in r.stdout
+    domain = logged_setup["prompts"][pid][0]
+    in_domain = sum(logged_setup["prompts"][p][0] == domain for p in logged_setup["round_trip"])
+    per_domain = next(line for line in r.stdout.splitlines() if "per domain:" in line)
+    assert f"{domain} " in per_domain and f"(1 of {in_domain} cut)" in per_domain
     run = json.loads((out / "run.json").read_text())
     row = run["logged_responses"]["prompts"][pid]
     assert row["used"] == 5  # logged tokens before the first disagreement (one character = one token)

@@ -295,6 +295,18 @@ def check_agreement(agreement: Agreement, greedy: bool) -> None:
         )
 
 
+def describe_domains(per_prompt: dict[str, dict[str, Any]], greedy: bool) -> str | None:
+    """Per domain, the share of logged positions equal to the target's argmax (and prompts cut at T = 0)."""
+    domains = list(dict.fromkeys(r["domain"] for r in per_prompt.values()))
+    if len(domains) < 2:
+        return None
+    parts = []
+    for d in domains:
+        a = pool_agreement(per_prompt, d)
+        parts.append(f"{d} {a.fraction:.1%}" + (f" ({a.cut} of {a.n_prompts} cut)" if greedy else ""))
+    return "  per domain: " + ", ".join(parts)
+
+
 def describe_agreement(agreement: Agreement, greedy: bool) -> str:
     """One line for the terminal."""
     if not greedy:

@@ -117,7 +117,9 @@ def profile(
         "(early-exit:26 of SmolLM2's 30 layers).",
     ),
     k_max: int = typer.Option(8, "--k-max", help="Profile every draft length k = 1..K."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Target tokens generated per prompt."),
+    max_new_tokens: int = typer.Option(
+        128, "--max-new-tokens", help="Target tokens generated per prompt (logged responses: at most this many used)."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", help="0: greedy, exact. >0: sampled, estimated."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (per prompt, independent of batching)."),
@@ -258,8 +260,11 @@ def profile(
         for d in dict.fromkeys(result.summary["draft"]):
             stdout.print(render.profile_table(result.summary, d))
         if result.run.get("logged_responses"):
-            stdout.print(logs.describe_agreement(logs.pool_agreement(result.run["logged_responses"]["prompts"]),
-                                                 temperature == 0), markup=False, highlight=False)
+            rows = result.run["logged_responses"]["prompts"]
+            for line in (logs.describe_agreement(logs.pool_agreement(rows), temperature == 0),
+                         logs.describe_domains(rows, temperature == 0)):
+                if line:
+                    stdout.print(line, markup=False, highlight=False)
         stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
 
     _run(go)
