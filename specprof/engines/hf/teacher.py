@@ -117,20 +117,27 @@ def target_pass(
         continuation[i, : len(c)] = torch.tensor(c, dtype=torch.long)
     continuation = continuation.to(device)
     valid = torch.arange(steps, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
-    kept = _stack([x[:n] for x, n in zip(row_logits, lengths)], steps)  # [B, T, V] predicting positions 0 .. T-1
-    probs = sampling.probabilities(kept, temperature, top_p)
-    top2 = kept.float().topk(2, dim=-1).values
-    zero = torch.zeros((), device=device)
+    stats = torch.zeros((3, batch, steps), dtype=torch.float32)  # p, entropy, margin; one row at a time bounds memory
+    for i, (x, c) in enumerate(zip(row_logits, continuations)):
+        if not c:  # an empty sampled response: nothing to score
+            continue
+        x = x[: len(c)]  # [n, V] predicting positions 0 .. n-1
+        probs = sampling.probabilities(x, temperature, top_p)
+        top2 = x.float().topk(min(2, x.shape[-1]), dim=-1).values
+        stats[0, i, : len(c)] = probs.gather(-1, torch.tensor(c, device=device)[:, None]).squeeze(-1).cpu()
+        stats[1, i, : len(c)] = sampling.entropy(probs).cpu()
+        stats[2, i, : len(c)] = (top2[:, 0] - top2[:, -1]).cpu()
     return TargetPass(
         sequences=torch.cat([prompt_ids, continuation], dim=1),
         attention_mask=torch.cat([prompt_mask, valid.long()], dim=1),
         prompt_width=width,
         lengths=lengths,
         finished_by_eos=[f == "eos" for f in finish],
-        target_p=torch.where(valid, probs.gather(-1, continuation[..., None]).squeeze(-1), zero).cpu(),
-        target_entropy=torch.where(valid, sampling.entropy(probs), zero).cpu(),
-        margin=torch.where(valid, top2[..., 0] - top2[..., 1], zero).cpu(),
-        logits=kept if temperature > 0 else None,
+        target_p=stats[0],
+        target_entropy=stats[1],
+        margin=stats[2],
+        # [B, T, V] predicting positions 0 .. T-1; kept only when sampling, as generation does
+        logits=_stack([x[:n] for x, n in zip(row_logits, lengths)], steps) if temperature > 0 else None,
         hidden={n: _stack([x[:k] for x, k in zip(states, lengths)], steps) for n, states in row_hidden.items()},
         logged_tokens=[len(r) for r in logged],
         agree=agree,
