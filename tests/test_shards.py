@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from specprof.core import logs
 from specprof.core.corpus import Prompt
 from specprof.core.estimate import Timings
 from specprof.core.shards import shard_of, take_shard
@@ -111,3 +112,26 @@ def test_an_empty_shard_writes_an_empty_report_that_merges(tiny, corpus, tmp_pat
     for name in ("summary", "blocks"):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / f"{name}.parquet"),
                                       pd.read_parquet(tmp_path / "m" / f"{name}.parquet"))
+
+
+def test_shards_of_a_logged_profile_merge_with_their_agreement(tiny, corpus, tmp_path, cli, fixed_timings,
+                                                               monkeypatch):
+    """Profiles from logs shard and merge too; run.json's agreement figures are the unsharded run's."""
+    monkeypatch.setattr(logs, "MIN_USED_FRACTION", 0.0)  # these logs are not the target's output: keep them anyway
+    lines = [json.loads(line) for line in corpus.read_text().splitlines()]
+    log = tmp_path / "log.jsonl"  # every response is cut at its first disagreement
+    log.write_text("".join(json.dumps({"id": r["id"], "domain": r["domain"], "prompt": r["prompt"],
+                                       "response": r["prompt"][::-1]}) + "\n" for r in lines))
+    common = ["--target", tiny["target"], "--draft", "ngram", "--k-max", 3, "--max-new-tokens", 8]
+    whole = cli("profile", log, *common, "--out", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    for i in (1, 2, 3):
+        assert cli("profile", log, *common, "--shard", f"{i}/3", "--out", tmp_path / f"s{i}").exit_code == 0
+    r = cli("merge", tmp_path / "s1", tmp_path / "s2", tmp_path / "s3", "--out", tmp_path / "m")
+    assert r.exit_code == 0, r.output
+    a, b = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("whole", "m"))
+    assert a["logged_responses"] == b["logged_responses"]
+    assert a["logged_responses"]["all"]["cut"] == 8
+    assert a["settings"]["responses"] == b["settings"]["responses"] == "logged"
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "whole" / "summary.parquet"),
+                                  pd.read_parquet(tmp_path / "m" / "summary.parquet"))

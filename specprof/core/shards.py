@@ -179,9 +179,9 @@ def merge_reports(paths: Sequence[str | Path], out: str | Path, overwrite: bool 
     run["timings"] = timings.as_dict()
     phases = [r.run.get("phases_s") or {} for r in reports]
     run["phases_s"] = {k: sum(p.get(k, 0.0) for p in phases) for k in dict.fromkeys(k for p in phases for k in p)}
-    if base.get("logged_responses"):
-        rows = {pid: r.run["logged_responses"]["prompts"][pid] for r in reports
-                for pid in r.run["logged_responses"]["prompts"]}
+    logged = [(r.run.get("logged_responses") or {}).get("prompts", {}) for r in reports]  # none in an empty shard
+    if any(logged):
+        rows = {pid: row for shard_rows in logged for pid, row in shard_rows.items()}
         rows = {pid: rows[pid] for pid in run["completed_prompts"] if pid in rows}
         run["logged_responses"] = {**logs.agreement_summary(rows), "prompts": rows}
     run["merged_from"] = [
