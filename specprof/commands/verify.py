@@ -222,6 +222,9 @@ def prepare(report_path: str, ks: Sequence[int] = (), limit: int | None = None,
     report = load_report(report_path)
     run = report.run
     settings = run["settings"]
+    if settings.get("responses") == "logged":  # its continuations end where the logs did, not where generation would
+        raise SpecprofError(f"{report.directory}: profiled from logged responses; verify replays generation, so "
+                            "verify a profile of the same prompts made with --responses generate")
     temperature = float(settings["temperature"])
     k_max = int(settings["k_max"])
     names = [d["name"] for d in run["drafts"]]

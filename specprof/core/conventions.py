@@ -59,7 +59,8 @@ NO_PAST_END = (
 )
 SHORT_PAST_END = (
     "the report records fewer than k target tokens past the end of some continuations (the model's "
-    "context ran out): blocks that accept up to there may accept more, so num_accepted_tokens is a lower bound"
+    "context ran out, or the responses were logged, which end where the log ends): blocks that accept up to "
+    "there may accept more, so num_accepted_tokens is a lower bound"
 )
 
 

@@ -2,7 +2,9 @@
 
 Accepted inputs: `.jsonl` (`{"id", "domain", "prompt"}` or `"messages"` for chat), `.csv` and
 `.parquet` with the same columns, `.txt` (one prompt per line, domain = file stem), or a
-directory holding any of these (searched recursively, other files ignored).
+directory holding any of these (searched recursively, other files ignored). A record may carry
+the served target's `"response"`; traffic-log shapes (chat completions, ShareGPT, OpenAI batch
+files) are turned into such records by `logs`.
 
 Every problem is raised as `SpecprofError` naming the file and line (`prompts.jsonl:14: missing
 field "prompt"`). This module does not tokenize or apply chat templates: prompts are data, and
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specprof.core import logs
 from specprof.errors import SpecprofError
 
 SUFFIXES = (".jsonl", ".csv", ".parquet", ".txt")
@@ -40,6 +43,7 @@ class Prompt:
     prompt: str | None  # plain text; exactly one of prompt / messages is set
     messages: tuple[Message, ...] | None
     source: str  # "file:line" where the record was read, for error messages
+    response: str | None = None  # the served target's logged response, when the corpus is a traffic log
 
     def as_record(self) -> dict[str, Any]:
         """The PROMPTS-format JSON object for this prompt (what `.jsonl` files hold)."""
@@ -48,15 +52,20 @@ class Prompt:
             record["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
         else:
             record["prompt"] = self.prompt
+        if self.response is not None:
+            record["response"] = self.response
         return record
 
 
 def load_corpus(
-    path: str | Path, domains: Sequence[str] = (), limit: int | None = None
+    path: str | Path, domains: Sequence[str] = (), limit: int | None = None, domain_field: str | None = None,
+    notes: list[str] | None = None,
 ) -> list[Prompt]:
     """Load every prompt under `path`, keep `domains` (all when empty) and the first `limit` per domain.
 
-    Order is the corpus order: files sorted by path, records in file order.
+    Order is the corpus order: files sorted by path, records in file order (joined OpenAI batch
+    records last, in output order). `domain_field` names the field holding each record's domain
+    (`--domain-field`, a dotted path); `notes` collects what the user should be told (records left out).
     """
     path = Path(path)
     if not path.exists():
@@ -71,8 +80,11 @@ def load_corpus(
         raise SpecprofError(f"{path}: unsupported prompt file type (use {', '.join(SUFFIXES)})")
 
     prompts: list[Prompt] = []
+    batch = logs.BatchJoin()
     for file in files:
-        prompts.extend(_read_file(file))
+        prompts.extend(_read_file(file, domain_field, batch))
+    for record, where in batch.records(domain_field, notes if notes is not None else []):
+        prompts.append(_from_record(record, where, "", 0))
     if not prompts:
         raise SpecprofError(f"{path}: the corpus holds no prompts")
     _check_unique_ids(prompts)
@@ -125,18 +137,23 @@ def _read_text(file: Path) -> str:
         ) from None
 
 
-def _read_file(file: Path) -> list[Prompt]:
+def _read_file(file: Path, domain_field: str | None, batch: logs.BatchJoin) -> list[Prompt]:
     suffix = file.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(file)
+        return _read_jsonl(file, domain_field, batch)
     if suffix == ".txt":
         return _read_txt(file)
     if suffix == ".csv":
-        return _read_csv(file)
-    return _read_parquet(file)
+        return _read_csv(file, domain_field)
+    return _read_parquet(file, domain_field)
 
 
-def _read_jsonl(file: Path) -> list[Prompt]:
+def _with_domain(record: dict[str, Any], domain_field: str | None, where: str) -> dict[str, Any]:
+    """The record with "domain" taken from `--domain-field` (unchanged without one)."""
+    return record if domain_field is None else {**record, "domain": logs.domain_of([record], domain_field, where)}
+
+
+def _read_jsonl(file: Path, domain_field: str | None, batch: logs.BatchJoin) -> list[Prompt]:
     prompts = []
     for line_no, line in enumerate(_read_text(file).splitlines(), start=1):
         if not line.strip():
@@ -151,7 +168,16 @@ def _read_jsonl(file: Path) -> list[Prompt]:
             raise SpecprofError(f"{where}: {message}") from None
         if not isinstance(obj, dict):
             raise SpecprofError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        prompts.append(_from_record(obj, where, file.stem, line_no))
+        default_id = f"{file.stem}-{line_no}"
+        if "custom_id" in obj:
+            batch.add(obj, where)
+        elif "conversations" in obj:
+            prompts.extend(_from_record(r, w, file.stem, line_no)
+                           for r, w in logs.sharegpt_records(obj, where, default_id, domain_field))
+        elif logs.is_log(obj):
+            prompts.append(_from_record(*logs.chat_record(obj, where, default_id, domain_field), file.stem, line_no))
+        else:
+            prompts.append(_from_record(_with_domain(obj, domain_field, where), where, file.stem, line_no))
     return prompts
 
 
@@ -163,7 +189,7 @@ def _read_txt(file: Path) -> list[Prompt]:
     ]
 
 
-def _read_csv(file: Path) -> list[Prompt]:
+def _read_csv(file: Path, domain_field: str | None) -> list[Prompt]:
     reader = csv.DictReader(io.StringIO(_read_text(file), newline=""))
     fields = reader.fieldnames or []
     if "prompt" not in fields and "messages" not in fields:
@@ -181,13 +207,13 @@ def _read_csv(file: Path) -> list[Prompt]:
                 record["messages"] = _parse_messages_json(record["messages"], where)
             if "prompt" in fields and "prompt" not in record and "messages" not in record:
                 record["prompt"] = ""
-            prompts.append(_from_record(record, where, file.stem, previous_end))
+            prompts.append(_from_record(_with_domain(record, domain_field, where), where, file.stem, previous_end))
     except csv.Error as e:
         raise SpecprofError(f"{file}:{reader.line_num}: malformed CSV ({e})") from None
     return prompts
 
 
-def _read_parquet(file: Path) -> list[Prompt]:
+def _read_parquet(file: Path, domain_field: str | None) -> list[Prompt]:
     import pyarrow.parquet as pq
 
     try:
@@ -204,7 +230,7 @@ def _read_parquet(file: Path) -> list[Prompt]:
         record = {k: v for k, v in row.items() if v is not None}
         if isinstance(record.get("messages"), str):
             record["messages"] = _parse_messages_json(record["messages"], where)
-        prompts.append(_from_record(record, where, file.stem, row_no))
+        prompts.append(_from_record(_with_domain(record, domain_field, where), where, file.stem, row_no))
     return prompts
 
 
@@ -231,6 +257,9 @@ def _from_record(obj: dict[str, Any], where: str, stem: str, line_no: int) -> Pr
     if domain == "ALL":
         raise SpecprofError(f"{where}: domain \"ALL\" is reserved for the whole corpus; rename it")
 
+    response = obj.get("response")
+    if response is not None and not isinstance(response, str):
+        raise SpecprofError(f"{where}: \"response\" must be a string")
     has_prompt, has_messages = "prompt" in obj, "messages" in obj
     if has_prompt and has_messages:
         raise SpecprofError(f"{where}: give either \"prompt\" or \"messages\", not both")
@@ -242,8 +271,8 @@ def _from_record(obj: dict[str, Any], where: str, stem: str, line_no: int) -> Pr
             raise SpecprofError(f"{where}: \"prompt\" must be a string")
         if not text.strip():
             raise SpecprofError(f"{where}: empty prompt")
-        return Prompt(prompt_id, domain, text, None, where)
-    return Prompt(prompt_id, domain, None, _parse_messages(obj["messages"], where), where)
+        return Prompt(prompt_id, domain, text, None, where, response)
+    return Prompt(prompt_id, domain, None, _parse_messages(obj["messages"], where), where, response)
 
 
 def _parse_messages(raw: Any, where: str) -> tuple[Message, ...]:

@@ -119,7 +119,9 @@ def profile(
         "depth (early-exit:26 of SmolLM2's 30 layers), the drafts an engine can run.",
     ),
     k_max: int = typer.Option(8, "--k-max", help="Profile every draft length k = 1..K."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Target tokens generated per prompt."),
+    max_new_tokens: int = typer.Option(
+        128, "--max-new-tokens", help="Target tokens generated per prompt (logged responses: at most this many used)."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", help="0: greedy, exact. >0: sampled, estimated."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (per prompt, independent of batching)."),
@@ -146,12 +148,29 @@ def profile(
     no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed prompts as plain text."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos' own code."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin/.pt) checkpoints."),
+    responses: str = typer.Option(
+        None, "--responses",
+        help="logged: no generation; one teacher-forced target pass over each prompt + its logged response "
+        "(default when every record has a response). At --temperature 0 the response is used up to its first "
+        "disagreement with the target's greedy choice (the agreement is reported; almost none: refused). At T > 0 "
+        "the logged tokens are assumed to be samples of this target at the served --temperature and --top-p, and "
+        "acceptance along them is Σ min(p, q). generate: ignore logged responses and generate.",
+    ),
+    domain_field: str = typer.Option(
+        None, "--domain-field", help="The record field holding the domain, a dotted path (metadata.route). "
+        "Default: \"domain\", else default.",
+    ),
+    shard: str = typer.Option(
+        None, "--shard", help="i/n: profile only shard i of n (prompts split by a hash of their id); "
+        "combine the n reports with specprof merge.",
+    ),
 ) -> None:
     """Measure token-level acceptance of each draft against the target, per domain, for every k.
 
     One greedy target generation per prompt plus one teacher-forced pass per draft gives the exact
     speculative trace for every k = 1..K at once (at --temperature 0). Writes tokens.parquet,
-    summary.parquet, blocks.parquet, prompts.parquet and run.json to --out.
+    summary.parquet, blocks.parquet, prompts.parquet and run.json to --out. PROMPTS may be a traffic log
+    with the served responses (chat completions, ShareGPT, OpenAI batch input + output files): see --responses.
     """
 
     def go() -> None:
@@ -167,9 +186,20 @@ def profile(
             raise SpecprofError(f"--too-long {too_long}: use skip or error")
         if resume and overwrite:
             raise SpecprofError("--resume and --overwrite: choose one")
+        import time
+
+        from specprof.core import logs, shards
         from specprof.core.corpus import load_corpus
 
-        corpus = load_corpus(prompts, domain or (), limit)
+        notes: list[str] = []
+        corpus = load_corpus(prompts, domain or (), limit, domain_field, notes)
+        corpus, mode = logs.choose_responses(corpus, responses)
+        shard_info = None
+        if shard is not None:
+            corpus, shard_info = shards.take_shard(corpus, *shards.parse_shard(shard))
+        for note in notes:
+            _notice(note)
+        loading_started = time.perf_counter()
         _quiet_transformers()
         from specprof.core.store import RunStore
         from specprof.engines.hf import drafts, models, profiler
@@ -184,6 +214,7 @@ def profile(
             seed=seed,
             batch_size=batch_size or (64 if dev.type == "cuda" else 32),
             chat_template=not no_chat_template,
+            responses=mode,
         )
         specs = list(draft or [])
         if len(set(specs)) != len(specs):
@@ -200,12 +231,21 @@ def profile(
                 drafts.load_draft(s, tgt, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
                 for s in specs
             ]
-        prepared = profiler.prepare(corpus, tgt, loaded, settings, too_long)  # bad prompts fail before any write
+        # bad prompts fail before any write; an empty shard has none
+        prepared = profiler.prepare(corpus, tgt, loaded, settings, too_long) if corpus else ([], [])
         run_info = profiler.describe_run(tgt, loaded, settings, corpus, str(prompts), domain or [], limit, dev, dt)
+        if shard_info is not None:
+            run_info["shard"] = shard_info
         store = RunStore.resume(out, run_info) if resume else RunStore.create(out, run_info, overwrite=overwrite)
+        profiler.add_phases(store, {"loading": time.perf_counter() - loading_started})
         try:
             if store.finished:
                 stdout.print(f"the run in {out}/ already finished; nothing to resume")
+                return
+            if not corpus:
+                shards.finish_empty(store)
+                stdout.print(f"shard {shard}: no prompt of the corpus falls in it; an empty report is written to "
+                             f"{out}/ for specprof merge")
                 return
             with _interruptible(), _progress_bar(len(prepared[0])) as update:
                 result = profiler.run_profile(
@@ -229,7 +269,37 @@ def profile(
         # The same check recommend makes: say it now, while the user can still re-run on an idle machine.
         if (warning := timing_warning(result.run["timings"]["target_forward_s"])) is not None:
             stdout.print(f"warning: {warning}", markup=False, highlight=False)
+        if result.run.get("logged_responses"):
+            rows = result.run["logged_responses"]["prompts"]
+            for line in (logs.describe_agreement(logs.pool_agreement(rows), temperature == 0),
+                         logs.describe_domains(rows, temperature == 0)):
+                if line:
+                    stdout.print(line, markup=False, highlight=False)
         stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
+
+    _run(go)
+
+
+@app.command()
+def merge(
+    reports: list[Path] = typer.Argument(..., metavar="REPORT...", help="The shard reports of one run."),
+    out: Path = typer.Option(..., "--out", help="Directory for the merged report."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
+) -> None:
+    """Merge the reports of `profile --shard i/n` (all n shards of one run) into the unsharded report.
+
+    Shards of different runs (models, settings, corpus, versions) are refused, naming the difference.
+    Tokens and prompts are concatenated in the unsharded run's order and the summary and blocks recomputed,
+    so the report equals the unsharded one; costs are priced with the mean of the shards' measured timings
+    (each shard's are kept in run.json's merged_from).
+    """
+
+    def go() -> None:
+        from specprof.core import shards
+
+        run = shards.merge_reports(reports, out, overwrite)
+        stdout.print(f"merged {len(run['merged_from'])} shards ({run['corpus']['n_prompts']} prompts) into {out}/ "
+                     f"(recommend with: specprof recommend {out})")
 
     _run(go)
 

@@ -20,6 +20,7 @@ Progress is reported through a callback; nothing here prints.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ from specprof.core.store import RunStore
 from specprof.engines.hf import sampling, timings
 from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft, NgramDraft
 from specprof.engines.hf.generation import Generation, generate
-from specprof.engines.hf.models import LoadedModel, context_limit, encode_prompt, eos_token_ids
+from specprof.engines.hf.models import LoadedModel, clock, context_limit, encode_prompt, eos_token_ids
 from specprof.errors import SpecprofError
 
 STAT_CHUNK_ROWS = 4  # rows per float32 [rows, T, V] probability block, to bound memory
@@ -49,6 +50,7 @@ class Settings:
     seed: int = 0
     batch_size: int = 16
     chat_template: bool = True
+    responses: str = "generate"  # "logged": teacher-force the target over the corpus's logged responses (`teacher`)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class BatchResult:
     prompts: pd.DataFrame  # rows of prompts.parquet
     past_end: pd.DataFrame  # rows of past_end.parquet
     proposals: pd.DataFrame  # rows of proposals.parquet
+    phase_s: dict[str, float] = field(default_factory=dict)  # seconds of the target's pass and of the drafts'
+    logged: dict[str, dict] | None = None  # logged responses: per-prompt agreement rows (`teacher.agreement_rows`)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"tokens": self.tokens, "prompts": self.prompts, "past_end": self.past_end,
@@ -74,6 +78,7 @@ class BatchResult:
 class Encoded:
     prompt: Prompt
     ids: list[int] = field(repr=False)
+    response_ids: list[int] | None = field(default=None, repr=False)  # the logged response, tokenised
 
 
 def encode_all(prompts: Sequence[Prompt], target: LoadedModel, chat_template: bool) -> list[Encoded]:
@@ -95,18 +100,32 @@ def profile_batch(
     ids = [e.prompt.id for e in batch]
     generators = sampling.make_generators(settings.seed, ids) if settings.temperature > 0 else None
     eos = eos_token_ids(target)
-    gen = generate(
-        target.model,
-        [e.ids for e in batch],
-        max_new_tokens=settings.max_new_tokens,
-        eos_ids=eos,
-        pad_id=eos[0] if eos else 0,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        generators=generators,
-        capture_layers=sorted({d.layers for d in drafts if isinstance(d, ModelDraft) and d.layers}),
-        past_end=past_end_room(batch, target, settings),
-    )
+    capture = sorted({d.layers for d in drafts if isinstance(d, ModelDraft) and d.layers})
+    started = time.perf_counter()
+    if settings.responses == "logged":
+        from specprof.engines.hf import teacher
+
+        # A logged response has no tokens past its end: engine counters then count what the log holds.
+        gen = teacher.target_pass(
+            target.model, [e.ids for e in batch], [e.response_ids for e in batch],
+            max_new_tokens=settings.max_new_tokens, eos_ids=eos, pad_id=eos[0] if eos else 0,
+            temperature=settings.temperature, top_p=settings.top_p, capture_layers=capture,
+        )
+    else:
+        gen = generate(
+            target.model,
+            [e.ids for e in batch],
+            max_new_tokens=settings.max_new_tokens,
+            eos_ids=eos,
+            pad_id=eos[0] if eos else 0,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            generators=generators,
+            capture_layers=capture,
+            past_end=past_end_room(batch, target, settings),
+        )
+    phase_s = {"target_pass" if settings.responses == "logged" else "generation": _elapsed(started, gen)}
+    started = time.perf_counter()
     valid = gen.valid  # [B, T] the continuations
     past = gen.scored & ~valid  # [B, T] the positions past their ends
     _check_finite(gen.target_p, gen.scored, ids, "target")
@@ -123,6 +142,7 @@ def profile_batch(
         _check_finite(stats["draft_top1_p"], gen.scored, ids, draft.name)
         frames.append(_rows(draft.name, batch, gen, stats, valid))
         past_frames.append(_rows(draft.name, batch, gen, stats, past))
+    phase_s["draft_passes"] = _elapsed(started, gen)
 
     prompts = pd.DataFrame(
         {
@@ -135,15 +155,25 @@ def profile_batch(
             ],
             "prompt_tokens": [e.ids for e in batch],
             "n_generated": gen.lengths,
-            "finish_reason": ["eos" if f else "length" for f in gen.finished_by_eos],
+            "finish_reason": getattr(gen, "finish_reasons", None)  # logged responses may end at a disagreement
+            or ["eos" if f else "length" for f in gen.finished_by_eos],
             "min_margin": [
                 float(gen.margin[i, : gen.lengths[i]].min()) if gen.lengths[i] else float("nan")
                 for i in range(len(batch))
             ],
         }
     )
+    logged = None
+    if settings.responses == "logged":
+        logged = teacher.agreement_rows([e.prompt for e in batch], gen)
     return BatchResult(pd.concat(frames, ignore_index=True), prompts, pd.concat(past_frames, ignore_index=True),
-                       pd.concat(proposal_frames, ignore_index=True) if proposal_frames else _no_proposals())
+                       pd.concat(proposal_frames, ignore_index=True) if proposal_frames else _no_proposals(),
+                       phase_s, logged)
+
+
+def _elapsed(started: float, gen: Generation) -> float:
+    """Seconds since `started`, once the device has finished the work queued so far."""
+    return clock(gen.sequences.device) - started
 
 
 def _no_proposals() -> pd.DataFrame:
@@ -395,6 +425,8 @@ def profile_batch_adaptive(
         return BatchResult(
             *(pd.concat([getattr(p, name) for p in parts], ignore_index=True)
               for name in ("tokens", "prompts", "past_end", "proposals")),
+            {k: sum(p.phase_s.get(k, 0.0) for p in parts) for k in parts[0].phase_s},
+            {k: v for p in parts for k, v in (p.logged or {}).items()} if parts[0].logged is not None else None,
         ), size
 
 
@@ -441,13 +473,18 @@ def run_profile(
             size = new_size
             store.update(final_batch_size=size)
         store.append_batch(index, result.tables())
+        add_phases(store, result.phase_s)
+        if result.logged is not None:
+            record_agreement(store, result.logged, settings.temperature == 0)
         done_prompts += len(batch)
         done_tokens += int(result.prompts["n_generated"].sum())
         if progress:
             progress(Progress(done_prompts, len(encoded), done_tokens))
     store.update(final_batch_size=size)
     tokens = store.tokens()
+    started = time.perf_counter()
     measured = measure_timings(target, drafts, timing_context(encoded, tokens, settings.k_max), settings.k_max)
+    add_phases(store, {"cost_timing": time.perf_counter() - started})
     runs = {}
     if settings.temperature == 0 and any(isinstance(d, BlockDraft) for d in drafts):
         runs = start_runs(store.table("proposals"), tokens[tokens["draft"] == tokens["draft"].iloc[0]],
@@ -458,10 +495,31 @@ def run_profile(
     return ProfileResult(str(store.directory), summary_frame, run)
 
 
+def add_phases(store: RunStore, seconds: dict[str, float]) -> None:
+    """Add to run.json's `phases_s`: seconds spent loading, timing costs, in the target's and the drafts' passes."""
+    phases = dict(store.run.get("phases_s") or {})
+    for name, s in seconds.items():
+        phases[name] = phases.get(name, 0.0) + s
+    store.update(phases_s=phases)
+
+
+def record_agreement(store: RunStore, rows: dict[str, dict], greedy: bool) -> None:
+    """Keep a batch's logged-response agreement in run.json; refuse logs that are not the target's greedy trace."""
+    from specprof.core import logs
+
+    per_prompt = {**(store.run.get("logged_responses") or {}).get("prompts", {}), **rows}
+    store.update(logged_responses={**logs.agreement_summary(per_prompt), "prompts": per_prompt})
+    logs.check_agreement(logs.pool_agreement(per_prompt), greedy)
+
+
 def prepare(
     prompts: Sequence[Prompt], target: LoadedModel, drafts: Sequence[Draft], settings: Settings, too_long: str
 ) -> tuple[list[Encoded], list[str]]:
     """Tokenize the prompts and set aside (or refuse) those that do not fit every model's context."""
+    if settings.responses == "logged":
+        from specprof.engines.hf import teacher
+
+        return teacher.prepare_logged(prompts, target, drafts, settings, too_long)
     encoded = encode_all(prompts, target, settings.chat_template)
     limits = [context_limit(target)] + [context_limit_of(d) for d in drafts]
     return drop_too_long(encoded, limits, settings.max_new_tokens, too_long)
@@ -501,6 +559,8 @@ def describe_run(
             "seed": settings.seed,
             "batch_size": settings.batch_size,
             "chat_template": settings.chat_template,
+            # only when logged: a generating run's settings stay those of earlier releases (resume, compare)
+            **({"responses": settings.responses} if settings.responses != "generate" else {}),
         },
         "corpus": {"path": corpus_path, "domains": list(domains), "limit": limit, "n_prompts": len(prompts)},
         "corpus_fingerprint": fingerprint(prompts),
