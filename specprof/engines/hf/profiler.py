@@ -224,16 +224,10 @@ def typical_context(encoded: Sequence[Encoded], generated: Sequence[int]) -> int
 
 
 def measure_timings(
-    target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int
+    target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int, batch_sizes: Sequence[int] = (1,)
 ) -> Timings:
-    forward = timings.forward_seconds(target.model, context, list(range(1, k_max + 2)))
-    draft_times = {d.name: timings.draft_seconds(d, context) for d in drafts}
-    return Timings(
-        target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
-        draft_step_s={name: step for name, (step, _) in draft_times.items()},
-        context_tokens=len(context),
-        draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
-    )
+    """The forward times at batch 1 and, with `batch_sizes`, at each serving batch size too."""
+    return timings.measure(target.model, drafts, context, k_max, batch_sizes)
 
 
 def timing_context(encoded: Sequence[Encoded], tokens: pd.DataFrame, k_max: int) -> list[int]:
@@ -333,11 +327,13 @@ def run_profile(
     notice: NoticeCallback | None = None,
     too_long: str = "skip",
     prepared: tuple[list[Encoded], list[str]] | None = None,
+    batch_sizes: Sequence[int] = (1,),
 ) -> ProfileResult:
     """Profile every prompt with every draft, measure timings and write the finished report.
 
     Batches already recorded in `store` (a resumed run) are skipped; each new batch is recorded as
-    soon as it is done, so an interruption loses at most the batch in flight.
+    soon as it is done, so an interruption loses at most the batch in flight. `batch_sizes`: the
+    serving batch sizes to time the cost model at (`profile --concurrency`; batch 1 always).
     """
     said: set[str] = set()
 
@@ -372,7 +368,8 @@ def run_profile(
             progress(Progress(done_prompts, len(encoded), done_tokens))
     store.update(final_batch_size=size)
     tokens = store.tokens()
-    measured = measure_timings(target, drafts, timing_context(encoded, tokens, settings.k_max), settings.k_max)
+    measured = measure_timings(target, drafts, timing_context(encoded, tokens, settings.k_max), settings.k_max,
+                               batch_sizes)
     traces = trace_drafts(tokens, settings.k_max, exact=settings.temperature == 0)
     summary_frame, blocks_frame = summarize(traces, measured)
     run = store.finish(summary_frame, blocks_frame, measured)
