@@ -34,10 +34,9 @@ from specprof.errors import SpecprofError
 COSTS_JSON = "costs.json"  # what `specprof costs --out DIR` writes
 COSTS_KIND = "costs"  # run.json-like record of timings only: run["kind"]
 
-IGNORES = (
-    "the batch cost model ignores steps that mix prefill and decoding, requests of different lengths in one "
-    "batch, and the engine's scheduler"
-)
+# What the batch cost model leaves out (costmodel.speedup_at_batch says it in full).
+IGNORED = "steps that mix prefill and decoding, requests of different lengths in one batch, and the engine's scheduler"
+IGNORES = f"the batch cost model ignores {IGNORED}"
 
 
 def parse_batch_sizes(values: Sequence[str], flag: str = "--concurrency") -> tuple[int, ...]:
@@ -272,8 +271,14 @@ def costs_for_report(record: dict[str, Any], run: dict[str, Any]) -> Timings:
     return replace(rename(t), by_batch_size=tuple(rename(b) for b in t.by_batch_size))
 
 
-def check_costs_cover(timings: Timings, drafts: Sequence[str], where: str) -> None:
-    """Refuse, naming the draft, when a costs record lacks one of the drafts to price."""
+def check_costs_cover(timings: Timings, drafts: Sequence[str], where: str, k_max: int) -> None:
+    """Refuse, naming the draft or the k, when a costs record cannot price the drafts at k = 1..k_max."""
+    timed = len(timings.target_forward_s) - 1
+    if timed < k_max:
+        raise SpecprofError(
+            f"{where}: timed draft lengths k ≤ {timed}, the report is priced at k = 1..{k_max} "
+            f"(measure with specprof costs --k-max {k_max}, or pass --k-max {timed})"
+        )
     for d in drafts:
         if d not in timings.draft_step_s:
             raise SpecprofError(
@@ -282,9 +287,9 @@ def check_costs_cover(timings: Timings, drafts: Sequence[str], where: str) -> No
             )
 
 
-def load_costs(path: str | Path, run: dict[str, Any], drafts: Sequence[str]) -> Timings:
-    """`--costs PATH` for a report with run.json `run`: the timings to price `drafts` with."""
+def load_costs(path: str | Path, run: dict[str, Any], drafts: Sequence[str], k_max: int) -> Timings:
+    """`--costs PATH` for a report with run.json `run`: the timings to price `drafts` at k = 1..k_max with."""
     record = read_costs(path)
     timings = costs_for_report(record, run)
-    check_costs_cover(timings, drafts, f"--costs {path}")
+    check_costs_cover(timings, drafts, f"--costs {path}", k_max)
     return timings

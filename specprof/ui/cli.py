@@ -445,7 +445,8 @@ def recommend(
         analysis = decide.load(report_path, draft or (), domain or (), k_max, policies=True)
         if costs_path is not None:
             analysis = dataclasses.replace(analysis, timings=batchcost.load_costs(
-                costs_path, analysis.run, [t.draft for t in analysis.traces]))
+                costs_path, analysis.run, [t.draft for t in analysis.traces],
+                max(t.blocks.k_max for t in analysis.traces)))
         by_batch = cost_ratio is None and (bool(requested) or bool(analysis.timings and analysis.timings.by_batch_size))
         sizes = batchcost.choose_batch_sizes(analysis.timings, requested) if by_batch else ()
         estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from specprof import __version__
-from specprof.core import decide, inspection, reportfiles
+from specprof.core import batchcost, decide, inspection, reportfiles
 from specprof.core.estimate import ALL, OFF_CAUSES, Estimate
 from specprof.errors import SpecprofError
 from specprof.ui import plots, render
@@ -73,6 +73,13 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
     for d in drafts:
         by_draft[d] = plots.draft_plots([e for e in estimates if e.draft == d])
         all_plots += by_draft[d]
+    by_batch = {}  # draft → plot of speedup against batch size, when the costs were measured at several
+    if analysis.timings is not None and analysis.timings.by_batch_size:
+        sizes = batchcost.measured_batch_sizes(analysis.timings)
+        batch_plans = batchcost.batch_plans(estimates, analysis.timings, sizes)
+        for d in drafts:
+            by_batch[d] = plots.batch_plot([p for p in batch_plans if p.draft == d])
+            all_plots.append(by_batch[d])
 
     body = [
         "<h1>specprof report</h1>",
@@ -94,6 +101,10 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
                               "At any draft length k, tokens/iter = 1 + Σ_{i≤k} r_i with r_i taken at that k "
                               "(away from the end of a continuation)."),
             figure(accepted, "How many of the k proposals each block accepted (whole corpus)."),
+            *([figure(by_batch[p.draft], "Speedup at the best k of each serving batch size b (costs t_T(n; b), "
+                      "t_D(b) measured for b sequences at once; the acceptance is the same at every b), with its "
+                      f"95% interval; below 1 speculation loses. Not modelled: {batchcost.IGNORED}.")]
+              if p.draft in by_batch else []),
             worst_section(worst[p.draft]),
         ]
     if not analysis.exact:
