@@ -40,7 +40,7 @@ def costs_file(tiny, tmp_path_factory) -> Path:
             "--concurrency", "1,3", "--context-tokens", 40, "--out", out]
     r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "t_T(5)/t_T(1)" in r.stdout and "costs written to" in r.stdout
+    assert "n=5" in r.stdout and "t_T(n; b) / t_T(1; b)" in r.stdout and "costs written to" in r.stdout
     return out
 
 

@@ -67,12 +67,13 @@ def costs_table(timings: Timings) -> Table:
     drafts = list(timings.draft_step_s)
     table = Table(title=f"forward times per serving batch size (KV cache of {timings.context_tokens} tokens per "
                         "sequence)", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
-                  caption="t_T(n; b): the target verifying n tokens for each of b sequences in one pass; "
-                          "t_D(b): one draft step for all b (c = t_D / t_T(1))", caption_justify="left")
+                  caption="n=2.. : t_T(n; b) / t_T(1; b), the target verifying n tokens for each of b sequences "
+                          "in one pass against 1 token each; t_D(b): one draft step for all b (c = t_D / t_T(1))",
+                  caption_justify="left")
     table.add_column("batch", justify="right")
     table.add_column("t_T(1) ms", justify="right")
     for n in range(2, n_max + 1):
-        table.add_column(f"t_T({n})/t_T(1)", justify="right")
+        table.add_column(f"n={n}", justify="right")
     for d in drafts:
         table.add_column(f"{d}: t_D ms (c)", justify="right", no_wrap=True)
     for t in by:
