@@ -35,10 +35,7 @@ def batch_view(plans: Sequence[BatchPlan], source: str) -> Group:
         rows = [p for p in plans if p.draft == draft]
         sizes = [x.batch_size for x in rows[0].points]
         table = Table(title=f"draft {draft}: best k, speedup [95% CI] and decision at each serving batch size",
-                      title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
-                      caption=f"costs measured at each batch size ({source}); crossover: the batch size beyond "
-                              "which the speedup falls below 1 (linear between measured sizes), [from the lower, "
-                              "upper bound]", caption_justify="left")
+                      title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
         table.add_column("domain", no_wrap=True)
         for b in sizes:
             table.add_column(f"batch {b}", no_wrap=True)
@@ -55,8 +52,10 @@ def batch_view(plans: Sequence[BatchPlan], source: str) -> Group:
                 cross = "pays at every size" if all(pays) else "pays at none" if not any(pays) else "–"
             table.add_row(f"[bold]{p.domain}[/]" if p.domain == ALL else p.domain, *cells, cross)
         parts += [table, Text("")]
-    parts.append(Text(f"note: speedup at batch b = tokens/iter · t_T(1; b) / (k·t_D(b) + t_T(k+1; b) + f_k·t_C(b)); "
-                      f"{IGNORES}"))
+    parts.append(Text(f"costs measured at each batch size ({source}); speedup at batch b = tokens/iter · t_T(1; b) / "
+                      "(k·t_D(b) + t_T(k+1; b) + f_k·t_C(b)); crossover: the batch size beyond which the speedup "
+                      "falls below 1 (linear in b between measured sizes) [the same from the lower, upper bound]"))
+    parts.append(Text(f"note: {IGNORES}"))
     return Group(*parts)
 
 
