@@ -27,6 +27,7 @@ from specprof.core import ngram
 from specprof.core.estimate import Timings
 from specprof.engines.hf.drafts import Draft, ModelDraft
 from specprof.engines.hf.models import clock
+from specprof.errors import SpecprofError
 
 WARMUP = 2
 REPEATS = 12
@@ -116,8 +117,14 @@ def measure(
     sizes, `Timings.by_batch_size` holds every size, batch 1 included."""
     at: dict[int, Timings] = {}
     for b in sorted({1, *batch_sizes}):
-        forward = forward_seconds(target, context, list(range(1, k_max + 2)), batch_size=b)
-        draft_times = {d.name: draft_seconds(d, context, b) for d in drafts}
+        try:
+            forward = forward_seconds(target, context, list(range(1, k_max + 2)), batch_size=b)
+            draft_times = {d.name: draft_seconds(d, context, b) for d in drafts}
+        except torch.OutOfMemoryError:
+            raise SpecprofError(
+                f"--concurrency {b}: out of GPU memory timing {b} sequences of {len(context)} tokens; choose smaller "
+                "batch sizes (a profile's records are saved: --resume with other --concurrency finishes it)"
+            ) from None
         at[b] = Timings(
             target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
             draft_step_s={name: step for name, (step, _) in draft_times.items()},
