@@ -20,6 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -108,32 +109,40 @@ def draft_step_seconds(draft: Draft, context: list[int], batch_size: int = 1) ->
     return _typical(times)
 
 
+def measure_at(target: torch.nn.Module, drafts: Sequence[Draft], context: list[int], k_max: int,
+               batch_size: int) -> Timings:
+    """Every time the cost model needs at one batch size: t_T(n; b) for n = 1..k_max + 1, each draft's
+    t_D(b) and catch-up."""
+    try:
+        forward = forward_seconds(target, context, list(range(1, k_max + 2)), batch_size=batch_size)
+        draft_times = {d.name: draft_seconds(d, context, batch_size) for d in drafts}
+    except torch.OutOfMemoryError:
+        raise SpecprofError(
+            f"--concurrency {batch_size}: out of GPU memory timing {batch_size} sequences of {len(context)} tokens; "
+            "choose smaller batch sizes (a profile's records are saved: --resume with other --concurrency finishes it)"
+        ) from None
+    return Timings(
+        target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
+        draft_step_s={name: step for name, (step, _) in draft_times.items()},
+        context_tokens=len(context),
+        draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
+        batch_size=batch_size,
+    )
+
+
+def with_batch_sizes(one: Timings, target: torch.nn.Module, drafts: Sequence[Draft], context: list[int], k_max: int,
+                     batch_sizes: Sequence[int]) -> Timings:
+    """`one` (the batch-1 times) with the times at every other batch size in `by_batch_size` (batch 1
+    included, as `one`); `one` itself when no other size is asked for."""
+    others = sorted(set(batch_sizes) - {1})
+    if not others:
+        return one
+    return replace(one, by_batch_size=(one, *(measure_at(target, drafts, context, k_max, b) for b in others)))
+
+
 def measure(
     target: torch.nn.Module, drafts: Sequence[Draft], context: list[int], k_max: int,
     batch_sizes: Sequence[int] = (1,),
 ) -> Timings:
-    """Every time the cost model needs at each batch size: t_T(n; b) for n = 1..k_max + 1, each
-    draft's t_D(b) and catch-up. Batch 1 is always measured (the report's own figures); with other
-    sizes, `Timings.by_batch_size` holds every size, batch 1 included."""
-    at: dict[int, Timings] = {}
-    for b in sorted({1, *batch_sizes}):
-        try:
-            forward = forward_seconds(target, context, list(range(1, k_max + 2)), batch_size=b)
-            draft_times = {d.name: draft_seconds(d, context, b) for d in drafts}
-        except torch.OutOfMemoryError:
-            raise SpecprofError(
-                f"--concurrency {b}: out of GPU memory timing {b} sequences of {len(context)} tokens; choose smaller "
-                "batch sizes (a profile's records are saved: --resume with other --concurrency finishes it)"
-            ) from None
-        at[b] = Timings(
-            target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
-            draft_step_s={name: step for name, (step, _) in draft_times.items()},
-            context_tokens=len(context),
-            draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
-            batch_size=b,
-        )
-    one = at[1]
-    if len(at) == 1:
-        return one
-    return Timings(one.target_forward_s, one.draft_step_s, one.context_tokens, one.draft_catchup_s,
-                   by_batch_size=tuple(at.values()))
+    """The times at batch 1 and, in `by_batch_size`, at every batch size asked for (batch 1 included)."""
+    return with_batch_sizes(measure_at(target, drafts, context, k_max, 1), target, drafts, context, k_max, batch_sizes)
