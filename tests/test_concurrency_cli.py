@@ -139,3 +139,39 @@ def test_html_report_plots_speedup_against_batch_size(batch_report, small_report
     r = cli("report", small_report, "--html", page)
     assert r.exit_code == 0, r.output
     assert 'data-plot="batch-' not in page.read_text()  # batch 1 only: no such plot
+
+
+def test_each_batch_size_times_passes_over_b_sequences(tiny):
+    import torch
+
+    from specprof.engines.hf import drafts, models, timings
+
+    cpu, f32 = torch.device("cpu"), torch.float32
+    target = models.load_model(str(tiny["target"]), cpu, f32)
+    draft = drafts.load_draft(str(tiny["close"]), target, cpu, f32)
+    ngram = drafts.load_draft("ngram", target, cpu, f32)
+    shapes: dict[str, set] = {"target": set(), "draft": set()}
+
+    def spy(model, key):
+        forward = model.forward
+
+        def record(*args, **kwargs):
+            cache = kwargs.get("cache") or kwargs.get("past_key_values")
+            if cache is not None and cache.get_seq_length() > 0:
+                shapes[key].add(tuple(kwargs["input_ids"].shape))
+            return forward(*args, **kwargs)
+
+        model.forward = record
+
+    spy(target.model, "target")
+    spy(draft.model, "draft")
+    try:
+        t = timings.measure(target.model, [draft, ngram], list(range(10, 40)), k_max=2, batch_sizes=[3])
+    finally:
+        del target.model.forward, draft.model.forward
+    # Batch 1 and batch 3: the target verifies n = 1..3 tokens per sequence, the draft steps 1 and catches up 2.
+    assert shapes["target"] == {(b, n) for b in (1, 3) for n in (1, 2, 3)}
+    assert shapes["draft"] == {(b, n) for b in (1, 3) for n in (1, 2)}
+    assert [x.batch_size for x in t.by_batch_size] == [1, 3]
+    assert t.by_batch_size[0].target_forward_s == t.target_forward_s
+    assert all(len(x.target_forward_s) == 3 and set(x.draft_step_s) == {draft.name, "ngram"} for x in t.by_batch_size)
