@@ -1,7 +1,7 @@
 """The terminal view of `recommend --concurrency`: per draft, the decision at each serving batch size.
 
-One row per domain (ALL last), one column per batch size ("k=3  1.42 [1.30, 1.55]  GO"), and the
-crossover batch size with its interval. No computation beyond formatting (`core/batchcost.py`).
+One row per domain (ALL last), one column per batch size ("k=3 1.42 [1.30, 1.55]" over "GO"), and
+the crossover batch size with its interval. No computation beyond formatting (`core/batchcost.py`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from specprof.core.estimate import ALL, Timings
 from specprof.ui.render import DECISION_STYLE, fmt_interval
 
 
-def crossover_text(c: Crossover, largest: int) -> str:
-    """"≈ 10.0 [6.5, 14.2]", or why there is none."""
+def crossover_text(c: Crossover, smallest: int, largest: int) -> str:
+    """"≈ 10.0" over "[6.5, 14.2]" (an end beyond the measured sizes as "≤ 1" or "> 32"); "–" for none."""
     if c.batch_size is None:
         return "–"
-    lo = "≤ smallest" if c.lo is None else f"{c.lo:.1f}"
+    lo = f"≤ {smallest}" if c.lo is None else f"{c.lo:.1f}"
     hi = f"> {largest}" if c.hi is None else f"{c.hi:.1f}"
-    return f"≈ {c.batch_size:.1f} [{lo}, {hi}]"
+    return f"≈ {c.batch_size:.1f}\n[{lo}, {hi}]"
 
 
 def batch_view(plans: Sequence[BatchPlan], source: str) -> Group:
@@ -35,7 +35,8 @@ def batch_view(plans: Sequence[BatchPlan], source: str) -> Group:
         rows = [p for p in plans if p.draft == draft]
         sizes = [x.batch_size for x in rows[0].points]
         table = Table(title=f"draft {draft}: best k, speedup [95% CI] and decision at each serving batch size",
-                      title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+                      title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                      show_lines=True)
         table.add_column("domain", no_wrap=True)
         for b in sizes:
             table.add_column(f"batch {b}", no_wrap=True)
@@ -43,10 +44,10 @@ def batch_view(plans: Sequence[BatchPlan], source: str) -> Group:
         for p in rows:
             cells = []
             for x in p.points:
-                cell = Text(f"k={x.best_k} {fmt_interval(x.speedup, x.speedup_lo, x.speedup_hi)} ")
+                cell = Text(f"k={x.best_k} {fmt_interval(x.speedup, x.speedup_lo, x.speedup_hi)}\n")
                 cell.append(x.decision, style=DECISION_STYLE.get(x.decision, ""))
                 cells.append(cell)
-            cross = crossover_text(p.crossover, sizes[-1])
+            cross = crossover_text(p.crossover, sizes[0], sizes[-1])
             if p.crossover.batch_size is None:
                 pays = [x.speedup >= 1.0 for x in p.points]
                 cross = "pays at every size" if all(pays) else "pays at none" if not any(pays) else "–"
