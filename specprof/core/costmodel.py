@@ -21,6 +21,10 @@ of one target step: k·c + v_k, plus the catch-up f_k·t_C/t_T(1) when measured.
 is measured (`Costs.measured`) or taken as 1 (`Costs.flat`, Leviathan's assumption, and what
 `--cost-ratio` plans with).
 
+At a serving batch of b sequences (`speedup_at_batch`, docs/design.md §2) every time becomes the
+time of one batched pass, S(k, b) = E_emp(k)·t_T(1; b) / (k·t_D(b) + t_T(k+1; b) + f_k·t_C(b)); the
+acceptance part is the same at every b (at T = 0 it does not depend on the batch).
+
 Pure maths: no torch, no files.
 """
 
@@ -67,6 +71,30 @@ def speedup_measured(
     """
     iteration_s = k * draft_step_s + target_forward_s[k] + full_fraction * draft_catchup_s
     return tokens_per_iter * target_forward_s[0] / iteration_s
+
+
+def speedup_at_batch(
+    tokens_per_iter: float, k: int, draft_step_s: float, target_forward_s: Sequence[float],
+    full_fraction: float = 0.0, draft_catchup_s: float = 0.0,
+) -> float:
+    """Empirical speedup at a serving batch of b sequences:
+
+        S(k, b) = E_emp(k)·t_T(1; b) / (k·t_D(b) + t_T(k+1; b) + f_k·t_C(b))
+
+    with every time that of one batched pass over the b sequences (`target_forward_s[n - 1]` =
+    t_T(n; b): b·n new tokens; `draft_step_s` = t_D(b): one draft step for all b; `draft_catchup_s`
+    = t_C(b)). Without speculation a step emits b tokens in t_T(1; b); with it an iteration emits
+    b·E_emp(k) in the denominator's time. At b = 1 this is `speedup_measured`.
+
+    What it ignores: steps that mix one request's prefill with the others' decoding (chunked
+    prefill); requests of different lengths in one batch (every sequence is taken at the typical
+    context, and the catch-up as a fraction f_k of one batched 2-token step); requests that join or
+    leave between iterations, and every other decision of the engine's scheduler; the per-step
+    overhead of the engine itself (sampling, scheduling, CUDA graphs of fixed sizes).
+    Example: t_T(1; 8) = 20 ms, t_T(4; 8) = 50 ms, t_D(8) = 3 ms, k = 3, E = 2.5:
+    S = 2.5·20 / (9 + 50) = 0.85 — a draft that pays at batch 1 can lose at batch 8.
+    """
+    return speedup_measured(tokens_per_iter, k, draft_step_s, target_forward_s, full_fraction, draft_catchup_s)
 
 
 def breakeven_alpha(k: int, cost_ratio: float) -> float:

@@ -187,14 +187,19 @@ def _ngram_bounds(c: Choice) -> tuple[int, int]:
     return 1, int(c.info.get("max_ngram", 3))
 
 
-def vllm_config(c: Choice, target: str) -> str:
-    """vLLM's --speculative-config JSON (method ngram with prompt_lookup_min/max, or draft_model)."""
+def vllm_config(c: Choice, target: str, per_batch_size: list[list[int]] | None = None) -> str:
+    """vLLM's --speculative-config JSON (method ngram with prompt_lookup_min/max, or draft_model), with
+    `per_batch_size` rows [[min_bs, max_bs, k], …] as its num_speculative_tokens_per_batch_size when given
+    (vLLM clamps each row's k to num_speculative_tokens, so that is raised to the largest)."""
     if c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
         low, high = _ngram_bounds(c)
         config: dict[str, Any] = {"method": "ngram", "prompt_lookup_min": low, "prompt_lookup_max": high,
                                   "num_speculative_tokens": c.k}
     else:
         config = {"method": "draft_model", "model": model_dir_hint(c, target), "num_speculative_tokens": c.k}
+    if per_batch_size is not None:
+        config["num_speculative_tokens"] = max([c.k, *(row[2] for row in per_batch_size)])
+        config["num_speculative_tokens_per_batch_size"] = per_batch_size
     return json.dumps(config)
 
 

@@ -36,6 +36,10 @@ class Timings:
     # per draft: extra seconds of its first step after a fully accepted block (2 tokens instead of 1);
     # absent from older reports (then 0)
     draft_catchup_s: dict[str, float] = field(default_factory=dict)
+    # the same figures at each measured serving batch size (`core/batchcost.py`), batch 1 included and
+    # equal to the figures above; empty in reports measured at batch 1 only (every report before them)
+    by_batch_size: tuple[Timings, ...] = ()
+    batch_size: int = 1  # the sequences verified together when these times were taken
 
     def cost_ratio(self, draft: str) -> float:
         return self.draft_step_s[draft] / self.target_forward_s[0]
@@ -46,12 +50,21 @@ class Timings:
             "draft_step_s": dict(self.draft_step_s),
             "context_tokens": self.context_tokens,
             "draft_catchup_s": dict(self.draft_catchup_s),
-        }
+        } | ({"by_batch_size": [
+            {"batch_size": t.batch_size, "target_forward_s": list(t.target_forward_s),
+             "draft_step_s": dict(t.draft_step_s), "draft_catchup_s": dict(t.draft_catchup_s)}
+            for t in self.by_batch_size
+        ]} if self.by_batch_size else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> Timings:
+        by_batch = tuple(
+            cls(tuple(b["target_forward_s"]), dict(b["draft_step_s"]), int(d["context_tokens"]),
+                dict(b.get("draft_catchup_s", {})), batch_size=int(b["batch_size"]))
+            for b in d.get("by_batch_size") or ()
+        )
         return cls(tuple(d["target_forward_s"]), dict(d["draft_step_s"]), int(d["context_tokens"]),
-                   dict(d.get("draft_catchup_s", {})))
+                   dict(d.get("draft_catchup_s", {})), by_batch)
 
 
 def costs_for(draft: str, timings: Timings | None, cost_ratio: float | None, k_max: int) -> costmodel.Costs:

@@ -8,6 +8,7 @@ transformers) are imported inside the commands that need them, so `recommend`, `
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -18,7 +19,7 @@ import sys
 if {"recommend", "gate", "compare", "inspect", "report"} & set(sys.argv[1:3]):
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,13 @@ def check_range(flag: str, value: float, lo: float | None = None, hi: float | No
 
 
 
+CONCURRENCY_HELP = (
+    "Also time the cost model at these serving batch sizes (comma-separated or repeated, e.g. 1,4,16): "
+    "t_T(n; b), t_D(b) and the catch-up for b sequences at once, stored in run.json; recommend then decides "
+    "per batch size. Default: batch 1 only (one stream)."
+)
+
+
 @app.command()
 def profile(
     prompts: Path = typer.Argument(..., help="Prompt corpus: .jsonl, .csv, .parquet, .txt, or a directory of them."),
@@ -164,6 +172,7 @@ def profile(
         None, "--shard", help="i/n: profile only shard i of n (prompts split by a hash of their id); "
         "combine the n reports with specprof merge.",
     ),
+    concurrency: list[str] = typer.Option(None, "--concurrency", help=CONCURRENCY_HELP),
 ) -> None:
     """Measure token-level acceptance of each draft against the target, per domain, for every k.
 
@@ -174,6 +183,9 @@ def profile(
     """
 
     def go() -> None:
+        from specprof.core.batchcost import parse_batch_sizes
+
+        batch_sizes = parse_batch_sizes(concurrency or ())
         check_range("--k-max", k_max, 1, 64)
         check_range("--max-new-tokens", max_new_tokens, 1)
         check_range("--temperature", temperature, 0)
@@ -249,7 +261,8 @@ def profile(
                 return
             with _interruptible(), _progress_bar(len(prepared[0])) as update:
                 result = profiler.run_profile(
-                    corpus, tgt, loaded, settings, store, progress=update, notice=_notice, prepared=prepared
+                    corpus, tgt, loaded, settings, store, progress=update, notice=_notice, prepared=prepared,
+                    batch_sizes=batch_sizes or (1,),
                 )
         except KeyboardInterrupt:
             saved = len(store.run["completed_prompts"])
@@ -300,6 +313,98 @@ def merge(
         run = shards.merge_reports(reports, out, overwrite)
         stdout.print(f"merged {len(run['merged_from'])} shards ({run['corpus']['n_prompts']} prompts) into {out}/ "
                      f"(recommend with: specprof recommend {out})")
+
+    _run(go)
+
+
+COSTS_HELP = "\n\n".join([
+    "Measure the cost model's forward times on this machine for a target and its drafts, without a corpus run.",
+    "At each serving batch size b (--concurrency; default 1,2,4 on a CPU, 1,4,16,64 on CUDA): t_T(n; b), the "
+    "target verifying n = 1..K+1 tokens for each of b sequences in one pass; t_D(b), one draft step for all b; and "
+    "the draft's catch-up step. Each is the mean of 12 repeats after 2 warm-ups (fastest and slowest dropped), "
+    "every n of one batch size measured round-robin, with a KV cache of --context-tokens tokens per sequence "
+    "(or the median prompt of --prompts plus 64).",
+    "Writes costs.json (--out FILE.json or a directory): the models, device, dtype and the same timings a report "
+    "holds in run.json. Price a report with them: specprof recommend REPORT --costs costs.json.",
+])
+
+
+@app.command(help=COSTS_HELP)
+def costs(
+    target: str = typer.Option(
+        None, "--target", help="Target model: HF id, local directory or .gguf. Default: embedded SmolLM2-135M-Instruct."
+    ),
+    draft: list[str] = typer.Option(
+        None, "--draft", help="Draft (repeatable), as in profile. Default: ngram and the default early exit."
+    ),
+    k_max: int = typer.Option(8, "--k-max", help="Time verification of n = 1..K+1 tokens (draft lengths 1..K)."),
+    concurrency: list[str] = typer.Option(
+        None, "--concurrency", help="Serving batch sizes (comma-separated or repeated). Default: 1,2,4 on a CPU, "
+        "1,4,16,64 on CUDA. Batch 1 is always measured."
+    ),
+    context_tokens: int = typer.Option(
+        None, "--context-tokens", help="Tokens in each sequence's KV cache. Default: from --prompts, else 256."
+    ),
+    prompts: Path = typer.Option(
+        None, "--prompts", help="A prompt corpus to take the typical context length (and its tokens) from."
+    ),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="With --prompts: feed them as plain text."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."
+    ),
+    out: Path = typer.Option(Path("costs.json"), "--out", help="A .json file, or a directory to hold costs.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing costs file."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos' own code."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin/.pt) checkpoints."),
+    as_json: bool = typer.Option(False, "--json", help="Print the written record as JSON."),
+) -> None:
+    def go() -> None:
+        from specprof.core.batchcost import parse_batch_sizes
+
+        check_range("--k-max", k_max, 1, 64)
+        if context_tokens is not None:
+            check_range("--context-tokens", context_tokens, 1)
+        batch_sizes = parse_batch_sizes(concurrency or ())
+        corpus = []
+        if prompts is not None:
+            from specprof.core.corpus import load_corpus
+
+            corpus = load_corpus(prompts, (), None)
+        _quiet_transformers()
+        from specprof.commands import costs as costs_mod
+        from specprof.engines.hf import drafts, models, timings
+
+        path = costs_mod.out_path(out)
+        if path.exists() and not overwrite:
+            raise SpecprofError(f"--out {path}: exists (pass --overwrite to replace it)")
+        specs = list(draft or [])
+        if len(set(specs)) != len(specs):
+            raise SpecprofError(f"--draft {next(s for s in specs if specs.count(s) > 1)}: given twice")
+        for spec in specs:
+            drafts.parse_kind(spec)
+        dev = models.resolve_device(device)
+        dt = models.resolve_dtype(dtype, dev)
+        with stderr.status("loading models…"):
+            tgt = models.load_model(target, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+            specs = specs or drafts.default_specs(tgt.num_layers)
+            loaded = [
+                drafts.load_draft(s, tgt, dev, dt, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                for s in specs
+            ]
+        context = costs_mod.timing_context(tgt, context_tokens, corpus, not no_chat_template, k_max)
+        sizes = batch_sizes or timings.default_batch_sizes(dev)
+        with stderr.status(f"timing batch sizes {', '.join(map(str, sizes))}…"):
+            record, measured = costs_mod.measure_costs(tgt, loaded, context, k_max, sizes, dev, dt)
+        costs_mod.write_costs(path, record)
+        if as_json:
+            _print_json(record)
+        else:
+            from specprof.ui.batchview import costs_table
+
+            stdout.print(costs_table(measured))
+            stdout.print(f"device {record['device']}, dtype {record['dtype']}; costs written to {path} "
+                         f"(price a report with: specprof recommend REPORT --costs {path})")
 
     _run(go)
 
@@ -398,12 +503,20 @@ def recommend(
     alpha: float = typer.Option(None, "--alpha", help="What-if mode (no REPORT): acceptance rate α."),
     k_max: int = typer.Option(None, "--k-max", help="Consider k = 1..K (what-if default 8; report: its k_max)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    concurrency: list[str] = typer.Option(
+        None, "--concurrency", help="Decide at these serving batch sizes (e.g. 1,4,16; each must be measured). "
+        "Default: every batch size the costs were measured at (none beyond batch 1: no per-batch table)."
+    ),
+    costs_path: Path = typer.Option(
+        None, "--costs", help="Price with the forward times of this file (`specprof costs --out FILE`, or another "
+        "report of the same target) instead of the report's own: plan for the machine that measured them."
+    ),
     engine: str = typer.Option(None, "--engine", metavar="vllm", help="Add the engine's own counters (vllm)."),
     k: int = typer.Option(None, "--k", help="With --engine or --emit: at this k instead of each best k."),
     emit: str = typer.Option(None, "--emit", metavar="vllm|sglang", help="Print only the config to paste."),
 ) -> None:
     def go() -> None:
-        from specprof.core import decide, policy_estimate
+        from specprof.core import batchcost, decide, policy_estimate
 
         check_range("--min-speedup", min_speedup, 0, lo_open=True)
         if cost_ratio is not None:
@@ -422,25 +535,25 @@ def recommend(
             raise SpecprofError(f"--emit {emit}: unknown engine (use vllm or sglang)")
         if k is not None and engine is None and emit is None:
             raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
+        requested = batchcost.parse_batch_sizes(concurrency or ())
+        if cost_ratio is not None and (requested or costs_path is not None):
+            raise SpecprofError(f"--cost-ratio plans one stream with a flat verification cost; "
+                                f"{'--concurrency' if requested else '--costs'} prices measured times: choose one")
         if emit is not None:
-            from specprof.core import engineplan
-
-            analysis = decide.load(report_path, draft or (), domain or (), k_max)
-            estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
-            choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domain or (), k)
-            if choice.draft is None:
-                typer.echo(choice.none)
-                return
-            target = str((analysis.run.get("target") or {}).get("name", "TARGET"))
-            for note in engineplan.notes(choice, target, emit):
-                stderr.print(f"note: {note}")
-            typer.echo(engineplan.vllm_config(choice, target) if emit == "vllm"
-                       else engineplan.sglang_flags(choice, target))
+            _emit(emit, report_path, draft or (), domain or (), k_max, k, cost_ratio, min_speedup, requested,
+                  costs_path)
             return
         analysis = decide.load(report_path, draft or (), domain or (), k_max, policies=True)
+        if costs_path is not None:
+            analysis = dataclasses.replace(analysis, timings=batchcost.load_costs(
+                costs_path, analysis.run, [t.draft for t in analysis.traces],
+                max(t.blocks.k_max for t in analysis.traces)))
+        by_batch = cost_ratio is None and (bool(requested) or bool(analysis.timings and analysis.timings.by_batch_size))
+        sizes = batchcost.choose_batch_sizes(analysis.timings, requested) if by_batch else ()
         estimates = decide.estimates(analysis, cost_ratio, domain or (), min_speedup)
         plans = decide.plans(estimates)
         policies = decide.policy_estimates(analysis, estimates, cost_ratio)
+        batch_plans = batchcost.batch_plans(estimates, analysis.timings, sizes) if by_batch else []
         entries = None
         if engine is not None:
             from specprof.core import engineplan
@@ -448,6 +561,8 @@ def recommend(
             entries = engineplan.engine_entries(analysis, estimates, engine, k)
         if as_json:
             recommendations = decide.recommendations_json(estimates, policies)
+            for entry, bp in zip(recommendations, batch_plans):
+                entry.update(batchcost.batch_json(bp))
             if entries is not None:
                 recommendations = engineplan.engine_json(recommendations, entries, engine)
             _print_json({
@@ -457,6 +572,8 @@ def recommend(
                 "recommendations": recommendations,
                 "drafts": [decide.plan_json(p) for p in plans],
                 "threshold_policy": decide.policy_grid_json(analysis),
+                **({"costs": str(costs_path)} if costs_path is not None else {}),
+                **({"batch_sizes": list(sizes), "batch_cost_model": batchcost.IGNORES} if by_batch else {}),
             })
         elif entries is not None:
             from specprof.ui import engineview
@@ -464,11 +581,50 @@ def recommend(
             stdout.print(engineview.engine_view(estimates, entries, engine, k is not None))
         else:
             stdout.print(render.recommend_view(estimates, plans, min_speedup, policies, analysis.no_policy))
+            if by_batch:
+                from specprof.ui.batchview import batch_view
+
+                stdout.print()
+                stdout.print(batch_view(batch_plans, f"--costs {costs_path}" if costs_path else "the report"))
+            elif costs_path is not None:
+                stdout.print(f"note: costs from {costs_path}")
             if not analysis.exact:
                 stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
                 stdout.print(f"note: {policy_estimate.SAMPLED_NOTE}")
 
     _run(go)
+
+
+def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequence[str], k_max: int | None,
+          k: int | None, cost_ratio: float | None, min_speedup: float, batch_sizes: Sequence[int],
+          costs_path: Path | None) -> None:
+    """recommend --emit: print only the engine's configuration (notes on stderr), so $(…) pastes it."""
+    from specprof.core import batchcost, decide, engineplan
+    from specprof.core.estimate import ALL
+
+    analysis = decide.load(report_path, drafts, domains, k_max)
+    if costs_path is not None:
+        analysis = dataclasses.replace(analysis, timings=batchcost.load_costs(
+            costs_path, analysis.run, [t.draft for t in analysis.traces], max(t.blocks.k_max for t in analysis.traces)))
+    estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
+    choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k)
+    if choice.draft is None:
+        typer.echo(choice.none)
+        return
+    target = str((analysis.run.get("target") or {}).get("name", "TARGET"))
+    for note in engineplan.notes(choice, target, engine):
+        stderr.print(f"note: {note}")
+    schedule = None
+    if batch_sizes:
+        if engine != "vllm":
+            raise SpecprofError("--concurrency with --emit: only vLLM takes a batch-size schedule (--emit vllm)")
+        # The schedule of the chosen draft on the chosen domain, or on the corpus mix (ALL).
+        where = domains[0] if len(domains) == 1 else ALL
+        estimate = next(e for e in estimates if e.draft == choice.draft and e.domain == where)
+        sizes = batchcost.choose_batch_sizes(analysis.timings, batch_sizes)
+        schedule = batchcost.vllm_schedule(batchcost.batch_plans([estimate], analysis.timings, sizes)[0].points)
+    typer.echo(engineplan.vllm_config(choice, target, schedule) if engine == "vllm"
+               else engineplan.sglang_flags(choice, target))
 
 
 @app.command(help=GATE_HELP)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from specprof import __version__
-from specprof.core import decide, glossary, inspection, reportfiles
+from specprof.core import batchcost, decide, glossary, inspection, reportfiles
 from specprof.core.estimate import ALL, OFF_CAUSES, Estimate
 from specprof.core.policy_estimate import NGRAM_NOTE, SAMPLED_NOTE, STEP_BOUND_NOTE, PolicyEstimate
 from specprof.errors import SpecprofError
@@ -75,6 +75,13 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
     for d in drafts:
         by_draft[d] = plots.draft_plots([e for e in estimates if e.draft == d])
         all_plots += by_draft[d]
+    by_batch = {}  # draft → plot of speedup against batch size, when the costs were measured at several
+    if analysis.timings is not None and analysis.timings.by_batch_size:
+        sizes = batchcost.measured_batch_sizes(analysis.timings)
+        batch_plans = batchcost.batch_plans(estimates, analysis.timings, sizes)
+        for d in drafts:
+            by_batch[d] = plots.batch_plot([p for p in batch_plans if p.draft == d])
+            all_plots.append(by_batch[d])
 
     body = [
         "<h1>specprof report</h1>",
@@ -100,6 +107,10 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
                             "and Leviathan et al.'s i.i.d. model at the same α and costs; above 1 speculation pays."),
             figure(positions, f"Blocks of k = k_max. r_i: {glossary.PER_POSITION}"),
             figure(accepted, "How many of the k proposals each block accepted (whole corpus)."),
+            *([figure(by_batch[p.draft], "Speedup at the best k of each serving batch size b (costs t_T(n; b), "
+                      "t_D(b) measured for b sequences at once; the acceptance is the same at every b), with its "
+                      f"95% interval; below 1 speculation loses. Not modelled: {batchcost.IGNORED}.")]
+              if p.draft in by_batch else []),
             worst_section(worst[p.draft]),
         ]
     if policies:

@@ -5,6 +5,8 @@
   interval, Leviathan et al.'s i.i.d. speedup at the same α and costs, the breakeven line at 1.
 - `positions_plot`: per draft, per-position acceptance r_i = P(accepted ≥ i) at k = k_max.
 - `accepted_plot`: per draft, the histogram of accepted tokens per block (ALL) at the best k and k_max.
+- `batch_plot`: per draft, when the costs were measured at several serving batch sizes: the speedup
+  at each batch size's best k against the batch size, one line per domain, with intervals.
 
 Figures are `matplotlib.figure.Figure`s rendered by the Agg/SVG canvases directly, never through
 pyplot, so no GUI backend or display is touched. SVG text is drawn as paths (no fonts needed to
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specprof.core.batchcost import BatchPlan
 from specprof.core.estimate import ALL, Estimate
 
 DRAFT_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -165,6 +168,39 @@ def accepted_plot(estimates: Sequence[Estimate]) -> Plot:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"draft {draft}, {e.domain}: accepted tokens per block", fontsize="medium")
     return Plot(f"accepted-{slug(draft)}", f"{draft}: accepted tokens per block", fig)
+
+
+def batch_plot(plans: Sequence[BatchPlan]) -> Plot:
+    """Speedup (at each batch size's best k, with its 95% interval) against the serving batch size, per domain."""
+    draft = plans[0].draft
+    fig = _figure(8.0, 3.8)
+    ax = fig.add_subplot()
+    colours = _palette(len(plans))
+    ordered = [p for p in plans if p.domain != ALL] + [p for p in plans if p.domain == ALL]
+    for c, p in zip(colours, ordered):
+        b = np.array([x.batch_size for x in p.points], dtype=np.float64)
+        s = np.array([x.speedup for x in p.points])
+        lo = np.array([x.speedup_lo for x in p.points])
+        hi = np.array([x.speedup_hi for x in p.points])
+        colour, width = ("black", 2.2) if p.domain == ALL else (c, 1.0)
+        ax.fill_between(b, lo, hi, color=colour, alpha=0.08 if p.domain == ALL else 0.12, lw=0)
+        ax.plot(b, s, "o-", ms=3.5, lw=width, color=colour, label=p.domain, zorder=3 if p.domain == ALL else 2)
+        for x in p.points:
+            if p.domain == ALL:
+                ax.annotate(f"k={x.best_k}", (x.batch_size, x.speedup), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize="x-small")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    sizes = sorted({x.batch_size for p in plans for x in p.points})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("serving batch size b (sequences verified together)")
+    ax.set_ylabel("speedup at the best k")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title(f"draft {draft}: speedup against serving batch size (95% intervals; k = best k of ALL)",
+                 fontsize="medium")
+    return Plot(f"batch-{slug(draft)}", f"{draft}: speedup against batch size", fig)
 
 
 def _palette(n: int) -> list:

@@ -329,16 +329,18 @@ def typical_context(encoded: Sequence[Encoded], generated: Sequence[int]) -> int
 
 
 def measure_timings(
-    target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int
+    target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int, batch_sizes: Sequence[int] = (1,)
 ) -> Timings:
+    """The forward times at batch 1 and, with `batch_sizes`, at each serving batch size too."""
     forward = timings.forward_seconds(target.model, context, list(range(1, k_max + 2)))
     draft_times = {d.name: timings.draft_seconds(d, context) for d in drafts}
-    return Timings(
+    one = Timings(
         target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
         draft_step_s={name: step for name, (step, _) in draft_times.items()},
         context_tokens=len(context),
         draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
     )
+    return timings.with_batch_sizes(one, target.model, drafts, context, k_max, batch_sizes)
 
 
 def timing_context(encoded: Sequence[Encoded], tokens: pd.DataFrame, k_max: int) -> list[int]:
@@ -440,11 +442,13 @@ def run_profile(
     notice: NoticeCallback | None = None,
     too_long: str = "skip",
     prepared: tuple[list[Encoded], list[str]] | None = None,
+    batch_sizes: Sequence[int] = (1,),
 ) -> ProfileResult:
     """Profile every prompt with every draft, measure timings and write the finished report.
 
     Batches already recorded in `store` (a resumed run) are skipped; each new batch is recorded as
-    soon as it is done, so an interruption loses at most the batch in flight.
+    soon as it is done, so an interruption loses at most the batch in flight. `batch_sizes`: the
+    serving batch sizes to time the cost model at (`profile --concurrency`; batch 1 always).
     """
     said: set[str] = set()
 
@@ -483,7 +487,8 @@ def run_profile(
     store.update(final_batch_size=size)
     tokens = store.tokens()
     started = time.perf_counter()
-    measured = measure_timings(target, drafts, timing_context(encoded, tokens, settings.k_max), settings.k_max)
+    measured = measure_timings(target, drafts, timing_context(encoded, tokens, settings.k_max), settings.k_max,
+                               batch_sizes)
     add_phases(store, {"cost_timing": time.perf_counter() - started})
     runs = {}
     if settings.temperature == 0 and any(isinstance(d, BlockDraft) for d in drafts):
