@@ -34,9 +34,10 @@ def test_help_page_is_plain(args, cli):
         arguments = [p for p in command.params if p.param_type_name == "argument"]
         assert len(words) == len(arguments), usage
         for word, p in zip(words, arguments):
-            name = word.strip("[]")
+            name = word.strip("[]").removesuffix("...")  # a repeatable argument: REPORT...
             assert re.fullmatch(r"[A-Z][A-Z_]*", name), usage  # one spelling: capitals
-            assert word == (name if p.required else f"[{name}]"), usage  # brackets only when optional
+            spelled = name + ("..." if p.nargs == -1 else "")
+            assert word == (spelled if p.required else f"[{spelled}]"), usage  # brackets only when optional
             assert re.search(rf"│\s+(\*\s+)?{name}\s+(PATH|TEXT)\s", page), (name, page)  # same name in the panel
     # a flag shows no value: "--json" is followed by its help text, never by a type or metavar
     for line in page.splitlines():

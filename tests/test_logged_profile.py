@@ -24,7 +24,7 @@ FLOAT_COLUMNS = ["target_p", "draft_q", "target_entropy", "draft_top1_p"]
 @pytest.fixture()
 def fixed_timings(monkeypatch):
     """The same measured costs in every run, so two summaries can be compared number for number."""
-    def measure(target, drafts, context, k_max):
+    def measure(target, drafts, context, k_max, batch_sizes=(1,)):
         return Timings(tuple(0.01 * (1 + 0.1 * n) for n in range(k_max + 1)),
                        {d.name: 0.002 for d in drafts}, len(context), {d.name: 0.0005 for d in drafts})
 

@@ -21,7 +21,7 @@ MATCH_COLUMNS = ["draft", "prompt_id", "domain", "position", "target_token", "dr
 @pytest.fixture()
 def fixed_timings(monkeypatch):
     """The same measured costs in every run (shards measure their own), so summaries compare exactly."""
-    def measure(target, drafts, context, k_max):
+    def measure(target, drafts, context, k_max, batch_sizes=(1,)):
         return Timings(tuple(0.01 * (1 + 0.1 * n) for n in range(k_max + 1)),
                        {d.name: 0.002 for d in drafts}, 40, {d.name: 0.0005 for d in drafts})
 

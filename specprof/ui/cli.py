@@ -295,7 +295,7 @@ def profile(
 
 @app.command()
 def merge(
-    reports: list[Path] = typer.Argument(..., metavar="REPORT...", help="The shard reports of one run."),
+    reports: list[Path] = typer.Argument(..., metavar="REPORT", help="The shard reports of one run."),
     out: Path = typer.Option(..., "--out", help="Directory for the merged report."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report in --out."),
 ) -> None:
