@@ -98,8 +98,8 @@ def check_target(target: LoadedModel, source: Source, layers: int) -> None:
 class GenerationSettings:
     """How continuations are generated when SOURCE is a corpus (as `profile` does)."""
 
+    batch_size: int  # prompts per batch (`models.default_batch_size` when the user gives none)
     max_new_tokens: int = 128
-    batch_size: int = 32
     chat_template: bool = True
 
 
@@ -112,7 +112,7 @@ class DistillResult:
 
 def run_distill(
     source: Source, target: LoadedModel, settings: DistillSettings, out_dir: Path,
-    generation: GenerationSettings = GenerationSettings(), *, started: float | None = None,
+    generation: GenerationSettings, *, started: float | None = None,
     overwrite: bool = False, events: Events | None = None,
 ) -> DistillResult:
     """Sequences → cached frozen states → training → per-domain held-out α → DRAFT_DIR (see module docstring)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from specprof.core import blockdraft, ngram
-from specprof.engines.hf.models import LoadedModel, check_same_vocab, eos_token_ids, load_model
+from specprof.engines.hf.models import LoadedModel, check_same_vocab, config_num_layers, eos_token_ids, load_model
 from specprof.errors import SpecprofError
 
 DEFAULT_NGRAM = 3
@@ -213,3 +213,22 @@ def early_exit_view(model: torch.nn.Module, layers: int) -> torch.nn.Module:
     """A causal LM of the target's class running its first `layers` layers, sharing every weight."""
     inner = decoder_parts(model)
     return decoder_shell(model, range(layers), list(inner.layers)[:layers], inner.norm, what="early-exit view").eval()
+
+
+def check_specs(specs: Sequence[str], target: str | None, trust_remote_code: bool) -> None:
+    """Every --draft spec is valid, and every early exit fits the target's depth, before weights load."""
+    exits = [(s, value) for s in specs for kind, value in [parse_kind(s)] if kind == "early-exit"]
+    target_layers = config_num_layers(target, trust_remote_code) if exits else None
+    if target_layers is not None:
+        for spec, value in exits:
+            check_early_exit(spec, value, target_layers)
+
+
+def load_target_and_drafts(target: str | None, specs: Sequence[str], device: torch.device, dtype: torch.dtype,
+                           trust_remote_code: bool, allow_pickle: bool) -> tuple[LoadedModel, list[Draft]]:
+    """The target and its drafts (the default drafts when none are given)."""
+    loaded_target = load_model(target, device, dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    specs = list(specs) or default_specs(loaded_target.num_layers)
+    loaded = [load_draft(s, loaded_target, device, dtype, trust_remote_code=trust_remote_code,
+                         allow_pickle=allow_pickle) for s in specs]
+    return loaded_target, loaded

@@ -43,12 +43,12 @@ STAT_CHUNK_ROWS = 4  # rows per float32 [rows, T, V] probability block, to bound
 
 @dataclass(frozen=True)
 class Settings:
+    batch_size: int  # prompts per batch (`models.default_batch_size` when the user gives none)
     k_max: int = 8
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-    batch_size: int = 16
     chat_template: bool = True
     responses: str = "generate"  # "logged": teacher-force the target over the corpus's logged responses (`teacher`)
 
