@@ -30,6 +30,7 @@ import pandas as pd
 from processes import wall
 
 from specprof.core import decide, reportfiles, schema
+from specprof.core.analysis import load_analysis
 
 DOMAINS = [f"domain-{i:02d}" for i in range(13)]
 
@@ -91,10 +92,10 @@ def main() -> None:
         in_process, with_policies = [], []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            decide.estimates(decide.load(path))
+            decide.estimates(load_analysis(path))
             in_process.append(time.perf_counter() - start)
             start = time.perf_counter()
-            analysis = decide.load(path, policies=True)
+            analysis = load_analysis(path, policies=True)
             decide.policy_estimates(analysis, decide.estimates(analysis))
             with_policies.append(time.perf_counter() - start)
         inproc = statistics.median(in_process)

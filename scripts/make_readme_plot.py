@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from specprof.core import decide, reportfiles
+from specprof.core.analysis import load_analysis
 from specprof.ui import plots
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "speedup-vs-k.png")
     args = parser.parse_args()
 
-    analysis = decide.load(args.report, drafts=[args.draft])
+    analysis = load_analysis(args.report, drafts=[args.draft])
     estimates = decide.estimates(analysis)  # the figures `recommend` and `report --html` show
     plot = plots.speedup_plot(estimates)
     reportfiles.write_file(args.out, plots.to_png(plot, dpi=90))

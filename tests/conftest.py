@@ -136,15 +136,15 @@ def smollm2_report(real_model_threads, tmp_path_factory):
     repeats than a user's run (nothing here asserts a time)."""
     from typer.testing import CliRunner
 
-    from specprof.engines.hf import timings
+    from specprof.engines.hf import measure
     from specprof.ui.cli import app
 
     out = tmp_path_factory.mktemp("smollm2") / "report"
     args = ["profile", "sample_prompts", "--draft", "early-exit:26", "--domain", "code", "--domain", "math",
             "--limit", 1, "--k-max", 8, "--max-new-tokens", 32, "--out", out]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(timings, "WARMUP", 1)
-        patch.setattr(timings, "REPEATS", 3)
+        patch.setattr(measure, "WARMUP", 1)
+        patch.setattr(measure, "REPEATS", 3)
         r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return out

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from specprof.core import batchcost, costmodel
 from specprof.core.batchcost import BatchPoint
-from specprof.core.estimate import Estimate, Timings, costs_for
+from specprof.core.estimate import Estimate
+from specprof.core.timings import Timings, costs_for
 from specprof.errors import SpecprofError
 
 seconds = st.floats(1e-4, 1.0)

@@ -71,10 +71,10 @@ def test_profile_help_teaches_the_defaults(cli):
 def test_profile_warns_when_its_own_timings_look_disturbed(tiny, corpus, tmp_path, cli, monkeypatch):
     # Injected verification times: busy (t_T(2) = 3.6 × t_T(1), more than 2 one-token steps) → the warning
     # recommend prints, with the fix; idle (a rise of 10% per extra token) → none.
-    from specprof.engines.hf import timings
+    from specprof.engines.hf import measure
 
     def run(curve):
-        monkeypatch.setattr(timings, "forward_seconds", lambda model, context, ns, **kw: {n: curve(n) for n in ns})
+        monkeypatch.setattr(measure, "forward_seconds", lambda model, context, ns, **kw: {n: curve(n) for n in ns})
         out = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
         r = cli("profile", corpus, "--target", tiny["target"], "--draft", "ngram", "--k-max", 2,
                 "--max-new-tokens", 4, "--out", out)

@@ -144,7 +144,7 @@ def test_html_report_plots_speedup_against_batch_size(batch_report, small_report
 def test_each_batch_size_times_passes_over_b_sequences(tiny):
     import torch
 
-    from specprof.engines.hf import drafts, models, timings
+    from specprof.engines.hf import drafts, measure, models
 
     cpu, f32 = torch.device("cpu"), torch.float32
     target = models.load_model(str(tiny["target"]), cpu, f32)
@@ -166,7 +166,7 @@ def test_each_batch_size_times_passes_over_b_sequences(tiny):
     spy(target.model, "target")
     spy(draft.model, "draft")
     try:
-        t = timings.measure(target.model, [draft, ngram], list(range(10, 40)), k_max=2, batch_sizes=[3])
+        t = measure.measure(target.model, [draft, ngram], list(range(10, 40)), k_max=2, batch_sizes=[3])
     finally:
         del target.model.forward, draft.model.forward
     # Batch 1 and batch 3: the target verifies n = 1..3 tokens per sequence, the draft steps 1 and catches up 2.

@@ -18,7 +18,8 @@ import torch
 from reference import model_proposer
 from tiny import make_model
 
-from specprof.core import conventions, decide
+from specprof.core import conventions
+from specprof.core.analysis import load_analysis
 from specprof.core.ngram import PromptLookup, VllmNgram
 from specprof.engines.hf import models
 from specprof.engines.hf.drafts import early_exit_view
@@ -189,7 +190,7 @@ def test_transformers_convention_is_todays_trace(report):
 def test_prompt_lookup_iterations_equal_transformers_generate(report, repetitive):
     target = load(repetitive["target"])
     eos = models.eos_token_ids(target)
-    analysis = decide.load(report, ["prompt-lookup"])
+    analysis = load_analysis(report, ["prompt-lookup"])
     t = analysis.trace("prompt-lookup")
     tokens = pd.read_parquet(report / "tokens.parquet")
     prompts = pd.read_parquet(report / "prompts.parquet").set_index("prompt_id")
@@ -373,7 +374,7 @@ def test_export_draft_proposes_what_early_exit_proposes(repetitive, cli, tmp_pat
 
 
 def test_inspect_marks_the_simulated_blocks_of_a_block_dependent_draft(report, cli):
-    analysis = decide.load(report, ["vllm-ngram:1:2"])
+    analysis = load_analysis(report, ["vllm-ngram:1:2"])
     t = analysis.trace("vllm-ngram:1:2")
     row = int(np.argmax(t.blocks.accepted[:, 7]))  # the prompt with the most acceptances at k = 8
     prompt_id = str(t.prompt_ids[row])

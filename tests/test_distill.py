@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 from tiny import make_tokenizer, vocab_size
 
-from specprof.core.estimate import trace_drafts
+from specprof.core.traces import trace_drafts
 from specprof.engines.hf import distill, distill_data, models
 
 LAYERS = 2  # of the 4-layer `deep` target: the draft has 3

@@ -13,7 +13,7 @@ import pytest
 
 from specprof.core import corpus as corpus_loader
 from specprof.core import inspection, tokentext, trace
-from specprof.core.estimate import ALL
+from specprof.core.traces import ALL
 from specprof.ui import htmlreport, render
 
 

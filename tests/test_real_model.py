@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from specprof.core.estimate import trace_drafts
+from specprof.core.traces import trace_drafts
 from specprof.engines.hf import models
 from specprof.engines.hf.drafts import early_exit_view
 

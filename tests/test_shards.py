@@ -9,8 +9,8 @@ import pytest
 
 from specprof.core import logs
 from specprof.core.corpus import Prompt
-from specprof.core.estimate import Timings
 from specprof.core.shards import shard_of, take_shard
+from specprof.core.timings import Timings
 from specprof.engines.hf import profiler
 
 WORDS = ["alpha beta", "SELECT 1;", "x", "the quick brown fox", "{\"a\": 1}", "abcabcabc", "Once upon",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from specprof.core import trace
-from specprof.core.estimate import trace_drafts
+from specprof.core.traces import trace_drafts
 from specprof.engines.hf import drafts, models, sampling, speculate
 
 K_MAX = 8

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specprof.core import costmodel, decide, stats, trace
-from specprof.core.estimate import DraftTrace, estimate
+from specprof.core.estimate import estimate
+from specprof.core.traces import DraftTrace
 
 
 def test_weights_are_draw_counts():
@@ -68,16 +69,16 @@ def test_interval_contains_the_point_estimate(prompts, seed):
 
 
 def test_decision_rules():
-    assert stats.decide(1.5, 1.2, 1.8, 20).decision == "GO"  # lower bound 1.2 ≥ 1.1
-    assert stats.decide(0.8, 0.7, 0.95, 20).decision == "NO-GO"  # upper bound 0.95 < 1.0
-    assert stats.decide(1.5, 1.2, 1.8, 20, min_speedup=1.3).decision == "INCONCLUSIVE"
-    assert stats.decide(1.5, 1.2, 1.8, 3).decision == "INCONCLUSIVE"  # fewer than MIN_PROMPTS prompts
+    assert stats.decision_rule(1.5, 1.2, 1.8, 20).decision == "GO"  # lower bound 1.2 ≥ 1.1
+    assert stats.decision_rule(0.8, 0.7, 0.95, 20).decision == "NO-GO"  # upper bound 0.95 < 1.0
+    assert stats.decision_rule(1.5, 1.2, 1.8, 20, min_speedup=1.3).decision == "INCONCLUSIVE"
+    assert stats.decision_rule(1.5, 1.2, 1.8, 3).decision == "INCONCLUSIVE"  # fewer than MIN_PROMPTS prompts
 
 
 def test_more_prompts_for_a_likely_go():
     # S = 1.3, [1.05, 1.55] from 12 prompts: the lower half-width 0.25 must shrink to 0.2, so
     # n' = 12·(0.25/0.2)² = 18.75 → 19 prompts, 7 more.
-    v = stats.decide(1.3, 1.05, 1.55, 12)
+    v = stats.decision_rule(1.3, 1.05, 1.55, 12)
     assert (v.decision, v.more_prompts) == ("INCONCLUSIVE", 7)
     assert v.reason == "likely GO; ~7 more prompts would decide it"
 
@@ -85,32 +86,32 @@ def test_more_prompts_for_a_likely_go():
 def test_more_prompts_for_a_likely_no_go():
     # S = 0.9, [0.7, 1.1] from 10 prompts: the upper half-width 0.2 must shrink below 0.1:
     # n' = 10·(0.2/0.1)² = 40, 30 more.
-    v = stats.decide(0.9, 0.7, 1.1, 10)
+    v = stats.decision_rule(0.9, 0.7, 1.1, 10)
     assert (v.decision, v.more_prompts) == ("INCONCLUSIVE", 30)
 
 
 def test_a_point_on_the_threshold_is_marginal_not_thousands_of_prompts():
     # S = 0.99, [0.90, 1.08] from 12 prompts: NO-GO needs the upper half-width 0.09 below 0.01:
     # n' = 12·(0.09/0.01)² = 972, 960 more: beyond 10 × 12, so no count is given.
-    v = stats.decide(0.99, 0.90, 1.08, 12)
+    v = stats.decision_rule(0.99, 0.90, 1.08, 12)
     assert (v.decision, v.more_prompts) == ("INCONCLUSIVE", None)
     assert v.reason == "marginal: the speedup sits at the threshold; more prompts will not settle it"
     # S = 1.11 with [1.0, 1.22]: GO needs n' = 12·(0.11/0.01)² = 1452: the same.
-    v = stats.decide(1.11, 1.0, 1.22, 12)
+    v = stats.decision_rule(1.11, 1.0, 1.22, 12)
     assert (v.decision, v.more_prompts) == ("INCONCLUSIVE", None)
     assert v.reason == "marginal: the speedup sits at the threshold; more prompts will not settle it"
     # Up to 10 × n more is still counted: S = 0.9, [0.8, 1.2] from 10 prompts: n' = 10·(0.3/0.1)² = 90, 80 more.
-    v = stats.decide(0.9, 0.8, 1.2, 10)
+    v = stats.decision_rule(0.9, 0.8, 1.2, 10)
     assert (v.more_prompts, v.reason) == (80, "likely NO-GO; ~80 more prompts would decide it")
 
 
 def test_one_prompt_is_singular():
-    assert stats.decide(1.5, 1.2, 1.8, 1).reason == "only 1 prompt; intervals need 5+"
-    assert stats.decide(1.5, 1.2, 1.8, 3).reason == "only 3 prompts; intervals need 5+"
+    assert stats.decision_rule(1.5, 1.2, 1.8, 1).reason == "only 1 prompt; intervals need 5+"
+    assert stats.decision_rule(1.5, 1.2, 1.8, 3).reason == "only 3 prompts; intervals need 5+"
 
 
 def test_marginal_gain_is_not_decided_by_more_prompts():
-    v = stats.decide(1.05, 0.95, 1.15, 30)
+    v = stats.decision_rule(1.05, 0.95, 1.15, 30)
     assert v.decision == "INCONCLUSIVE" and v.more_prompts is None
     assert v.reason == "marginal: 1.0 ≤ S < 1.1; more prompts won't make it GO"
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from specprof.engines.hf import drafts, models, speculate, timings
+from specprof.engines.hf import drafts, measure, models, speculate
 
 
 @contextmanager
@@ -47,9 +47,9 @@ def test_timed_passes_are_the_loops_passes(tiny):
     assert out.accepted == out.drafted  # so the draft caught up with 2 tokens after every block
 
     with passes(target.model) as target_timed:
-        timings.forward_seconds(target.model, prompt, [k + 1])
+        measure.forward_seconds(target.model, prompt, [k + 1])
     with passes(draft.model) as draft_timed:
-        timings.draft_seconds(draft, prompt)
+        measure.draft_seconds(draft, prompt)
 
     assert target_timed == {(k + 1, k + 1)}  # verifying k proposals and the pending token: all rows
     assert target_timed <= target_loop

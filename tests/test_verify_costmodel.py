@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from specprof.core import costmodel
-from specprof.core.estimate import Timings, costs_for, full_fraction
+from specprof.core.estimate import full_fraction
+from specprof.core.timings import Timings, costs_for
 
 
 def test_full_fraction_from_the_histogram():

@@ -24,8 +24,8 @@ import torch
 
 from specprof import __version__
 from specprof.core import batchcost, reportfiles, schema
-from specprof.core.estimate import Timings
-from specprof.engines.hf import timings
+from specprof.core.timings import Timings
+from specprof.engines.hf import measure
 from specprof.engines.hf.drafts import Draft
 from specprof.engines.hf.models import LoadedModel, encode_prompt
 from specprof.errors import SpecprofError
@@ -77,7 +77,7 @@ def measure_costs(
 ) -> tuple[dict[str, Any], Timings]:
     """The costs record (what costs.json holds) and its timings."""
     started = _now()
-    measured = timings.measure(target.model, drafts, context, k_max, batch_sizes)
+    measured = measure.measure(target.model, drafts, context, k_max, batch_sizes)
     if not measured.by_batch_size:  # one size asked: still say which, so the file is self-describing
         measured = Timings(measured.target_forward_s, measured.draft_step_s, measured.context_tokens,
                            measured.draft_catchup_s, by_batch_size=(measured,))

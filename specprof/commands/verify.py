@@ -35,9 +35,11 @@ import pandas as pd
 import torch
 
 from specprof.core import blockdraft, costmodel
-from specprof.core.estimate import ALL, DraftTrace, Timings, costs_for, domain_groups, pool, priced, trace_drafts
+from specprof.core.estimate import pool, priced
 from specprof.core.jsonvalues import json_clean
 from specprof.core.reportfiles import load_report
+from specprof.core.timings import Timings, costs_for
+from specprof.core.traces import ALL, DraftTrace, domain_groups, trace_drafts
 from specprof.engines.hf import drafts, models, sampling, speculate
 from specprof.errors import SpecprofError
 

@@ -33,8 +33,8 @@ from typing import Any, Literal
 import pandas as pd
 
 from specprof.core import costmodel, tokentext
-from specprof.core.estimate import ALL
 from specprof.core.reportfiles import Report, load_report
+from specprof.core.traces import ALL
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, TopLogprobs, VllmClient
 from specprof.errors import SpecprofError

@@ -3,7 +3,7 @@
 A report prices every k with forward times measured at batch 1 (one stream). An engine serving b
 requests verifies them together, so the costs become t_T(n; b), t_D(b) and t_C(b), the times of
 one batched pass (`costmodel.speedup_at_batch`). `profile --concurrency` and `specprof costs`
-measure them for a grid of batch sizes (`engines/hf/timings.py`) and store them beside the batch-1
+measure them for a grid of batch sizes (`engines/hf/measure.py`) and store them beside the batch-1
 figures in run.json["timings"]["by_batch_size"] (a costs file holds the same "timings" object).
 A report without them (every report before them) is batch 1 only.
 
@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from specprof.core import costmodel, reportfiles
-from specprof.core.estimate import Estimate, Timings, costs_for
+from specprof.core.estimate import Estimate
 from specprof.core.jsonvalues import json_number
 from specprof.core.stats import Decision
+from specprof.core.timings import Timings, costs_for
 from specprof.errors import SpecprofError
 
 COSTS_JSON = "costs.json"  # what `specprof costs --out DIR` writes

@@ -27,9 +27,10 @@ import numpy as np
 
 from specprof.core import blockdraft, conventions
 from specprof.core.decide import Analysis, DraftPlan
-from specprof.core.estimate import ALL, Estimate
+from specprof.core.estimate import Estimate
 from specprof.core.jsonvalues import json_number
 from specprof.core.ngram import VllmNgram
+from specprof.core.traces import ALL
 from specprof.errors import SpecprofError
 
 EMIT_TARGETS = ("vllm", "sglang")

@@ -1,163 +1,24 @@
-"""From token records to per-prompt block statistics and the report's summary and blocks tables.
+"""Pooled figures and their intervals: one draft × domain as an `Estimate`.
 
-`trace_drafts` groups `tokens.parquet` rows by draft and prompt and runs `trace` on them: exact
-blocks at T = 0, the chain estimate at T > 0. `summarize` pools the per-prompt figures per domain
-(and "ALL") for every k and prices them with `costmodel`. Pooling is over tokens and iterations,
-not an average of per-prompt ratios: tokens_per_iter = Σ emitted / Σ iterations.
-
-`estimate` turns one draft × domain into an `Estimate`: the pooled figures for every k, their
+`pool` adds up the per-prompt block statistics of a set of prompts (`traces.DraftTrace`): pooling is
+over tokens and iterations, not an average of per-prompt ratios, tokens_per_iter = Σ emitted / Σ
+iterations. `estimate` turns one draft × domain into an `Estimate`: the pooled figures for every k, their
 bootstrap intervals (resampled sums per prompt, `stats`), the price of each k (`costmodel.Costs`),
 the best k and the decision at each k. `profile`, `recommend`, `gate` and `compare` all go through
-it, so the same report gives the same figures everywhere. No torch here.
+it, so the same report gives the same figures everywhere (`tables` writes them to summary.parquet).
+No torch here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
-from specprof.core import blockdraft, costmodel, stats, trace
-from specprof.core.ngram import NO_PROPOSAL
-from specprof.errors import SpecprofError
-
-ALL = "ALL"
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Forward times measured by `profile` on its own hardware (docs/design.md §2)."""
-
-    target_forward_s: tuple[float, ...]  # [n - 1]: target verifying n = 1..k_max+1 tokens with a KV cache
-    draft_step_s: dict[str, float]  # per draft: seconds per proposed token
-    context_tokens: int  # the context length the times were taken at
-    # per draft: extra seconds of its first step after a fully accepted block (2 tokens instead of 1);
-    # absent from older reports (then 0)
-    draft_catchup_s: dict[str, float] = field(default_factory=dict)
-    # the same figures at each measured serving batch size (`core/batchcost.py`), batch 1 included and
-    # equal to the figures above; empty in reports measured at batch 1 only (every report before them)
-    by_batch_size: tuple[Timings, ...] = ()
-    batch_size: int = 1  # the sequences verified together when these times were taken
-
-    def cost_ratio(self, draft: str) -> float:
-        return self.draft_step_s[draft] / self.target_forward_s[0]
-
-    def as_dict(self) -> dict:
-        return {
-            "target_forward_s": list(self.target_forward_s),
-            "draft_step_s": dict(self.draft_step_s),
-            "context_tokens": self.context_tokens,
-            "draft_catchup_s": dict(self.draft_catchup_s),
-        } | ({"by_batch_size": [
-            {"batch_size": t.batch_size, "target_forward_s": list(t.target_forward_s),
-             "draft_step_s": dict(t.draft_step_s), "draft_catchup_s": dict(t.draft_catchup_s)}
-            for t in self.by_batch_size
-        ]} if self.by_batch_size else {})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Timings:
-        by_batch = tuple(
-            cls(tuple(b["target_forward_s"]), dict(b["draft_step_s"]), int(d["context_tokens"]),
-                dict(b.get("draft_catchup_s", {})), batch_size=int(b["batch_size"]))
-            for b in d.get("by_batch_size") or ()
-        )
-        return cls(tuple(d["target_forward_s"]), dict(d["draft_step_s"]), int(d["context_tokens"]),
-                   dict(d.get("draft_catchup_s", {})), by_batch)
-
-
-def costs_for(draft: str, timings: Timings | None, cost_ratio: float | None, k_max: int) -> costmodel.Costs:
-    """Measured costs from the run's timings, or a flat verification cost at `cost_ratio` (`--cost-ratio`)."""
-    if cost_ratio is not None:
-        return costmodel.Costs.flat(cost_ratio, k_max)
-    if timings is None or draft not in timings.draft_step_s:
-        raise SpecprofError(f"the report has no timings for draft {draft!r}; pass --cost-ratio")
-    if len(timings.target_forward_s) < k_max + 1:
-        raise SpecprofError(
-            f"--k-max {k_max}: the report's timings cover k ≤ {len(timings.target_forward_s) - 1}; "
-            "pass --cost-ratio to plan for longer drafts"
-        )
-    return costmodel.Costs.from_times(
-        timings.draft_step_s[draft], timings.target_forward_s, k_max, timings.draft_catchup_s.get(draft, 0.0)
-    )
-
-
-@dataclass(frozen=True)
-class DraftTrace:
-    """Per-prompt sufficient statistics of one draft: everything the summary and the bootstrap need."""
-
-    draft: str
-    prompt_ids: np.ndarray  # [n_prompts] str
-    domains: np.ndarray  # [n_prompts] str
-    n_tokens: np.ndarray  # [n_prompts] continuation length
-    accept_sum: np.ndarray  # [n_prompts] Σ accept_prob over the continuation
-    blocks: trace.BlockCounts  # [n_prompts, k_max, ...]
-
-    def select(self, mask: np.ndarray) -> DraftTrace:
-        b = self.blocks
-        return DraftTrace(
-            self.draft,
-            self.prompt_ids[mask],
-            self.domains[mask],
-            self.n_tokens[mask],
-            self.accept_sum[mask],
-            trace.BlockCounts(b.iterations[mask], b.accepted[mask], b.emitted[mask], b.histogram[mask],
-                              b.proposed[mask]),
-        )
-
-
-def trace_drafts(
-    tokens: pd.DataFrame, k_max: int, exact: bool, runs: Mapping[str, blockdraft.StartRuns] | None = None
-) -> list[DraftTrace]:
-    """Block statistics of every draft in a tokens table, prompts in first-seen order.
-
-    `runs` holds the block-dependent drafts' simulation from every block start (`blockdraft`): at
-    T = 0 their blocks come from it. At T > 0 they follow the chain estimate on the first proposal
-    of each position, like every draft (an estimate).
-    """
-    if k_max < 1:
-        raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
-    traces = []
-    for draft, rows in tokens.groupby("draft", sort=False, observed=True):
-        prompt_codes, prompt_ids = pd.factorize(rows["prompt_id"], sort=False)
-        n_prompts = len(prompt_ids)
-        positions = rows["position"].to_numpy(np.int64)
-        n_tokens = np.zeros(n_prompts, dtype=np.int64)
-        np.maximum.at(n_tokens, prompt_codes, positions + 1)
-        if len(rows) != n_tokens.sum():
-            raise SpecprofError(f"tokens.parquet: draft {draft!r} has missing or repeated positions")
-        values = rows["match"].to_numpy(np.float64) if exact else rows["accept_prob"].to_numpy(np.float64)
-        padded = np.zeros((n_prompts, int(n_tokens.max(initial=0))))
-        padded[prompt_codes, positions] = values
-        no_proposal = np.zeros(padded.shape, dtype=bool)
-        no_proposal[prompt_codes, positions] = rows["draft_token"].to_numpy() == NO_PROPOSAL
-        accept_sum = np.bincount(prompt_codes, rows["accept_prob"].to_numpy(np.float64), minlength=n_prompts)
-        domains = rows["domain"].to_numpy()[np.unique(prompt_codes, return_index=True)[1]]
-        starts: dict[str, np.ndarray] = {}
-        if exact and runs and str(draft) in runs:
-            r = runs[str(draft)]
-            at = r.rows([str(p) for p in prompt_ids])
-            width = padded.shape[1]
-            starts = {"start_accepted": r.accepted[at, :width], "start_proposed": r.proposed[at, :width]}
-        counts = (
-            trace.count_blocks_exact(padded, n_tokens, k_max, no_proposal, **starts)
-            if exact
-            else trace.count_blocks_expected(padded, n_tokens, k_max, no_proposal)
-        )
-        traces.append(DraftTrace(str(draft), np.asarray(prompt_ids), domains, n_tokens, accept_sum, counts))
-    return traces
-
-
-def domain_groups(t: DraftTrace, domains: Sequence[str] = ()) -> list[tuple[str, np.ndarray]]:
-    """(domain, prompt mask) for each domain in first-seen order, then ALL (unless filtered)."""
-    names = list(dict.fromkeys(t.domains.tolist()))
-    if domains:
-        names = [d for d in names if d in set(domains)]
-    groups = [(d, t.domains == d) for d in names]
-    if not domains or ALL in domains:
-        groups.append((ALL, np.ones(len(t.domains), dtype=bool)))
-    return groups
+from specprof.core import costmodel, stats, trace
+from specprof.core.timings import Timings, costs_for
+from specprof.core.traces import ALL, DraftTrace, domain_groups
 
 
 @dataclass(frozen=True)
@@ -219,38 +80,17 @@ def split_ratios(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ratios[:, 0], ratios[:, 1:]
 
 
-def draw_weights(seed: int, name: str, n_prompts: int, n_resamples: int, cache: dict | None) -> np.ndarray:
-    """Resample weights for `n_prompts` prompts seeded by (seed, name), drawn once per cache."""
-    key = (seed, name, n_prompts, n_resamples)
-    if cache is None or key not in cache:
-        weights = stats.resample_weights(n_prompts, n_resamples, stats.rng_for(seed, name))
-        if cache is None:
-            return weights
-        cache[key] = weights
-    return cache[key]
-
-
 def resampled_sums(
     t: DraftTrace, seed: int = stats.SEED, n_resamples: int = stats.N_RESAMPLES, cache: dict | None = None,
     values: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """[B, 2 + 2·k_max] resampled sums for each domain of `t`, and for ALL.
-
-    ALL is stratified: prompts are resampled within their domain and the domains' sums added, so each
-    resample keeps the corpus's domain mix (the mix is the traffic you chose, not sampling noise),
-    and ALL costs nothing beyond the domains themselves.
+    """[B, 2 + 2·k_max] resampled sums for each domain of `t`, and for ALL (stratified: `stats.stratified_sums`).
 
     `values` [n_prompts, m] replaces `prompt_sums(t)`: other per-prompt sums resampled with the same
     weights (a paired bootstrap, as for the threshold policies against fixed k).
     """
     values = prompt_sums(t) if values is None else values
-    out: dict[str, np.ndarray] = {}
-    for domain, mask in domain_groups(t):
-        if domain == ALL:
-            out[ALL] = np.sum([out[d] for d in list(out)], axis=0)
-        else:
-            out[domain] = draw_weights(seed, domain, int(mask.sum()), n_resamples, cache) @ values[mask]
-    return out
+    return stats.stratified_sums(values, domain_groups(t), ALL, seed, n_resamples, cache)
 
 
 # Below this many tokens per iteration at every k a draft saves (almost) nothing: speculation is off.
@@ -281,7 +121,7 @@ class Estimate:
     speedup_hi: np.ndarray = field(init=False)
     speedup_iid: np.ndarray = field(init=False)  # [k_max] Leviathan's model at α and c
     best_k: int = field(init=False)  # argmax of the point speedup, ties to the smaller k
-    verdicts: tuple[stats.Verdict, ...] = field(init=False)  # [k_max] the decision rule at each k
+    verdicts: tuple[stats.DomainDecision, ...] = field(init=False)  # [k_max] the decision rule at each k
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -291,7 +131,7 @@ class Estimate:
         set_(self, "speedup_iid", self.costs.speedup_iid(self.alpha))
         set_(self, "best_k", costmodel.best_k({k + 1: float(s) for k, s in enumerate(self.speedup)}))
         verdicts = tuple(
-            stats.decide(float(s), float(lo), float(hi), self.n_prompts, self.min_speedup)
+            stats.decision_rule(float(s), float(lo), float(hi), self.n_prompts, self.min_speedup)
             for s, lo, hi in zip(self.speedup, self.speedup_lo, self.speedup_hi)
         )
         set_(self, "verdicts", verdicts)
@@ -304,7 +144,7 @@ class Estimate:
         """Index of k (default: the best k) into the per-k arrays."""
         return (self.best_k if k is None else k) - 1
 
-    def verdict(self, k: int | None = None) -> stats.Verdict:
+    def verdict(self, k: int | None = None) -> stats.DomainDecision:
         return self.verdicts[self.at(k)]
 
     def per_position_acceptance(self, k: int | None = None) -> np.ndarray:
@@ -356,7 +196,7 @@ def estimate(
     """
     p = pool(t)
     if sums is None:
-        sums = draw_weights(seed, domain, p.n_prompts, stats.N_RESAMPLES, None) @ prompt_sums(t)
+        sums = stats.draw_weights(seed, domain, p.n_prompts) @ prompt_sums(t)
     alpha_samples, tpi_samples = split_ratios(sums)
     costs = priced(costs, p)
     alpha_lo, alpha_hi = stats.percentile_interval(alpha_samples, p.alpha)
@@ -401,38 +241,3 @@ def estimate_all(
     return out
 
 
-def summarize(
-    traces: Sequence[DraftTrace], timings: Timings | None, cost_ratio: float | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`summary.parquet` (with bootstrap intervals and each k's decision) and `blocks.parquet` rows."""
-    summary_rows, block_rows = [], []
-    for e in estimate_all(traces, timings, cost_ratio):
-        for ki in range(e.k_max):
-            k = ki + 1
-            summary_rows.append(
-                {
-                    "draft": e.draft,
-                    "domain": e.domain,
-                    "k": k,
-                    "n_prompts": e.n_prompts,
-                    "n_tokens": e.n_tokens,
-                    "alpha": e.alpha,
-                    "alpha_lo": e.alpha_lo,
-                    "alpha_hi": e.alpha_hi,
-                    "tokens_per_iter": e.tokens_per_iter[ki],
-                    "draft_acceptance_rate": e.draft_acceptance_rate[ki],
-                    "speedup_iid": e.speedup_iid[ki],
-                    "speedup": e.speedup[ki],
-                    "speedup_lo": e.speedup_lo[ki],
-                    "speedup_hi": e.speedup_hi[ki],
-                    "cost_ratio": e.costs.cost_ratio,
-                    "decision": e.verdicts[ki].decision,
-                    "note": e.why(k),
-                }
-            )
-            for accepted in range(k + 1):
-                block_rows.append(
-                    {"draft": e.draft, "domain": e.domain, "k": k, "accepted": accepted,
-                     "iterations": float(e.histogram[ki, accepted])}
-                )
-    return pd.DataFrame(summary_rows), pd.DataFrame(block_rows)

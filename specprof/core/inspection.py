@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from specprof.core import blockdraft, decide, reportfiles, trace
-from specprof.core.estimate import ALL, DraftTrace
+from specprof.core.analysis import load_analysis
 from specprof.core.jsonvalues import json_number
 from specprof.core.tokentext import Detokenizer
+from specprof.core.traces import ALL, DraftTrace
 from specprof.errors import SpecprofError
 
 DEFAULT_WORST = 5
@@ -125,7 +126,7 @@ def inspect_report(
         raise SpecprofError(f"--worst {worst}: must be ≥ 1")
     if domain == ALL:
         domain = None
-    analysis = decide.load(path, [draft] if draft else (), [domain] if domain else ())
+    analysis = load_analysis(path, [draft] if draft else (), [domain] if domain else ())
     if detokenizer is None:
         from specprof.core import tokentext
 

@@ -36,20 +36,13 @@ import numpy as np
 import pandas as pd
 
 from specprof.core import costmodel, stats
-from specprof.core.estimate import (
-    DraftTrace,
-    Estimate,
-    Timings,
-    costs_for,
-    domain_groups,
-    prompt_sums,
-    resampled_sums,
-    split_ratios,
-)
+from specprof.core.estimate import Estimate, prompt_sums, resampled_sums, split_ratios
 from specprof.core.jsonvalues import json_number
 from specprof.core.policy import TAUS, PolicyCounts, count_policy_blocks
+from specprof.core.timings import Timings, costs_for
+from specprof.core.traces import DraftTrace, domain_groups
 
-Verdict = Literal["beats fixed k", "within uncertainty", "worse than fixed k", "too few prompts"]
+PolicyVerdict = Literal["beats fixed k", "within uncertainty", "worse than fixed k", "too few prompts"]
 
 STEP_BOUND_NOTE = (
     "tokens/iter of a threshold policy is exact at T = 0; its draft steps are bounded: after the first rejected "
@@ -120,7 +113,7 @@ class PolicyEstimate:
         return self.n_prompts >= stats.MIN_PROMPTS and self.gain_lo > 0
 
     @property
-    def verdict(self) -> Verdict:
+    def verdict(self) -> PolicyVerdict:
         if self.n_prompts < stats.MIN_PROMPTS:
             return "too few prompts"
         if self.gain_lo > 0:

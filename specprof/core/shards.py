@@ -33,7 +33,9 @@ import pyarrow.parquet as pq
 
 from specprof.core import blockdraft, logs, reportfiles, schema, store
 from specprof.core import corpus as corpus_mod
-from specprof.core.estimate import Timings, summarize, trace_drafts
+from specprof.core.tables import summarize
+from specprof.core.timings import Timings
+from specprof.core.traces import trace_drafts
 from specprof.errors import SpecprofError
 
 # run.json entries every shard of a run shares, with the words used to name them (besides `shard`).

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,19 +82,19 @@ def percentile_interval(samples: np.ndarray, point: np.ndarray, confidence: floa
 
 
 @dataclass(frozen=True)
-class Verdict:
+class DomainDecision:
     decision: Decision
     more_prompts: int | None  # INCONCLUSIVE: about how many more prompts in the domain would decide it
     reason: str  # one line for the terminal; "" when the decision speaks for itself
 
 
-def decide(
+def decision_rule(
     speedup: float,
     speedup_lo: float,
     speedup_hi: float,
     n_prompts: int,
     min_speedup: float = MIN_SPEEDUP,
-) -> Verdict:
+) -> DomainDecision:
     """docs/design.md §2: GO when lo ≥ min_speedup, NO-GO when hi < 1.0, else INCONCLUSIVE.
 
     For INCONCLUSIVE, the interval's half-widths are scaled as 1/√n (the standard error of a mean
@@ -104,25 +105,25 @@ def decide(
     Example: S = 1.3 with [1.05, 1.55] from 12 prompts needs 12·(0.25/0.2)² = 18.75 → 7 more for GO.
     """
     if not all(math.isfinite(v) for v in (speedup, speedup_lo, speedup_hi)):
-        return Verdict("INCONCLUSIVE", None, "no finite speedup (no tokens in this domain)")
+        return DomainDecision("INCONCLUSIVE", None, "no finite speedup (no tokens in this domain)")
     if n_prompts < MIN_PROMPTS:
         why = f"only {n_prompts} prompt{'' if n_prompts == 1 else 's'}; intervals need {MIN_PROMPTS}+"
-        return Verdict("INCONCLUSIVE", MIN_PROMPTS - n_prompts, why)
+        return DomainDecision("INCONCLUSIVE", MIN_PROMPTS - n_prompts, why)
     if speedup_lo >= min_speedup:
-        return Verdict("GO", None, "")
+        return DomainDecision("GO", None, "")
     if speedup_hi < NO_GO_BELOW:
-        return Verdict("NO-GO", None, "")
+        return DomainDecision("NO-GO", None, "")
     if speedup > min_speedup:
         more = _more(n_prompts * ((speedup - speedup_lo) / (speedup - min_speedup)) ** 2, n_prompts)
         if more > MAX_MORE_FACTOR * n_prompts:
-            return Verdict("INCONCLUSIVE", None, AT_THRESHOLD)
-        return Verdict("INCONCLUSIVE", more, f"likely GO; ~{more} more prompts would decide it")
+            return DomainDecision("INCONCLUSIVE", None, AT_THRESHOLD)
+        return DomainDecision("INCONCLUSIVE", more, f"likely GO; ~{more} more prompts would decide it")
     if speedup < NO_GO_BELOW:
         more = _more(n_prompts * ((speedup_hi - speedup) / (NO_GO_BELOW - speedup)) ** 2, n_prompts)
         if more > MAX_MORE_FACTOR * n_prompts:
-            return Verdict("INCONCLUSIVE", None, AT_THRESHOLD)
-        return Verdict("INCONCLUSIVE", more, f"likely NO-GO; ~{more} more prompts would decide it")
-    return Verdict("INCONCLUSIVE", None, f"marginal: 1.0 ≤ S < {min_speedup:g}; more prompts won't make it GO")
+            return DomainDecision("INCONCLUSIVE", None, AT_THRESHOLD)
+        return DomainDecision("INCONCLUSIVE", more, f"likely NO-GO; ~{more} more prompts would decide it")
+    return DomainDecision("INCONCLUSIVE", None, f"marginal: 1.0 ≤ S < {min_speedup:g}; more prompts won't make it GO")
 
 
 def _more(needed: float, n_prompts: int) -> int:
@@ -132,3 +133,36 @@ def _more(needed: float, n_prompts: int) -> int:
 def difference_significant(diff_lo: float, diff_hi: float) -> bool:
     """A bootstrap interval of B − A that excludes 0."""
     return bool(diff_lo > 0 or diff_hi < 0)
+
+
+def draw_weights(seed: int, name: str, n_prompts: int, n_resamples: int = N_RESAMPLES,
+                 cache: dict | None = None) -> np.ndarray:
+    """[n_resamples, n_prompts] resample weights seeded by (seed, name), drawn once per `cache`.
+
+    The one bootstrap of specprof: every interval (figures per domain, threshold policies against
+    fixed k, compare's differences) multiplies these weights with per-prompt sums.
+    """
+    key = (seed, name, n_prompts, n_resamples)
+    if cache is None or key not in cache:
+        weights = resample_weights(n_prompts, n_resamples, rng_for(seed, name))
+        if cache is None:
+            return weights
+        cache[key] = weights
+    return cache[key]
+
+
+def stratified_sums(values: np.ndarray, groups: Sequence[tuple[str, np.ndarray]], total: str, seed: int = SEED,
+                    n_resamples: int = N_RESAMPLES, cache: dict | None = None) -> dict[str, np.ndarray]:
+    """[n_resamples, m] resampled column sums of `values` [n_prompts, m] for each (name, prompt mask) group.
+
+    The group named `total` is stratified: the sum of the other groups' resamples, so each resample
+    keeps their mix (the corpus's domain mix is the traffic you chose, not sampling noise) and costs
+    nothing beyond the groups themselves.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, mask in groups:
+        if name == total:
+            out[total] = np.sum([out[g] for g in list(out)], axis=0)
+        else:
+            out[name] = draw_weights(seed, name, int(mask.sum()), n_resamples, cache) @ values[mask]
+    return out

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from specprof.core.batchcost import IGNORES, BatchPlan, Crossover
-from specprof.core.estimate import ALL, Timings
+from specprof.core.timings import Timings
+from specprof.core.traces import ALL
 from specprof.ui.render import DECISION_STYLE, fmt_interval
 
 

@@ -24,8 +24,10 @@ from typing import Any
 
 from specprof import __version__
 from specprof.core import batchcost, decide, glossary, inspection, reportfiles
-from specprof.core.estimate import ALL, OFF_CAUSES, Estimate
+from specprof.core.analysis import load_analysis
+from specprof.core.estimate import OFF_CAUSES, Estimate
 from specprof.core.policy_estimate import NGRAM_NOTE, SAMPLED_NOTE, STEP_BOUND_NOTE, PolicyEstimate
+from specprof.core.traces import ALL
 from specprof.errors import SpecprofError
 from specprof.ui import plots, render
 
@@ -62,7 +64,7 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
     """The page's HTML and its plots, from a report directory (or a file in it)."""
     from specprof.core import tokentext
 
-    analysis = decide.load(path, policies=True)
+    analysis = load_analysis(path, policies=True)
     estimates = decide.estimates(analysis)  # recommend's defaults: measured costs, --min-speedup 1.1
     plans = decide.plans(estimates)
     policies = decide.policy_estimates(analysis, estimates)

@@ -110,6 +110,7 @@ def recommend(
         "--emit", metavar="vllm|sglang", help="Print only the config to paste.")] = None,
 ) -> None:
     from specprof.core import batchcost, decide
+    from specprof.core.analysis import load_analysis
 
     check_range("--min-speedup", min_speedup, 0, lo_open=True)
     if cost_ratio is not None:
@@ -135,7 +136,7 @@ def recommend(
     if emit is not None:
         _emit(emit, report_path, draft or (), domain or (), k_max, k, cost_ratio, min_speedup, requested, costs_path)
         return
-    analysis = _with_costs(decide.load(report_path, draft or (), domain or (), k_max, policies=True), costs_path)
+    analysis = _with_costs(load_analysis(report_path, draft or (), domain or (), k_max, policies=True), costs_path)
     _recommend(analysis, cost_ratio, domain or (), min_speedup, requested, costs_path, engine, k, as_json)
 
 
@@ -202,9 +203,10 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
           costs_path: Path | None) -> None:
     """recommend --emit: print only the engine's configuration (notes on stderr), so $(…) pastes it."""
     from specprof.core import batchcost, decide, engineplan
-    from specprof.core.estimate import ALL
+    from specprof.core.analysis import load_analysis
+    from specprof.core.traces import ALL
 
-    analysis = _with_costs(decide.load(report_path, drafts, domains, k_max), costs_path)
+    analysis = _with_costs(load_analysis(report_path, drafts, domains, k_max), costs_path)
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
     choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k)
     if choice.draft is None:
@@ -248,9 +250,10 @@ def gate(
     as_json: Json = False,
 ) -> int:
     from specprof.core import decide
+    from specprof.core.analysis import load_analysis
 
-    analysis = decide.load(report_path, draft or (), domain or ())
-    old = decide.load(baseline) if baseline is not None else None
+    analysis = load_analysis(report_path, draft or (), domain or ())
+    old = load_analysis(baseline) if baseline is not None else None
     checks = decide.gate(analysis, min_speedup, min_alpha, domain or (), k, point, old, max_alpha_drop, force)
     passed = all(c.passed for c in checks)
     if as_json:
@@ -269,8 +272,9 @@ def compare(
     as_json: Json = False,
 ) -> None:
     from specprof.core import decide
+    from specprof.core.analysis import load_analysis
 
-    a, b = decide.load(report_a), decide.load(report_b)
+    a, b = load_analysis(report_a), load_analysis(report_b)
     comparisons = decide.compare(a, b, force)
     if as_json:
         print_json({"a": str(a.path), "b": str(b.path),

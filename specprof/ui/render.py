@@ -13,8 +13,9 @@ from rich.text import Text
 
 from specprof.core import costmodel
 from specprof.core.decide import Check, Comparison, DraftPlan, WhatIf
-from specprof.core.estimate import ALL, OFF_CAUSES, Estimate
+from specprof.core.estimate import OFF_CAUSES, Estimate
 from specprof.core.policy_estimate import NGRAM_NOTE, STEP_BOUND_NOTE, PolicyEstimate
+from specprof.core.traces import ALL
 
 DECISION_STYLE = {"GO": "bold green", "NO-GO": "bold red", "INCONCLUSIVE": "yellow", "": ""}
 

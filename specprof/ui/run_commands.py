@@ -204,7 +204,7 @@ def costs(
     check_once("--draft", draft or ())
     quiet_transformers()
     from specprof.commands import costs as costs_mod
-    from specprof.engines.hf import drafts, models, timings
+    from specprof.engines.hf import drafts, measure, models
 
     path = costs_mod.out_path(out)
     if path.exists() and not overwrite:
@@ -215,7 +215,7 @@ def costs(
     with stderr.status("loading models…"):
         tgt, loaded = drafts.load_target_and_drafts(target, draft or (), dev, dt, trust_remote_code, allow_pickle)
     context = costs_mod.timing_context(tgt, context_tokens, corpus, not no_chat_template, k_max)
-    sizes = batch_sizes or timings.default_batch_sizes(dev)
+    sizes = batch_sizes or measure.default_batch_sizes(dev)
     with stderr.status(f"timing batch sizes {', '.join(map(str, sizes))}…"):
         record, measured = costs_mod.measure_costs(tgt, loaded, context, k_max, sizes, dev, dt)
     costs_mod.write_costs(path, record)

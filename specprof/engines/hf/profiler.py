@@ -30,9 +30,11 @@ import torch
 
 from specprof.core.blockdraft import start_runs
 from specprof.core.corpus import Prompt
-from specprof.core.estimate import Timings, summarize, trace_drafts
 from specprof.core.store import RunStore
-from specprof.engines.hf import sampling, timings
+from specprof.core.tables import summarize
+from specprof.core.timings import Timings
+from specprof.core.traces import trace_drafts
+from specprof.engines.hf import measure, sampling
 from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft, NgramDraft
 from specprof.engines.hf.generation import Generation, generate
 from specprof.engines.hf.models import LoadedModel, clock, context_limit, encode_prompt, eos_token_ids
@@ -54,7 +56,7 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Progress:
+class ProfileProgress:
     prompts_done: int
     prompts_total: int
     tokens_done: int  # target tokens generated so far
@@ -332,15 +334,15 @@ def measure_timings(
     target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int, batch_sizes: Sequence[int] = (1,)
 ) -> Timings:
     """The forward times at batch 1 and, with `batch_sizes`, at each serving batch size too."""
-    forward = timings.forward_seconds(target.model, context, list(range(1, k_max + 2)))
-    draft_times = {d.name: timings.draft_seconds(d, context) for d in drafts}
+    forward = measure.forward_seconds(target.model, context, list(range(1, k_max + 2)))
+    draft_times = {d.name: measure.draft_seconds(d, context) for d in drafts}
     one = Timings(
         target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
         draft_step_s={name: step for name, (step, _) in draft_times.items()},
         context_tokens=len(context),
         draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
     )
-    return timings.with_batch_sizes(one, target.model, drafts, context, k_max, batch_sizes)
+    return measure.with_batch_sizes(one, target.model, drafts, context, k_max, batch_sizes)
 
 
 def timing_context(encoded: Sequence[Encoded], tokens: pd.DataFrame, k_max: int) -> list[int]:
@@ -358,7 +360,7 @@ def timing_context(encoded: Sequence[Encoded], tokens: pd.DataFrame, k_max: int)
     return sequence[:want]
 
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[ProfileProgress], None]
 
 
 @dataclass(frozen=True)
@@ -468,7 +470,7 @@ def run_profile(
     done_tokens = 0
     size = int(store.run.get("final_batch_size") or settings.batch_size)
     if progress:
-        progress(Progress(done_prompts, len(encoded), 0))
+        progress(ProfileProgress(done_prompts, len(encoded), 0))
     for index, batch in enumerate(batches):
         if index in done:
             continue
@@ -483,7 +485,7 @@ def run_profile(
         done_prompts += len(batch)
         done_tokens += int(result.prompts["n_generated"].sum())
         if progress:
-            progress(Progress(done_prompts, len(encoded), done_tokens))
+            progress(ProfileProgress(done_prompts, len(encoded), done_tokens))
     store.update(final_batch_size=size)
     tokens = store.tokens()
     started = time.perf_counter()

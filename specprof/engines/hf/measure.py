@@ -25,7 +25,7 @@ from dataclasses import replace
 import torch
 
 from specprof.core import ngram
-from specprof.core.estimate import Timings
+from specprof.core.timings import Timings
 from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
 from specprof.engines.hf.models import clock
 from specprof.errors import SpecprofError

@@ -1,0 +1,84 @@
+"""A report read and traced, ready to price: what recommend, gate, compare, inspect and report start from.
+
+`load_analysis` reads tokens.parquet and run.json (never summary.parquet, a convenience copy for
+other tools), checks the --draft and --domain filters against the report, and traces every draft's
+blocks for every k (`traces`); with `policies`, it also simulates the confidence-threshold policies.
+No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from specprof.core import blockdraft, policy_estimate, reportfiles
+from specprof.core.policy import PolicyCounts
+from specprof.core.timings import Timings
+from specprof.core.traces import ALL, DraftTrace, trace_drafts
+from specprof.errors import SpecprofError
+
+TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
+NO_CONFIDENCE = ("ngram", *blockdraft.KINDS)  # draft kinds that propose without a probability to threshold
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A report's traces, ready to price: what all three commands start from."""
+
+    path: Path
+    run: dict[str, Any]
+    traces: list[DraftTrace]  # one per draft, report order
+    timings: Timings | None
+    exact: bool  # T = 0: blocks are exact; T > 0: the chain estimate
+    domains: tuple[str, ...]  # the corpus domains, first-seen order (without ALL)
+    # per draft: confidence-threshold policies (`load(..., policies=True)` at T = 0; else empty)
+    policies: dict[str, PolicyCounts] = field(default_factory=dict)
+    # drafts without a confidence to threshold (n-gram lookups propose with probability 1 or not at all)
+    no_policy: tuple[str, ...] = ()
+
+    def trace(self, draft: str) -> DraftTrace:
+        return next(t for t in self.traces if t.draft == draft)
+
+
+def load_analysis(
+    path: str | Path, drafts: Sequence[str] = (), domains: Sequence[str] = (), k_max: int | None = None,
+    policies: bool = False,
+) -> Analysis:
+    """Read a report (its directory or a file in it), check the filters and trace every k = 1..k_max.
+
+    With `policies` (and T = 0) also simulate the confidence-threshold policies (`policy_estimate`).
+    """
+    rep = reportfiles.load_report(path)
+    settings = rep.run.get("settings") or {}
+    temperature = float(settings.get("temperature", 0.0))
+    run_k_max = int(settings.get("k_max", 8))
+    if k_max is not None and k_max < 1:
+        raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
+    exact = temperature == 0
+    columns = TOKEN_COLUMNS + (["draft_top1_p"] if policies and exact else [])
+    table = rep.table("tokens", columns, read_dictionary=["draft", "prompt_id", "domain"])
+    names = [str(d) for d in table.column("draft").unique().to_pylist()]
+    all_domains = tuple(str(d) for d in table.column("domain").unique().to_pylist())
+    for d in drafts:
+        if d not in names:
+            raise SpecprofError(f"--draft {d}: not in {rep.directory} (drafts: {', '.join(sorted(names))})")
+    for d in domains:
+        if d != ALL and d not in all_domains:
+            known = ", ".join(sorted(all_domains))
+            raise SpecprofError(f"--domain {d}: not in {rep.directory} (domains: {known}, ALL)")
+    frame = table.to_pandas()
+    if drafts:
+        frame = frame[frame["draft"].isin(drafts)]
+    if domains and ALL not in domains:
+        frame = frame[frame["domain"].isin(domains)]
+    timings = Timings.from_dict(rep.run["timings"]) if rep.run.get("timings") else None
+    runs = blockdraft.load_runs(rep, [str(d) for d in frame["draft"].unique()], k_max or run_k_max) if exact else {}
+    traces = trace_drafts(frame, k_max or run_k_max, exact=exact, runs=runs)
+    no_policy = tuple(d["name"] for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE)
+    simulated = {}
+    if policies and exact:
+        simulated = policy_estimate.trace_policies(frame, [t for t in traces if t.draft not in no_policy])
+    return Analysis(rep.directory, rep.run, traces, timings, exact, all_domains, simulated,
+                    tuple(t.draft for t in traces if t.draft in no_policy))
