@@ -354,7 +354,7 @@ def _row(draft: str, domain: str, k: int, t: DraftTrace, mask: np.ndarray, ids: 
         return (target_s / max(target_tokens, 1)) / (spec_s / max(spec_tokens, 1)) if spec_s else float("nan")
 
     measured_speedup = per_token_ratio(target_decode_s, spec_decode_s)
-    tested = sum(o.tested for _, o in runs)
+    tested = sum(o.num_judged_tokens for _, o in runs)
     measured_alpha = sum(o.accepted for _, o in runs) / tested if tested else float("nan")
     p = pool(t.select(mask))
     row = summary[(summary["draft"] == draft) & (summary["domain"] == domain) & (summary["k"] == k)]

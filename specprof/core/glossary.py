@@ -56,3 +56,19 @@ TERMS: tuple[tuple[str, str, str], ...] = (
 def help_paragraphs() -> list[str]:
     """One "name: definition" paragraph per term, for a command's --help."""
     return [f"{name}: {definition}" for name, _, definition in TERMS]
+
+
+# The counts, named once with their unit (vLLM's names where vLLM has one). Code and JSON use these
+# names; `core/conventions.py` counts them as each engine does.
+COUNTS: dict[str, str] = {
+    "num_iterations": "target forward passes of specprof's (and transformers') loop: one per block",
+    "num_emitted_tokens": "tokens a block adds to the output: accepted draft tokens plus the bonus token "
+                          "(fewer at the end of a continuation)",
+    "num_drafts": "steps in which the draft proposed at least one token (vLLM's spec_decode_num_drafts)",
+    "num_draft_tokens": "tokens the draft proposed, summed over steps (vLLM's spec_decode_num_draft_tokens)",
+    "num_judged_tokens": "draft tokens the target decided on in specprof's loop: the accepted ones plus the first "
+                         "rejected one; Σ accepted / Σ judged estimates α",
+    "num_accepted_tokens": "proposed tokens the target accepted (vLLM's spec_decode_num_accepted_tokens)",
+    "num_accepted_tokens_per_pos": "accepted tokens at each position 1..k of a draft "
+                                   "(vLLM's spec_decode_num_accepted_tokens_per_pos)",
+}

@@ -59,7 +59,7 @@ class Iteration:
     confident_stop: bool = False  # the draft stopped below the budget on its confidence threshold
 
     @property
-    def tested(self) -> int:
+    def num_judged_tokens(self) -> int:
         """Draft positions the target judged: the accepted ones plus the first rejection (a missing
         n-gram proposal is a rejection; a stop on the confidence threshold is not), so
         Σ accepted / Σ tested estimates α."""
@@ -88,8 +88,8 @@ class SpecOutput:
         return sum(len(it.proposals) for it in self.iterations)
 
     @property
-    def tested(self) -> int:
-        return sum(it.tested for it in self.iterations)
+    def num_judged_tokens(self) -> int:
+        return sum(it.num_judged_tokens for it in self.iterations)
 
 
 def _new_cache(model: torch.nn.Module):
