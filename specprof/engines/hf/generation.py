@@ -74,18 +74,20 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
     return ids.to(device), mask.to(device)
 
 
-class _LayerCapture:
-    """Forward hooks keeping the last position's output of chosen decoder layers."""
+class LayerCapture:
+    """Forward hooks keeping the output of chosen decoder layers: the last position's (generation
+    steps) or every position's (`last_only=False`: a teacher-forced pass)."""
 
-    def __init__(self, model: torch.nn.Module, layers: Sequence[int]):
+    def __init__(self, model: torch.nn.Module, layers: Sequence[int], last_only: bool = True):
         self.states: dict[int, torch.Tensor] = {}
+        self.last_only = last_only
         blocks = model.model.layers if layers else []
         self.handles = [blocks[n - 1].register_forward_hook(self._hook(n)) for n in layers]
 
     def _hook(self, n: int):
         def keep(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            self.states[n] = hidden[:, -1, :]
+            self.states[n] = hidden[:, -1, :] if self.last_only else hidden
 
         return keep
 
@@ -126,7 +128,7 @@ def generate(
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, logits) per step, when sampling
     hidden: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in capture_layers}
 
-    capture = _LayerCapture(model, capture_layers)
+    capture = LayerCapture(model, capture_layers)
     try:
         cache = DynamicCache(config=model.config)
         rows = torch.arange(batch, device=device)  # original row of each live batch entry

@@ -6,7 +6,8 @@ For each batch of prompts (sorted by length so padding stays small):
      y[t] given the prompt and y[:t], the probability it gives y[t], its top-1 probability and,
      when sampling, β = Σ min(p, q) against the target's distribution at that position;
   3. the batch's rows are appended to the run's part files.
-Then forward times are measured, and `summary` turns the records into blocks for every k.
+Scoring a draft is `scoring`'s job. Then forward times are measured, and `tables` turns the
+records into blocks for every k.
 
 The target also generates k_max tokens past each continuation's end, and every draft is scored
 there too: those rows go to past_end.parquet, apart from tokens.parquet, so they never enter α,
@@ -38,9 +39,15 @@ from specprof.engines.hf import measure, sampling
 from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft, NgramDraft
 from specprof.engines.hf.generation import Generation, generate
 from specprof.engines.hf.models import LoadedModel, clock, context_limit, encode_prompt, eos_token_ids
+from specprof.engines.hf.scoring import (
+    check_finite,
+    proposal_rows,
+    score_block_draft,
+    score_model_draft,
+    score_ngram_draft,
+    token_rows,
+)
 from specprof.errors import SpecprofError
-
-STAT_CHUNK_ROWS = 4  # rows per float32 [rows, T, V] probability block, to bound memory
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ def profile_batch(
     started = time.perf_counter()
     valid = gen.valid  # [B, T] the continuations
     past = gen.scored & ~valid  # [B, T] the positions past their ends
-    _check_finite(gen.target_p, gen.scored, ids, "target")
+    check_finite(gen.target_p, gen.scored, ids, "target")
 
     frames, past_frames, proposal_frames = [], [], []
     for draft in drafts:
@@ -138,12 +145,12 @@ def profile_batch(
             stats = score_model_draft(draft, gen, settings)
         elif isinstance(draft, BlockDraft):
             stats, proposals = score_block_draft(draft, gen, [e.ids for e in batch], settings)
-            proposal_frames.append(_proposal_rows(draft.name, batch, gen, proposals))
+            proposal_frames.append(proposal_rows(draft.name, batch, gen, proposals))
         else:
             stats = score_ngram_draft(draft, gen, [e.ids for e in batch], settings)
-        _check_finite(stats["draft_top1_p"], gen.scored, ids, draft.name)
-        frames.append(_rows(draft.name, batch, gen, stats, valid))
-        past_frames.append(_rows(draft.name, batch, gen, stats, past))
+        check_finite(stats["draft_top1_p"], gen.scored, ids, draft.name)
+        frames.append(token_rows(draft.name, batch, gen, stats, valid))
+        past_frames.append(token_rows(draft.name, batch, gen, stats, past))
     phase_s["draft_passes"] = _elapsed(started, gen)
 
     prompts = pd.DataFrame(
@@ -190,139 +197,6 @@ def past_end_room(batch: Sequence[Encoded], target: LoadedModel, settings: Setti
         return settings.k_max
     longest = max(len(e.ids) for e in batch)
     return max(0, min(settings.k_max, limit - longest - settings.max_new_tokens))
-
-
-@torch.inference_mode()
-def score_model_draft(draft: ModelDraft, gen: Generation, settings: Settings) -> dict[str, torch.Tensor]:
-    """Teacher-forced draft statistics at every continuation position: [B, T] tensors on the CPU."""
-    width = gen.continuation.shape[1]
-    if draft.layers in gen.hidden:  # early exit: the target already ran these layers while generating
-        logits = draft.logits_from_hidden(gen.hidden[draft.layers])
-    else:
-        # Logits at columns P-1 .. P+T-2 predict continuation positions 0 .. T-1; the last token predicts nothing.
-        inputs = gen.sequences[:, : gen.prompt_width + width - 1]
-        mask = gen.attention_mask[:, : gen.prompt_width + width - 1]
-        logits = draft.logits(inputs, mask, keep=width)
-    target_tokens = gen.continuation
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("draft_token", "draft_q", "draft_top1_p", "accept_prob")}
-    for lo in range(0, logits.shape[0], STAT_CHUNK_ROWS):
-        rows = slice(lo, lo + STAT_CHUNK_ROWS)
-        q = sampling.probabilities(logits[rows], settings.temperature, settings.top_p)
-        y = target_tokens[rows]
-        if settings.temperature == 0:
-            proposal = logits[rows].float().argmax(dim=-1)
-            accept = (proposal == y).float()
-        else:
-            proposal = q.argmax(dim=-1)
-            p = sampling.probabilities(gen.logits[rows], settings.temperature, settings.top_p)
-            accept = torch.minimum(p, q).sum(dim=-1).clamp(max=1.0)
-        out["draft_token"].append(proposal)
-        out["draft_q"].append(q.gather(-1, y[..., None]).squeeze(-1))
-        out["draft_top1_p"].append(q.max(dim=-1).values)
-        out["accept_prob"].append(accept)
-    return {k: torch.cat(v).cpu() for k, v in out.items()}
-
-
-def score_ngram_draft(
-    draft: NgramDraft, gen: Generation, prompt_ids: Sequence[list[int]], settings: Settings
-) -> dict[str, torch.Tensor]:
-    """Prompt-lookup proposals; the proposal is a point mass, so β = p(proposal) when sampling."""
-    batch, width = gen.continuation.shape
-    proposal = torch.full((batch, width), -1, dtype=torch.long)
-    continuation = gen.continuation.cpu()
-    for i, prompt in enumerate(prompt_ids):
-        n = gen.lengths[i] + gen.past_end
-        proposal[i, :n] = torch.tensor(draft.proposals(prompt + continuation[i, :n].tolist(), len(prompt)))
-    return _point_mass_stats(proposal, gen, settings)
-
-
-def score_block_draft(
-    draft: BlockDraft, gen: Generation, prompt_ids: Sequence[list[int]], settings: Settings
-) -> tuple[dict[str, torch.Tensor], list[list[list[int]]]]:
-    """An engine's prompt lookup run from every block start: the first token it proposes at each
-    position (the per-position records), and per row its k_max-token proposals from each start
-    inside the continuation (proposals.parquet)."""
-    batch, width = gen.continuation.shape
-    first = torch.full((batch, width), -1, dtype=torch.long)
-    continuation = gen.continuation.cpu()
-    proposals = []
-    for i, prompt in enumerate(prompt_ids):
-        n = gen.lengths[i] + gen.past_end
-        every = draft.proposals_every_start(prompt + continuation[i, :n].tolist(), len(prompt), settings.k_max)
-        first[i, :n] = torch.tensor([p[0] if p else -1 for p in every], dtype=torch.long)
-        proposals.append(every[: gen.lengths[i]])
-    return _point_mass_stats(first, gen, settings), proposals
-
-
-def _point_mass_stats(proposal: torch.Tensor, gen: Generation, settings: Settings) -> dict[str, torch.Tensor]:
-    """Records of a draft proposing tokens without probabilities (-1: nothing proposed)."""
-    batch, width = proposal.shape
-    continuation = gen.continuation.cpu()
-    match = (proposal == continuation).float()
-    has = (proposal >= 0).float()
-    if settings.temperature == 0:
-        accept = match
-    else:
-        accept = torch.zeros(batch, width)
-        for lo in range(0, batch, STAT_CHUNK_ROWS):
-            rows = slice(lo, lo + STAT_CHUNK_ROWS)
-            p = sampling.probabilities(gen.logits[rows], settings.temperature, settings.top_p).cpu()
-            accept[rows] = p.gather(-1, proposal[rows].clamp(min=0)[..., None]).squeeze(-1) * has[rows]
-    return {"draft_token": proposal, "draft_q": match, "draft_top1_p": has, "accept_prob": accept}
-
-
-def _rows(
-    draft: str, batch: Sequence[Encoded], gen: Generation, stats: dict[str, torch.Tensor], keep: torch.Tensor
-) -> pd.DataFrame:
-    """Records at the positions `keep` ([B, T], row-major order) marks."""
-    rows, positions = (v.numpy() for v in keep.nonzero(as_tuple=True))
-    flat = keep.reshape(-1)
-
-    def take(t: torch.Tensor) -> np.ndarray:
-        return t.detach().cpu().reshape(-1)[flat].numpy()
-
-    target_token = take(gen.continuation)
-    draft_token = take(stats["draft_token"])
-    return pd.DataFrame(
-        {
-            "draft": draft,
-            "prompt_id": np.array([e.prompt.id for e in batch], dtype=object)[rows],
-            "domain": np.array([e.prompt.domain for e in batch], dtype=object)[rows],
-            "position": positions.astype(np.int32),
-            "target_token": target_token.astype(np.int32),
-            "draft_token": draft_token.astype(np.int32),
-            "match": draft_token == target_token,
-            "accept_prob": take(stats["accept_prob"]).astype(np.float32),
-            "target_p": take(gen.target_p).astype(np.float32),
-            "draft_q": take(stats["draft_q"]).astype(np.float32),
-            "target_entropy": take(gen.target_entropy).astype(np.float32),
-            "draft_top1_p": take(stats["draft_top1_p"]).astype(np.float32),
-        }
-    )
-
-
-def _proposal_rows(
-    draft: str, batch: Sequence[Encoded], gen: Generation, proposals: list[list[list[int]]]
-) -> pd.DataFrame:
-    """proposals.parquet rows: one per prompt and block start inside its continuation."""
-    return pd.DataFrame(
-        {
-            "draft": draft,
-            "prompt_id": np.repeat([e.prompt.id for e in batch], gen.lengths),
-            "position": np.concatenate([np.arange(n) for n in gen.lengths]).astype(np.int32),
-            "proposal": [p for row in proposals for p in row],
-        }
-    )
-
-
-def _check_finite(values: torch.Tensor, valid: torch.Tensor, ids: Sequence[str], who: str) -> None:
-    bad = (~torch.isfinite(values.cpu())) & valid
-    if bad.any():
-        row, position = (int(v) for v in bad.nonzero()[0])
-        raise SpecprofError(
-            f"prompt {ids[row]}: the {who} model produced NaN/inf logits at position {position} "
-            "(broken weights, or overflow in float16/bfloat16: try --dtype float32)"
-        )
 
 
 def typical_context(encoded: Sequence[Encoded], generated: Sequence[int]) -> int:

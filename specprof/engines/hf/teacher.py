@@ -29,7 +29,7 @@ import torch
 
 from specprof.core.corpus import Prompt
 from specprof.engines.hf import sampling
-from specprof.engines.hf.generation import Generation, left_pad, position_ids
+from specprof.engines.hf.generation import Generation, LayerCapture, left_pad, position_ids
 from specprof.errors import SpecprofError
 
 
@@ -41,25 +41,6 @@ class TargetPass(Generation):
     agree: list[int] = field(default_factory=list)  # [B] positions where the logged token is the target's argmax
     used: list[int] = field(default_factory=list)  # [B] logged tokens kept as the continuation
     finish_reasons: list[str] = field(default_factory=list)  # [B] "eos", "length" or "disagree"
-
-
-class _FullCapture:
-    """Forward hooks keeping every position's output of chosen decoder layers."""
-
-    def __init__(self, model: torch.nn.Module, layers: Sequence[int]):
-        self.states: dict[int, torch.Tensor] = {}
-        blocks = model.model.layers if layers else []
-        self.handles = [blocks[n - 1].register_forward_hook(self._hook(n)) for n in layers]
-
-    def _hook(self, n: int):
-        def keep(module, args, output):
-            self.states[n] = output[0] if isinstance(output, tuple) else output
-
-        return keep
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 @torch.inference_mode()
@@ -177,7 +158,7 @@ def _forward_rows(
     for chunk in chunks:
         ids, mask = left_pad([sequences[i] for i in chunk], pad_id, device)
         keep = max(len(logged[i]) for i in chunk) + 1
-        capture = _FullCapture(model, capture_layers)
+        capture = LayerCapture(model, capture_layers, last_only=False)
         try:
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
                            logits_to_keep=keep).logits  # [b, keep, V]
