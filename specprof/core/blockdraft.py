@@ -23,16 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from specprof.core import trace
 from specprof.core.ngram import PromptLookup, VllmNgram
 from specprof.errors import SpecprofError
+
+if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster
+    import pandas as pd
 
 KINDS = ("vllm-ngram", "prompt-lookup")
 VLLM_DEFAULT_NGRAM = 5  # vLLM 0.32.0 config/speculative.py: prompt_lookup_min = prompt_lookup_max = 5 when unset
@@ -128,6 +130,8 @@ def start_runs(
     `targets` holds the continuation (prompt_id, position, target_token of any one draft), `past_end`
     the target's tokens past the end (same columns; None for a report without them).
     """
+    import pandas as pd
+
     out: dict[str, StartRuns] = {}
     if proposals is None or not len(proposals):
         return out
@@ -171,6 +175,8 @@ def start_runs(
 
 
 def _prompt_codes(targets: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    import pandas as pd
+
     codes, ids = pd.factorize(targets["prompt_id"].astype(str), sort=False)
     return [str(p) for p in ids], codes
 

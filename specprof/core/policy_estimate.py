@@ -30,10 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from specprof.core import costmodel, stats
 from specprof.core.estimate import Estimate, prompt_sums, resampled_sums, split_ratios
@@ -41,6 +40,9 @@ from specprof.core.jsonvalues import json_number
 from specprof.core.policy import TAUS, PolicyCounts, count_policy_blocks
 from specprof.core.timings import Timings, costs_for
 from specprof.core.traces import DraftTrace, domain_groups
+
+if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster
+    import pandas as pd
 
 PolicyVerdict = Literal["beats fixed k", "within uncertainty", "worse than fixed k", "too few prompts"]
 
@@ -65,6 +67,8 @@ def trace_policies(
     `tokens` has the columns draft, prompt_id, position, match and draft_top1_p. Drafts not in
     `traces`, and drafts traced with k_max = 1, get no policies.
     """
+    import pandas as pd
+
     out: dict[str, PolicyCounts] = {}
     by_name = {t.draft: t for t in traces}
     for draft, rows in tokens.groupby("draft", sort=False, observed=True):

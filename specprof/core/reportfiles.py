@@ -16,14 +16,16 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from specprof.core import schema
 from specprof.errors import SpecprofError
+
+if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster
+    import pandas as pd
 
 RUN_JSON = "run.json"
 FILES = {name: f"{name}.parquet" for name in schema.TABLES}
@@ -72,6 +74,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def to_table(frame: pd.DataFrame | pa.Table, name: str) -> pa.Table:
     """Cast rows to the named table's schema (column order and types) with the version in its metadata."""
+    import pandas as pd
+
     target = schema.with_version(schema.TABLES[name])
     if isinstance(frame, pd.DataFrame):
         frame = frame.reindex(columns=target.names)

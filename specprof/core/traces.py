@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from specprof.core import blockdraft, trace
 from specprof.core.ngram import NO_PROPOSAL
 from specprof.errors import SpecprofError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ALL = "ALL"  # the domain that stands for the whole corpus
 
@@ -46,9 +51,9 @@ class DraftTrace:
 
 
 def trace_drafts(
-    tokens: pd.DataFrame, k_max: int, exact: bool, runs: Mapping[str, blockdraft.StartRuns] | None = None
+    tokens: pa.Table | pd.DataFrame, k_max: int, exact: bool, runs: Mapping[str, blockdraft.StartRuns] | None = None
 ) -> list[DraftTrace]:
-    """Block statistics of every draft in a tokens table, prompts in first-seen order.
+    """Block statistics of every draft in a tokens table, drafts and prompts in first-seen order.
 
     `runs` holds the block-dependent drafts' simulation from every block start (`blockdraft`): at
     T = 0 their blocks come from it. At T > 0 they follow the chain estimate on the first proposal
@@ -56,22 +61,32 @@ def trace_drafts(
     """
     if k_max < 1:
         raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
+    if not isinstance(tokens, pa.Table):
+        tokens = pa.Table.from_pandas(tokens, preserve_index=False)
+    draft_codes, draft_names = first_seen_codes(tokens.column("draft"))
+    prompt_codes, prompt_names = first_seen_codes(tokens.column("prompt_id"))
+    domain_codes, domain_names = first_seen_codes(tokens.column("domain"))
+    positions_all = to_numpy(tokens.column("position"), np.int64)
+    value_all = to_numpy(tokens.column("match" if exact else "accept_prob"), np.float64)
+    accept_all = to_numpy(tokens.column("accept_prob"), np.float64)
+    no_proposal_all = to_numpy(tokens.column("draft_token"), np.int64) == NO_PROPOSAL
     traces = []
-    for draft, rows in tokens.groupby("draft", sort=False, observed=True):
-        prompt_codes, prompt_ids = pd.factorize(rows["prompt_id"], sort=False)
-        n_prompts = len(prompt_ids)
-        positions = rows["position"].to_numpy(np.int64)
+    for d, draft in enumerate(draft_names):
+        rows = np.flatnonzero(draft_codes == d)
+        codes, prompts = _renumber(prompt_codes[rows])  # [n_rows] codes of this draft's prompts, first seen
+        n_prompts = len(prompts)
+        positions = positions_all[rows]
         n_tokens = np.zeros(n_prompts, dtype=np.int64)
-        np.maximum.at(n_tokens, prompt_codes, positions + 1)
+        np.maximum.at(n_tokens, codes, positions + 1)
         if len(rows) != n_tokens.sum():
             raise SpecprofError(f"tokens.parquet: draft {draft!r} has missing or repeated positions")
-        values = rows["match"].to_numpy(np.float64) if exact else rows["accept_prob"].to_numpy(np.float64)
         padded = np.zeros((n_prompts, int(n_tokens.max(initial=0))))
-        padded[prompt_codes, positions] = values
+        padded[codes, positions] = value_all[rows]
         no_proposal = np.zeros(padded.shape, dtype=bool)
-        no_proposal[prompt_codes, positions] = rows["draft_token"].to_numpy() == NO_PROPOSAL
-        accept_sum = np.bincount(prompt_codes, rows["accept_prob"].to_numpy(np.float64), minlength=n_prompts)
-        domains = rows["domain"].to_numpy()[np.unique(prompt_codes, return_index=True)[1]]
+        no_proposal[codes, positions] = no_proposal_all[rows]
+        accept_sum = np.bincount(codes, accept_all[rows], minlength=n_prompts)
+        first_row = rows[np.unique(codes, return_index=True)[1]]
+        prompt_ids, domains = prompt_names[prompts], domain_names[domain_codes[first_row]]
         starts: dict[str, np.ndarray] = {}
         if exact and runs and str(draft) in runs:
             r = runs[str(draft)]
@@ -83,8 +98,53 @@ def trace_drafts(
             if exact
             else trace.count_blocks_expected(padded, n_tokens, k_max, no_proposal)
         )
-        traces.append(DraftTrace(str(draft), np.asarray(prompt_ids), domains, n_tokens, accept_sum, counts))
+        traces.append(DraftTrace(str(draft), prompt_ids, domains, n_tokens, accept_sum, counts))
     return traces
+
+
+def first_seen_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [n_rows], values [n_values] as str) of a string or dictionary column, codes numbered in
+    the order values first appear (as pandas' factorize(sort=False)). Hashing in Arrow, no pandas."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.unify_dictionaries() if pa.types.is_dictionary(column.type) else column
+        column = column.combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    first = pc.dictionary_encode(column.indices)  # the dictionary's entries in order of first use
+    values = np.asarray(column.dictionary.take(first.dictionary).to_pylist(), dtype=object)
+    return to_numpy(first.indices, np.int64), values
+
+
+def _renumber(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`codes` renumbered 0.. in order of first appearance, and the original code of each new one."""
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    first = pc.dictionary_encode(pa.Array.from_buffers(pa.int64(), len(codes), [None, pa.py_buffer(codes)]))
+    return to_numpy(first.indices, np.int64), to_numpy(first.dictionary, np.int64)
+
+
+NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+               "uint32": np.uint32, "uint64": np.uint64, "float": np.float32, "double": np.float64}
+
+
+def to_numpy(column: pa.ChunkedArray | pa.Array, dtype: type) -> np.ndarray:
+    """A numeric or boolean column (no nulls) as a numpy array of `dtype`, through Arrow's zero-copy
+    view: its other conversion paths import pandas, which the decision commands do without."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_boolean(column.type):
+        column = column.cast(pa.uint8())
+    if column.null_count:
+        raise SpecprofError(f"tokens.parquet: a {column.type} column holds nulls")
+    kind = NUMPY_TYPES[str(column.type)]
+    values = np.frombuffer(column.buffers()[1], dtype=kind, count=len(column) + column.offset)
+    return values[column.offset:].astype(dtype)
+
+
+def is_in(column: pa.ChunkedArray, values: Sequence[str]) -> pa.ChunkedArray:
+    """A row mask: the column's value is one of `values` (string or dictionary column)."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(pa.string())
+    return pc.is_in(column, value_set=pa.array(list(values), type=pa.string()))
 
 
 def domain_groups(t: DraftTrace, domains: Sequence[str] = ()) -> list[tuple[str, np.ndarray]]:

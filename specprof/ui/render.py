@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from rich import box
 from rich.console import Console, Group
 from rich.table import Table
@@ -16,6 +16,9 @@ from specprof.core.decide import Check, Comparison, DraftPlan, WhatIf
 from specprof.core.estimate import OFF_CAUSES, Estimate
 from specprof.core.policy_estimate import NGRAM_NOTE, STEP_BOUND_NOTE, PolicyEstimate
 from specprof.core.traces import ALL
+
+if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster
+    import pandas as pd
 
 DECISION_STYLE = {"GO": "bold green", "NO-GO": "bold red", "INCONCLUSIVE": "yellow", "": ""}
 
@@ -34,6 +37,7 @@ def fmt_interval(point: float, lo: float, hi: float, digits: int = 2) -> str:
 
 def best_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per draft × domain: the k with the highest speedup (ties to the smaller k, as costmodel.best_k)."""
+
     keep = [
         rows.index[rows["k"] == costmodel.best_k(dict(zip(rows["k"], rows["speedup"])))][0]
         for _, rows in summary.groupby(["draft", "domain"], sort=False)
