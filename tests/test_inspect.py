@@ -14,7 +14,7 @@ import pytest
 from specprof.core import corpus as corpus_loader
 from specprof.core import inspection, tokentext, trace
 from specprof.core.traces import ALL
-from specprof.ui import htmlreport, render
+from specprof.ui import htmlreport, inspectview
 
 
 def as_json(r):
@@ -102,13 +102,13 @@ def test_colouring_marks_exactly_the_tokens_whose_match_is_false(small_report, t
         rejected = set(rows.loc[~rows["match"], "position"])
         assert 0 < len(rejected) < len(rows) or view.figures.alpha in (0.0, 1.0)
         # terminal: each token's style carries its position
-        text = render.token_text(view, exact=True)
+        text = inspectview.token_text(view, exact=True)
         styled = {s.style.meta["position"]: s.style for s in text.spans
                   if not isinstance(s.style, str) and s.style.meta}
         accepted = set(rows["position"]) - rejected
         assert set(styled) == set(rows["position"])
-        assert {p for p, s in styled.items() if s == _style(render.REJECTED, p, False)} == rejected
-        assert {p for p, s in styled.items() if s == _style(render.ACCEPTED, p, True)} == accepted
+        assert {p for p, s in styled.items() if s == _style(inspectview.REJECTED, p, False)} == rejected
+        assert {p for p, s in styled.items() if s == _style(inspectview.ACCEPTED, p, True)} == accepted
         # the page: one span per token, class rej exactly where match is false
         page = htmlreport.token_spans(view, exact=True)
         spans = re.findall(r'<span class="([^"]+)" data-pos="(\d+)"', page)
@@ -138,9 +138,9 @@ def _view(match, k, texts="abcdefg"):
 def test_block_marks_at_k_worked_by_hand():
     match = [True, True, False, True, True, True, False]  # 1101110
     # k = 2: blocks (0: accept 2, emit 3) (3: 2, 3) (6: 0, 1) -> marks before positions 3 and 6
-    assert render.token_text(_view(match, 2), exact=True).plain == "abc┊def┊g"
+    assert inspectview.token_text(_view(match, 2), exact=True).plain == "abc┊def┊g"
     # k = 1: (0: 1, 2) (2: 0, 1) (3: 1, 2) (5: 1, 2) -> marks before 2, 3, 5
-    assert render.token_text(_view(match, 1), exact=True).plain == "ab┊c┊de┊fg"
+    assert inspectview.token_text(_view(match, 1), exact=True).plain == "ab┊c┊de┊fg"
     # k = 4: (0: 2, 3) (3: 3, 4) -> one mark before 3
     page = htmlreport.token_spans(_view(match, 4), exact=True)
     assert [int(p) for p in re.findall(r'class="tok \w+ bs" data-pos="(\d+)"', page)] == [3]
@@ -167,19 +167,19 @@ def test_sampled_run_shades_tokens_by_accept_prob(tiny, corpus, tmp_path, cli):
     assert not result.exact and result.temperature == 0.8
     for view in result.shown:
         assert view.blocks == () and not any(t.block_start for t in view.tokens)  # blocks are random at T > 0
-        text = render.token_text(view, exact=False)
+        text = inspectview.token_text(view, exact=False)
         colours = {s.style.meta["position"]: s.style.bgcolor.get_truecolor() for s in text.spans
                    if not isinstance(s.style, str) and s.style.meta}
         for t in view.tokens:
-            assert tuple(colours[t.position]) == render.shade(t.accept_prob)
+            assert tuple(colours[t.position]) == inspectview.shade(t.accept_prob)
         assert "┊" not in text.plain
         page = htmlreport.token_spans(view, exact=False)
         shaded = re.findall(r'data-pos="(\d+)"[^>]*style="background: rgb\((\d+), (\d+), (\d+)\)"', page)
         assert {int(p): tuple(map(int, rgb)) for p, *rgb in shaded} == {
-            t.position: render.shade(t.accept_prob) for t in view.tokens}
+            t.position: inspectview.shade(t.accept_prob) for t in view.tokens}
         assert " rej" not in page and " bs" not in page
-    assert render.shade(0.0) == (205, 49, 49) and render.shade(1.0) == (40, 160, 70)
-    assert render.shade(0.5) == (230, 180, 40)
+    assert inspectview.shade(0.0) == (205, 49, 49) and inspectview.shade(1.0) == (40, 160, 70)
+    assert inspectview.shade(0.5) == (230, 180, 40)
 
 
 def test_inspect_and_report_never_load_weights(small_report, tiny, tmp_path):

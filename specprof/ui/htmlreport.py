@@ -29,7 +29,7 @@ from specprof.core.estimate import OFF_CAUSES, Estimate
 from specprof.core.policy_estimate import NGRAM_NOTE, SAMPLED_NOTE, STEP_BOUND_NOTE, PolicyEstimate
 from specprof.core.traces import ALL
 from specprof.errors import SpecprofError
-from specprof.ui import plots, render
+from specprof.ui import inspectview, plots, render
 
 WORST = 5
 
@@ -315,12 +315,13 @@ def token_spans(view: inspection.PromptView, exact: bool) -> str:
         classes = ["tok", "acc" if t.match else "rej"] if exact else ["tok"]
         if exact and t.block_start and t.position > 0:
             classes.append("bs")
-        style = "" if exact else ' style="background: rgb({}, {}, {})"'.format(*render.shade(t.accept_prob))
+        style = "" if exact else ' style="background: rgb({}, {}, {})"'.format(*inspectview.shade(t.accept_prob))
         proposal = repr(t.draft_text) if t.draft_token >= 0 else "none"
         title = f"position {t.position}; target {t.text!r}; draft proposed {proposal}; β = {t.accept_prob:.3f}"
         spans.append(
             f'<span class="{" ".join(classes)}" data-pos="{t.position}" data-match="{int(t.match)}" '
-            f'data-accept-prob="{t.accept_prob:.4f}"{style} title="{_e(title)}">{_e(render.shown_piece(t.text))}</span>'
+            f'data-accept-prob="{t.accept_prob:.4f}"{style} title="{_e(title)}">'
+            f'{_e(inspectview.shown_piece(t.text))}</span>'
         )
     return "".join(spans)
 

@@ -16,7 +16,7 @@ import typer
 
 from specprof.core import glossary
 from specprof.errors import SpecprofError
-from specprof.ui import render
+from specprof.ui import inspectview, render
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
 from specprof.ui.options import DomainFilter, DraftFilter, Json, Report, Tokenizer
 
@@ -271,14 +271,15 @@ def compare(
         "--force", help="Compare reports of different targets or sampling settings.")] = False,
     as_json: Json = False,
 ) -> None:
-    from specprof.core import decide
     from specprof.core.analysis import load_analysis
+    from specprof.core.compare import compare as compare_reports
+    from specprof.core.compare import comparison_json
 
     a, b = load_analysis(report_a), load_analysis(report_b)
-    comparisons = decide.compare(a, b, force)
+    comparisons = compare_reports(a, b, force)
     if as_json:
         print_json({"a": str(a.path), "b": str(b.path),
-                    "comparisons": [decide.comparison_json(c) for c in comparisons]})
+                    "comparisons": [comparison_json(c) for c in comparisons]})
     else:
         stdout.print(render.compare_view(comparisons, str(report_a), str(report_b)))
 
@@ -305,7 +306,7 @@ def inspect_command(
     if as_json:
         print_json(inspection.inspection_json(result, exported))
     else:
-        stdout.print(render.inspect_view(result, exported))
+        stdout.print(inspectview.inspect_view(result, exported))
 
 
 @command(help=REPORT_HELP)
