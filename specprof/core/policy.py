@@ -153,6 +153,7 @@ def count_policy_blocks(
     sits on an END code that counts into a spare cell and advances by 0. Equal to `simulate_policy`
     row by row (tests).
     """
+    # Long on purpose: one vectorised walk over every prompt × τ × k_max, read against simulate_policy.
     n, width = match.shape
     taus, k_maxes = tuple(float(t) for t in taus), tuple(int(k) for k in k_maxes)
     n_taus, n_k, k_top = len(taus), len(k_maxes), max(k_maxes, default=0)

@@ -151,6 +151,7 @@ def estimate_policies(
     The bootstrap draws the same prompt weights as `summary.estimate_all` (same seed, same domains),
     so each resample of the policy is paired with the same resample of the fixed-k figures.
     """
+    # Long on purpose: pick, price and bootstrap each domain's best policy in one pass over the same resamples.
     wanted = {(e.draft, e.domain): e for e in estimates}
     found: dict[tuple[str, str], PolicyEstimate] = {}
     cache: dict = {}

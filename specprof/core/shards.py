@@ -140,6 +140,7 @@ def _ordered(tables: Sequence[pa.Table], rank: dict[str, tuple[int, int]], draft
 
 def merge_reports(paths: Sequence[str | Path], out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Merge the shard reports under `paths` into one report in `out`; returns its run.json."""
+    # Long on purpose: one report's files written in dependency order (tables, then summary, run.json last).
     if not paths:
         raise SpecprofError("merge: give the shard reports to merge")
     reports = _load_shards(paths)

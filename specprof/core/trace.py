@@ -110,6 +110,7 @@ def count_blocks_exact(
     prompts × max_len. Block records are tallied with one bincount per k. Equal to
     `simulate_blocks` row by row (tests check this).
     """
+    # Long on purpose: one vectorised block walk per k, kept whole so it reads against simulate_blocks.
     n = match.shape[0]
     if start_accepted is None:
         runs = run_lengths(match)  # [n, max_len + 1]; zero padding ends every run at the row's end

@@ -62,6 +62,7 @@ figcaption { color: #555; font-size: 13px; margin-top: 4px; }
 
 def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plots.Plot]]:
     """The page's HTML and its plots, from a report directory (or a file in it)."""
+    # Long on purpose: the page's sections in reading order.
     from specprof.core import tokentext
 
     analysis = load_analysis(path, policies=True)

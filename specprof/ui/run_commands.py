@@ -99,6 +99,7 @@ def profile(
     summary.parquet, blocks.parquet, prompts.parquet and run.json to --out. PROMPTS may be a traffic log
     with the served responses (chat completions, ShareGPT, OpenAI batch input + output files): see --responses.
     """
+    # Long on purpose: most of it is the flag declarations (Typer reads them from the signature).
     from specprof.commands.profile import ProfileRequest, closing_lines, open_run
 
     request = ProfileRequest(
@@ -297,6 +298,7 @@ def distill(
     a draft model in serving engines). Prints held-out α per domain before (early-exit:L) and after;
     DRAFT_DIR/distill.json records it with the settings, data size and time.
     """
+    # Long on purpose: most of it is the flag declarations (Typer reads them from the signature).
     started = time.perf_counter()
     check_range("--layers", layers, 1)
     check_range("--epochs", epochs, 1)

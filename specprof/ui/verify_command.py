@@ -56,6 +56,7 @@ def verify(
     any difference is diagnosed (position, tokens, logit margin, float32 re-check) and exits 1.
     At temperature > 0 a measured acceptance rate outside the report's α interval is flagged.
     """
+    # Long on purpose: most of it is the flag declarations (Typer reads them from the signature).
     if limit is not None:
         check_range("--limit", limit, 1)
     for value in k or ():

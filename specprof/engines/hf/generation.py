@@ -112,6 +112,7 @@ def generate(
 ) -> Generation:
     """Generate continuations for a batch of tokenized prompts (greedy at temperature 0), each followed
     by `past_end` more tokens that are not part of it."""
+    # Long on purpose: the generation loop in one piece (prefill, steps, dropping finished rows), as gpt-fast's.
     from transformers import DynamicCache
 
     device = next(model.parameters()).device

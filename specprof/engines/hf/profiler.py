@@ -107,32 +107,9 @@ def profile_batch(
     batch: Sequence[Encoded], target: LoadedModel, drafts: Sequence[Draft], settings: Settings
 ) -> BatchResult:
     ids = [e.prompt.id for e in batch]
-    generators = sampling.make_generators(settings.seed, ids) if settings.temperature > 0 else None
-    eos = eos_token_ids(target)
     capture = sorted({d.layers for d in drafts if isinstance(d, ModelDraft) and d.layers})
     started = time.perf_counter()
-    if settings.responses == "logged":
-        from specprof.engines.hf import teacher
-
-        # A logged response has no tokens past its end: engine counters then count what the log holds.
-        gen = teacher.target_pass(
-            target.model, [e.ids for e in batch], [e.response_ids for e in batch],
-            max_new_tokens=settings.max_new_tokens, eos_ids=eos, pad_id=eos[0] if eos else 0,
-            temperature=settings.temperature, top_p=settings.top_p, capture_layers=capture,
-        )
-    else:
-        gen = generate(
-            target.model,
-            [e.ids for e in batch],
-            max_new_tokens=settings.max_new_tokens,
-            eos_ids=eos,
-            pad_id=eos[0] if eos else 0,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            generators=generators,
-            capture_layers=capture,
-            past_end=past_end_room(batch, target, settings),
-        )
+    gen = target_continuations(batch, target, settings, capture)
     phase_s = {"target_pass" if settings.responses == "logged" else "generation": _elapsed(started, gen)}
     started = time.perf_counter()
     valid = gen.valid  # [B, T] the continuations
@@ -174,10 +151,35 @@ def profile_batch(
     )
     logged = None
     if settings.responses == "logged":
+        from specprof.engines.hf import teacher
+
         logged = teacher.agreement_rows([e.prompt for e in batch], gen)
     return BatchResult(pd.concat(frames, ignore_index=True), prompts, pd.concat(past_frames, ignore_index=True),
                        pd.concat(proposal_frames, ignore_index=True) if proposal_frames else _no_proposals(),
                        phase_s, logged)
+
+
+def target_continuations(batch: Sequence[Encoded], target: LoadedModel, settings: Settings,
+                          capture: Sequence[int]) -> Generation:
+    """The target's continuations of a batch: generated (with k_max tokens past each end), or read off
+    the logged responses by one teacher-forced pass (`teacher`)."""
+    eos = eos_token_ids(target)
+    if settings.responses == "logged":
+        from specprof.engines.hf import teacher
+
+        # A logged response has no tokens past its end: engine counters then count what the log holds.
+        return teacher.target_pass(
+            target.model, [e.ids for e in batch], [e.response_ids for e in batch],
+            max_new_tokens=settings.max_new_tokens, eos_ids=eos, pad_id=eos[0] if eos else 0,
+            temperature=settings.temperature, top_p=settings.top_p, capture_layers=capture,
+        )
+    generators = sampling.make_generators(settings.seed, [e.prompt.id for e in batch]) if settings.temperature > 0 \
+        else None
+    return generate(
+        target.model, [e.ids for e in batch], max_new_tokens=settings.max_new_tokens, eos_ids=eos,
+        pad_id=eos[0] if eos else 0, temperature=settings.temperature, top_p=settings.top_p, generators=generators,
+        capture_layers=capture, past_end=past_end_room(batch, target, settings),
+    )
 
 
 def _elapsed(started: float, gen: Generation) -> float:
@@ -326,6 +328,7 @@ def run_profile(
     soon as it is done, so an interruption loses at most the batch in flight. `batch_sizes`: the
     serving batch sizes to time the cost model at (`profile --concurrency`; batch 1 always).
     """
+    # Long on purpose: the batch loop with resume, OOM halving and progress, then the closing steps, in order.
     said: set[str] = set()
 
     def say(message: str) -> None:

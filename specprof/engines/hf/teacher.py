@@ -61,6 +61,7 @@ def target_pass(
     Example (T = 0): response [5, 7, 9] where the target's argmax is [5, 8, …]: agree 1 of 3, the
     continuation is [5, 8] (the logged 5, then the target's own 8), finish "disagree".
     """
+    # Long on purpose: the teacher-forced pass in one piece, mirroring generate's records field by field.
     device = next(model.parameters()).device
     logged = [list(r[:max_new_tokens]) for r in responses]
     row_logits, row_hidden = _forward_rows(model, prompts, logged, pad_id, capture_layers)
