@@ -49,3 +49,28 @@ def model_proposer(draft):
 
 def ngram_proposer(max_ngram: int):
     return lambda seq: ngram.propose_next(seq, max_ngram)
+
+
+class AssistedGeneration:
+    """transformers' assisted generation at a constant draft length k (no confidence threshold), with
+    the target's forward passes counted: the iterations the profile predicts."""
+
+    def __init__(self, target_model, assistant, eos: list[int]):
+        config = assistant.generation_config
+        config.num_assistant_tokens_schedule = "constant"
+        config.assistant_confidence_threshold = 0.0
+        self.target, self.assistant, self.eos, self.calls = target_model, assistant, eos, []
+        self.hook = target_model.register_forward_hook(lambda *a: self.calls.append(1))
+
+    def run(self, prompt: list[int], k: int, max_new_tokens: int) -> tuple[list[int], int]:
+        """(the generated tokens, target forward passes) at draft length k."""
+        ids = torch.tensor([prompt])
+        self.assistant.generation_config.num_assistant_tokens = k
+        self.calls.clear()
+        output = self.target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=self.assistant,
+                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos,
+                                      pad_token_id=self.eos[0])
+        return output[0, ids.shape[1]:].tolist(), len(self.calls)
+
+    def close(self) -> None:
+        self.hook.remove()

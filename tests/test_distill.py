@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import safetensors.torch
 import torch
+from reference import AssistedGeneration
 from tiny import make_tokenizer, vocab_size
 
 from specprof.core.traces import trace_drafts
@@ -106,11 +107,7 @@ def test_profile_is_exact_for_a_distilled_draft(distilled, tiny, corpus, tmp_pat
     target = load(tiny["deep"])
     eos = models.eos_token_ids(target)
     assistant = AutoModelForCausalLM.from_pretrained(out)
-    config = assistant.generation_config
-    config.num_assistant_tokens_schedule = "constant"
-    config.assistant_confidence_threshold = 0.0
-    calls = []
-    hook = target.model.register_forward_hook(lambda *a: calls.append(1))
+    assisted = AssistedGeneration(target.model, assistant, eos)
     # prompts that end on EOS and prompts cut by the length limit: both ways a block can be cut short
     ended = list(prompts.index[prompts.finish_reason == "eos"][:5])
     cut = list(prompts.index[prompts.finish_reason == "length"][:5])
@@ -126,16 +123,11 @@ def test_profile_is_exact_for_a_distilled_draft(distilled, tiny, corpus, tmp_pat
             greedy = alone[0, prompt.shape[1]:].tolist()
             assert greedy == rows.target_token.tolist(), prompt_id  # the report holds the target's greedy output
             for k in range(1, K_MAX + 1):
-                config.num_assistant_tokens = k
-                calls.clear()
-                output = target.model.generate(
-                    prompt, attention_mask=torch.ones_like(prompt), assistant_model=assistant,
-                    max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
-                )
-                assert output[0, prompt.shape[1]:].tolist() == greedy, (prompt_id, k)
-                assert t.blocks.iterations[row, k - 1] == len(calls), (prompt_id, k)
+                output, passes = assisted.run(prompt[0].tolist(), k, MAX_NEW)
+                assert output == greedy, (prompt_id, k)
+                assert t.blocks.iterations[row, k - 1] == passes, (prompt_id, k)
     finally:
-        hook.remove()
+        assisted.close()
 
 
 def test_a_report_source_reuses_its_continuations(distilled, tiny, corpus, tmp_path, cli):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
+from reference import AssistedGeneration
 
 from specprof.core.traces import trace_drafts
 from specprof.engines.hf import models
@@ -35,24 +35,14 @@ def test_smollm2_early_exit_matches_assisted_generation(smollm2_report, smollm2)
 
     target = smollm2
     assistant = early_exit_view(target.model, 26)  # a view: its own generation config, the target's weights
-    config = assistant.generation_config
-    config.num_assistant_tokens_schedule = "constant"
-    config.assistant_confidence_threshold = 0.0
-    eos = models.eos_token_ids(target)
-    calls = []
-    hook = target.model.register_forward_hook(lambda *a: calls.append(1))
+    assisted = AssistedGeneration(target.model, assistant, models.eos_token_ids(target))
     try:
         for row, prompt_id in enumerate(t.prompt_ids):
-            prompt = torch.tensor([list(prompts.loc[prompt_id, "prompt_tokens"])])
+            prompt = list(prompts.loc[prompt_id, "prompt_tokens"])
             expected = tokens[tokens.prompt_id == prompt_id].sort_values("position").target_token.tolist()
             for k in range(1, K_MAX + 1):
-                config.num_assistant_tokens = k
-                calls.clear()
-                output = target.model.generate(
-                    prompt, attention_mask=torch.ones_like(prompt), assistant_model=assistant,
-                    max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos[0],
-                )
-                assert output[0, prompt.shape[1]:].tolist() == expected, (prompt_id, k)
-                assert t.blocks.iterations[row, k - 1] == len(calls), (prompt_id, k)
+                output, passes = assisted.run(prompt, k, MAX_NEW)
+                assert output == expected, (prompt_id, k)
+                assert t.blocks.iterations[row, k - 1] == passes, (prompt_id, k)
     finally:
-        hook.remove()
+        assisted.close()
