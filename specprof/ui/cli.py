@@ -173,6 +173,21 @@ def profile(
         "combine the n reports with specprof merge.",
     ),
     concurrency: list[str] = typer.Option(None, "--concurrency", help=CONCURRENCY_HELP),
+    engine: str = typer.Option(
+        "hf", "--engine", help="hf: load the models here (transformers). vllm: the target runs on vLLM servers "
+        "(--url), model drafts on their own (--draft-url); model-free drafts are computed here. Exact at "
+        "--temperature 0 (continuations, matches, the k-trace); T > 0 is refused (a server returns top "
+        "log-probabilities, not the distributions Σ min(p, q) needs); target_entropy and forward times are not "
+        "recorded (price with recommend --cost-ratio or --costs). --target names the tokenizer and config only.",
+    ),
+    url: list[str] = typer.Option(
+        None, "--url", help="--engine vllm: an OpenAI-compatible vLLM server of the target (repeatable: requests "
+        "are spread over all of them, several in flight on each).",
+    ),
+    draft_url: list[str] = typer.Option(
+        None, "--draft-url", help="--engine vllm: NAME=URL, the vLLM server of model draft NAME (e.g. "
+        "early-exit:26=http://host:8001 serving `specprof export-draft early-exit:26`); adds NAME to the drafts.",
+    ),
 ) -> None:
     """Measure token-level acceptance of each draft against the target, per domain, for every k.
 
@@ -211,6 +226,11 @@ def profile(
             corpus, shard_info = shards.take_shard(corpus, *shards.parse_shard(shard))
         for note in notes:
             _notice(note)
+        if engine != "hf" or url or draft_url:  # vLLM servers as the backend: specprof/commands/profile_vllm.py
+            _profile_vllm(engine, url, draft_url, target, draft, k_max, max_new_tokens, temperature, top_p, seed,
+                          batch_size, out, overwrite, resume, too_long, mode, trust_remote_code, no_chat_template,
+                          str(prompts), domain, limit, corpus, shard_info)
+            return
         loading_started = time.perf_counter()
         _quiet_transformers()
         from specprof.core.store import RunStore
@@ -291,6 +311,28 @@ def profile(
         stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
 
     _run(go)
+
+
+def _profile_vllm(engine, urls, draft_urls, target, drafts, k_max, max_new_tokens, temperature, top_p, seed,
+                  batch_size, out, overwrite, resume, too_long, mode, trust_remote_code, no_chat_template,
+                  corpus_path, domains, limit, corpus, shard_info) -> None:
+    from specprof.commands import profile_vllm
+    from specprof.engines.vllm.profile import Settings
+
+    if engine == "hf":
+        raise SpecprofError(f"{'--url' if urls else '--draft-url'} needs --engine vllm")
+    if engine != "vllm":
+        raise SpecprofError(f"--engine {engine}: use hf or vllm")
+    if not urls:
+        raise SpecprofError("--engine vllm: give the target's vLLM server with --url URL (repeatable)")
+    settings = Settings(k_max, max_new_tokens, temperature, top_p, seed, batch_size or 32, not no_chat_template)
+    options = profile_vllm.Options(urls, draft_urls or (), target, drafts or (), settings, out, overwrite, resume,
+                                   too_long, mode, trust_remote_code, corpus_path, domains or (), limit)
+    summary, lines = profile_vllm.profile(options, corpus, shard_info, _progress_bar)
+    for d in dict.fromkeys(summary["draft"]):
+        stdout.print(render.profile_table(summary, d))
+    for line in lines:
+        stdout.print(line, markup=False, highlight=False)
 
 
 @app.command()
