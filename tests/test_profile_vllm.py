@@ -201,3 +201,16 @@ def test_refusals(cli, tiny, corpus, servers, tmp_path):
     assert "--draft-url nourl: expected NAME=URL" in one_line_error(r)
     for name in "abcde":
         assert not (tmp_path / name / "run.json").exists()  # refused before anything is written
+
+
+def test_shards_of_a_vllm_profile_merge_into_the_unsharded_report(cli, tiny, corpus, servers, vllm_report, tmp_path):
+    """No timings in any shard: the merged report has none either, and equals the unsharded one."""
+    for i in (1, 2):
+        r = vllm_profile(cli, tiny, corpus, servers, tmp_path / f"s{i}", "--shard", f"{i}/2")
+        assert r.exit_code == 0, r.output
+    r = cli("merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "merged")
+    assert r.exit_code == 0, r.output
+    assert reportfiles.load_report(tmp_path / "merged").run["timings"] is None
+    for name in ("tokens", "summary"):
+        ours, full = (frame(p, name) for p in (tmp_path / "merged", vllm_report.out))
+        pd.testing.assert_frame_equal(ours, full)
