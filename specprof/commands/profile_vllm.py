@@ -141,6 +141,9 @@ def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: Target
     out: list[vprofile.Draft] = []
     for spec in specs:
         kind, value = parse_kind(spec)
+        if spec in draft_urls and kind not in ("model", "early-exit"):
+            raise SpecprofError(f"--draft-url {spec}: a model-free draft needs no server (it is computed from the "
+                                "tokens); drop its --draft-url")
         if kind == "ngram":
             out.append(vprofile.LocalDraft(spec, {"name": spec, "kind": "ngram", "max_ngram": value or DEFAULT_NGRAM},
                                            max_ngram=value or DEFAULT_NGRAM))
