@@ -202,7 +202,10 @@ def test_refusals(cli, tiny, corpus, servers, tmp_path):
     r = cli("profile", corpus, "--engine", "vllm", "--target", tiny["target"], "--url", servers.urls[0],
             "--draft-url", f"ngram={servers.draft_url}", "--out", tmp_path / "f")
     assert "--draft-url ngram: a model-free draft needs no server" in one_line_error(r)
-    for name in "abcdef":
+    r = cli("profile", corpus, "--engine", "vllm", "--target", tiny["target"], "--url", servers.urls[0],
+            "--concurrency", "1,4", "--out", tmp_path / "g")
+    assert "--engine vllm measures none" in one_line_error(r)
+    for name in "abcdefg":
         assert not (tmp_path / name / "run.json").exists()  # refused before anything is written
 
 

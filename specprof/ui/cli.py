@@ -229,7 +229,7 @@ def profile(
         if engine != "hf" or url or draft_url:  # vLLM servers as the backend: specprof/commands/profile_vllm.py
             _profile_vllm(engine, url, draft_url, target, draft, k_max, max_new_tokens, temperature, top_p, seed,
                           batch_size, out, overwrite, resume, too_long, mode, trust_remote_code, no_chat_template,
-                          str(prompts), domain, limit, corpus, shard_info)
+                          str(prompts), domain, limit, corpus, shard_info, batch_sizes)
             return
         loading_started = time.perf_counter()
         _quiet_transformers()
@@ -315,7 +315,7 @@ def profile(
 
 def _profile_vllm(engine, urls, draft_urls, target, drafts, k_max, max_new_tokens, temperature, top_p, seed,
                   batch_size, out, overwrite, resume, too_long, mode, trust_remote_code, no_chat_template,
-                  corpus_path, domains, limit, corpus, shard_info) -> None:
+                  corpus_path, domains, limit, corpus, shard_info, batch_sizes) -> None:
     from specprof.commands import profile_vllm
     from specprof.engines.vllm.profile import Settings
 
@@ -325,6 +325,9 @@ def _profile_vllm(engine, urls, draft_urls, target, drafts, k_max, max_new_token
         raise SpecprofError(f"--engine {engine}: use hf or vllm")
     if not urls:
         raise SpecprofError("--engine vllm: give the target's vLLM server with --url URL (repeatable)")
+    if batch_sizes:
+        raise SpecprofError("--concurrency times forward passes here; --engine vllm measures none (time the target "
+                            "where it is served with specprof costs, then recommend --costs FILE)")
     settings = Settings(k_max, max_new_tokens, temperature, top_p, seed, batch_size or 32, not no_chat_template)
     options = profile_vllm.Options(urls, draft_urls or (), target, drafts or (), settings, out, overwrite, resume,
                                    too_long, mode, trust_remote_code, corpus_path, domains or (), limit)
