@@ -29,6 +29,10 @@ class FakeVllm:
     dead: bool = False
     hang_after: int | None = None  # stall completions after this many
     logprobs: dict[tuple[int, ...], dict[int, float]] = field(default_factory=dict)  # prefix → top logprobs
+    # ids [n] → [n, V] log-probabilities (row t predicts ids[t + 1]): a model behind the server. With it the
+    # fake generates greedily (ignore_eos, logprobs) and answers prompt_logprobs as vLLM 0.32.0 does.
+    model: object = None
+    max_model_len: int | None = None  # reported by /v1/models
     totals: list[int] = field(default_factory=lambda: [0, 0, 0])
     per_pos: list[int] = field(default_factory=list)
     completions: int = 0
@@ -55,6 +59,9 @@ class FakeVllm:
 
     def complete(self, body: dict) -> dict:
         prompt = tuple(body["prompt"])
+        if self.model is not None:
+            self.completions += 1
+            return self.model_complete(body)
         if body.get("max_tokens") == 1 and body.get("logprobs"):  # verify asking for the target's margin
             top = self.logprobs.get(prompt, {})
             chosen = max(top, key=top.get) if top else 0
@@ -66,6 +73,38 @@ class FakeVllm:
         self.per_pos = [a + b for a, b in zip(self.per_pos or [0] * self.k, per_pos)]
         out = self.continuations[prompt][: body["max_tokens"]]
         return {"choices": [{"index": 0, "text": "", "token_ids": out, "finish_reason": "length"}]}
+
+    def model_complete(self, body: dict) -> dict:
+        """Greedy generation and prompt_logprobs from `model`, in vLLM 0.32.0's response shapes."""
+        ids = [int(i) for i in body["prompt"]]
+        eos = {2}
+        out, tops = [], []
+        while len(out) < body["max_tokens"]:
+            row = self.model(ids + out)[-1]
+            order = sorted(range(len(row)), key=lambda v: -row[v])
+            chosen = order[0]
+            top = {f"token_id:{v}": float(row[v]) for v in [chosen, *order[: body.get("logprobs") or 0]]}
+            out.append(chosen)
+            tops.append(top)
+            if chosen in eos and not body.get("ignore_eos"):
+                break
+        choice = {"index": 0, "text": "", "token_ids": out,
+                  "finish_reason": "stop" if out and out[-1] in eos and not body.get("ignore_eos") else "length"}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"top_logprobs": tops}
+        if body.get("prompt_logprobs"):
+            rows = self.model(ids)
+            entries = [None]
+            for t in range(1, len(ids)):
+                row, given = rows[t - 1], ids[t]
+                best = max(range(len(row)), key=lambda v: row[v])
+                rank = 1 + sum(1 for v in row if v > row[given])
+                entries.append({str(given): {"logprob": float(row[given]), "rank": rank, "decoded_token": "?"},
+                                str(best): {"logprob": float(row[best]), "rank": 1, "decoded_token": "?"}}
+                               if best != given else
+                               {str(given): {"logprob": float(row[given]), "rank": rank, "decoded_token": "?"}})
+            choice["prompt_logprobs"] = entries
+        return {"choices": [choice]}
 
     def start(self, port: int = 0) -> str:
         fake = self
@@ -96,7 +135,8 @@ class FakeVllm:
                     return
                 routes = {"/health": lambda: self._reply(200, ""),
                           "/version": lambda: self._reply(200, {"version": "0.32.0"}),
-                          "/v1/models": lambda: self._reply(200, {"data": [{"id": MODEL}]}),
+                          "/v1/models": lambda: self._reply(200, {"data": [
+                              {"id": MODEL, **({"max_model_len": fake.max_model_len} if fake.max_model_len else {})}]}),
                           "/metrics": lambda: self._reply(200, fake.metrics_text(), "text/plain")}
                 routes.get(self.path, lambda: self._reply(404, {"error": {"message": "not found"}}))()
 
@@ -122,6 +162,21 @@ class FakeVllm:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def model_logprobs(directory) -> object:
+    """A tiny model directory as the fake's `model`: ids → [n, V] log-probabilities (lists)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+    def logprobs(ids: list[int]) -> list[list[float]]:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float()
+        return torch.log_softmax(logits, dim=-1).tolist()
+
+    return logprobs
 
 
 def counters_for(i: int, k: int) -> tuple[int, int, int, tuple[int, ...]]:

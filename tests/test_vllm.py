@@ -5,7 +5,9 @@ draft and k (`verify --engine vllm --launch` starts and stops them, about 60 s e
 server is started apart and verified through `--url`):
   - vllm-ngram:1:3 (vLLM's n-gram proposer, prompt_lookup_min 1, max 3): every counter exact;
   - a model-draft directory holding SmolLM2's first 26 layers (it proposes what early-exit:26
-    proposes): every counter exact, or each prompt that differs explained as a near-tie.
+    proposes): every counter exact, or each prompt that differs explained as a near-tie;
+  - `profile --engine vllm` against the k = 3 server (the target) and a plain server of that directory
+    (the draft): the transformers engine's match columns.
 Skipped where no vLLM environment is found (SPECPROF_VLLM_PYTHON, default .venv-vllm/bin/python in the
 repository); SPECPROF_REQUIRE_VLLM=1 (.ci/run sets it) turns that skip into a failure.
 """
@@ -86,19 +88,27 @@ def verify(cli, report: Path, python: str, draft: str, *extra, ks=KS) -> tuple[i
     return r.exit_code, out
 
 
-def verify_url(cli, report: Path, python: str, draft: str, k: int) -> tuple[int, dict]:
-    """A server started as a user would (the same launcher, outside specprof's run), then `verify --url`."""
+@pytest.fixture(scope="module")
+def ngram3_server(vllm_python, report):
+    """The target served with vLLM's n-gram proposer at k = 3, started as a user would (the same launcher,
+    outside specprof's run): `verify --url` checks its counters, and `profile --engine vllm` uses it as the
+    target's server (speculation is lossless at T = 0); the profile test stops it when done."""
     from specprof.core import reportfiles
     from specprof.engines.vllm import launcher
 
-    config = launcher.speculative_config(draft, k)
+    config = launcher.speculative_config("vllm-ngram:1:3", 3)
     target = reportfiles.load_report(report).run["target"]["source"]
-    with launcher.launch(python, target, config) as server:
-        r = cli("verify", report, "--engine", "vllm", "--url", server.client.url, "--draft", draft, "--k", k, "--json")
-        assert r.exit_code in (0, 1), r.output
-        # the server at k must refuse another --k before sending anything
-        other = cli("verify", report, "--engine", "vllm", "--url", server.client.url, "--draft", draft, "--k", k + 1)
-        assert other.exit_code == 2 and f"runs speculative decoding at k = {k}" in other.stderr, other.output
+    with launcher.launch(vllm_python, target, config) as server:
+        yield server
+
+
+def verify_url(cli, report: Path, server, draft: str, k: int) -> tuple[int, dict]:
+    """`verify --url` against a server started apart."""
+    r = cli("verify", report, "--engine", "vllm", "--url", server.client.url, "--draft", draft, "--k", k, "--json")
+    assert r.exit_code in (0, 1), r.output
+    # the server at k must refuse another --k before sending anything
+    other = cli("verify", report, "--engine", "vllm", "--url", server.client.url, "--draft", draft, "--k", k + 1)
+    assert other.exit_code == 2 and f"runs speculative decoding at k = {k}" in other.stderr, other.output
     out = json.loads(r.stdout)
     print(side_by_side(out))
     return r.exit_code, out
@@ -110,10 +120,10 @@ def side_by_side(out: dict) -> str:
     return "\n".join(lines)
 
 
-def test_vllm_ngram_counters_equal_vllm_metrics(cli, report, vllm_python):
+def test_vllm_ngram_counters_equal_vllm_metrics(cli, report, vllm_python, ngram3_server):
     """k = 1, 2, 4 through --launch; k = 3 on a server started apart, through --url."""
     code, out = verify(cli, report, vllm_python, "vllm-ngram:1:3", ks=("1", "2", "4"))
-    code3, out3 = verify_url(cli, report, vllm_python, "vllm-ngram:1:3", 3)
+    code3, out3 = verify_url(cli, report, ngram3_server, "vllm-ngram:1:3", 3)
     for o in (out, out3):
         assert o["error"] is None and o["notes"] == []
         assert o["continuations"] == []  # vLLM's greedy output is the report's continuation, token for token
@@ -123,6 +133,42 @@ def test_vllm_ngram_counters_equal_vllm_metrics(cli, report, vllm_python):
     counters = out["counters"] + out3["counters"]
     assert len(counters) == sum(3 + k for k in (1, 2, 3, 4))
     assert {c["k"] for c in counters if c["counter"] == "num_drafts" and c["engine"] > 0} == {1, 2, 3, 4}
+
+
+def test_profile_engine_vllm_gives_the_transformers_engines_match_columns(cli, report, vllm_python, ngram3_server,
+                                                                         draft_dir, tmp_path):
+    """`profile --engine vllm`: the target from the k = 3 n-gram server above, early-exit:26 from a plain server
+    of its directory (prompt_logprobs), vllm-ngram:1:3 computed here. tokens.parquet and past_end.parquet hold
+    the transformers engine's tokens, proposals and matches, and the summary its α and tokens/iter."""
+    import numpy as np
+    import pandas as pd
+
+    from specprof.core import reportfiles
+    from specprof.engines.vllm import launcher
+
+    corpus = reportfiles.load_report(report).run["corpus"]["path"]
+    out = tmp_path / "vllm-engine"
+    with launcher.launch(vllm_python, str(draft_dir), {}) as draft_server:
+        r = cli("profile", corpus, "--engine", "vllm", "--url", ngram3_server.client.url, "--draft", "vllm-ngram:1:3",
+                "--draft-url", f"early-exit:26={draft_server.client.url}", "--k-max", 4, "--max-new-tokens", MAX_NEW,
+                "--out", out)
+    launcher.stop(ngram3_server.process)  # no later test uses it
+    assert r.exit_code == 0, r.output
+    keys, exact = ["draft", "prompt_id", "position"], ["target_token", "draft_token", "match", "accept_prob"]
+    for name in ("tokens", "past_end"):
+        ours, theirs = (reportfiles.load_report(d).frame(name).sort_values(keys).reset_index(drop=True)
+                        for d in (out, report))
+        differ = ours[keys][(ours[exact] != theirs[exact]).any(axis=1)]
+        print(f"{name}: {len(ours)} rows, {len(differ)} differ from the transformers engine's")
+        pd.testing.assert_frame_equal(ours[keys + exact], theirs[keys + exact])
+        np.testing.assert_allclose(ours["target_p"], theirs["target_p"], atol=1e-4)
+        np.testing.assert_allclose(ours["draft_q"], theirs["draft_q"], atol=1e-4)
+    key = ["draft", "domain", "k"]
+    ours, theirs = (reportfiles.load_report(d).frame("summary").sort_values(key).reset_index(drop=True)
+                    for d in (out, report))
+    pd.testing.assert_frame_equal(ours[key + ["alpha", "tokens_per_iter"]], theirs[key + ["alpha", "tokens_per_iter"]])
+    run = reportfiles.load_report(out).run
+    assert run["timings"] is None and run["engine"]["vllm_version"] == "0.32.0"
 
 
 def test_model_draft_counters_equal_vllm_metrics_or_near_ties(cli, report, vllm_python, draft_dir):

@@ -112,8 +112,10 @@ def _load_shards(paths: Sequence[str | Path]) -> list[reportfiles.Report]:
     return sorted(reports, key=lambda r: r.run["shard"]["index"])
 
 
-def _mean_timings(reports: Sequence[reportfiles.Report]) -> Timings:
+def _mean_timings(reports: Sequence[reportfiles.Report]) -> Timings | None:
     shards = [Timings.from_dict(r.run["timings"]) for r in reports if r.run.get("timings")]  # empty shards: none
+    if not shards:  # shards of a remote engine (`profile --engine vllm`) measure no forward times
+        return None
     first = shards[0]
     return Timings(
         target_forward_s=tuple(statistics.fmean(t.target_forward_s[i] for t in shards)
@@ -179,7 +181,7 @@ def merge_reports(paths: Sequence[str | Path], out: str | Path, overwrite: bool 
     run["skipped_prompts"] = [pid for r in reports for pid in r.run.get("skipped_prompts", [])]
     run["final_batch_size"] = min(int(r.run.get("final_batch_size") or base["settings"]["batch_size"])
                                   for r in reports)
-    run["timings"] = timings.as_dict()
+    run["timings"] = timings.as_dict() if timings is not None else None
     phases = [r.run.get("phases_s") or {} for r in reports]
     run["phases_s"] = {k: sum(p.get(k, 0.0) for p in phases) for k in dict.fromkeys(k for p in phases for k in p)}
     logged = [(r.run.get("logged_responses") or {}).get("prompts", {}) for r in reports]  # none in an empty shard
@@ -202,7 +204,7 @@ def merge_reports(paths: Sequence[str | Path], out: str | Path, overwrite: bool 
     # Block-dependent drafts are traced from the merged proposals, read back as any report's are.
     runs = blockdraft.load_runs(reportfiles.Report(out, run), list(drafts), k_max) if exact else {}
     traces = trace_drafts(merged_tokens.to_pandas(), k_max, exact=exact, runs=runs)
-    summary, blocks = summarize(traces, timings)
+    summary, blocks = summarize(traces, timings, cost_ratio=0.0 if timings is None else None)  # as the shards'
     reportfiles.write_table(out / reportfiles.FILES["summary"], summary, "summary")
     reportfiles.write_table(out / reportfiles.FILES["blocks"], blocks, "blocks")
     reportfiles.write_json(out / reportfiles.RUN_JSON, run)  # last: a report is complete once run.json says so

@@ -229,7 +229,7 @@ class RunStore:
             reportfiles.write_table(self.directory / reportfiles.FILES[name], self._concat(name), name)
         reportfiles.write_table(self.directory / reportfiles.FILES["summary"], summary, "summary")
         reportfiles.write_table(self.directory / reportfiles.FILES["blocks"], blocks, "blocks")
-        self.run["timings"] = timings.as_dict()
+        self.run["timings"] = timings.as_dict() if timings is not None else None  # None: a remote engine's run
         self.run["finished_at"] = now()
         self._write_run()
         shutil.rmtree(self.directory / PARTS, ignore_errors=True)

@@ -43,6 +43,13 @@ PROFILE_CONCURRENCY_HELP = (
     "t_T(n; b), t_D(b) and the catch-up for b sequences at once, stored in run.json; recommend then decides "
     "per batch size. Default: batch 1 only (one stream)."
 )
+ENGINE_HELP = (
+    "hf: load the models here (transformers). vllm: the target runs on vLLM servers (--url), model drafts on "
+    "their own (--draft-url); model-free drafts are computed here. Exact at --temperature 0 (continuations, "
+    "matches, the k-trace); T > 0 is refused (a server returns top log-probabilities, not the distributions "
+    "Σ min(p, q) needs); target_entropy and forward times are not recorded (price with recommend --cost-ratio "
+    "or --costs). --target names the tokenizer and config only."
+)
 RESPONSES_HELP = (
     "logged: no generation; one teacher-forced target pass over each prompt + its logged response "
     "(default when every record has a response). At --temperature 0 the response is used up to its first "
@@ -91,6 +98,14 @@ def profile(
         "--shard", help="i/n: profile only shard i of n (prompts split by a hash of their id); "
         "combine the n reports with specprof merge.")] = None,
     concurrency: Annotated[list[str] | None, typer.Option("--concurrency", help=PROFILE_CONCURRENCY_HELP)] = None,
+    engine: Annotated[str, typer.Option("--engine", help=ENGINE_HELP)] = "hf",
+    url: Annotated[list[str] | None, typer.Option(
+        "--url", help="--engine vllm: an OpenAI-compatible vLLM server of the target (repeatable: requests are "
+        "spread over all of them, several in flight on each).")] = None,
+    draft_url: Annotated[list[str] | None, typer.Option(
+        "--draft-url", help="--engine vllm: NAME=URL, the vLLM server of model draft NAME (e.g. "
+        "early-exit:26=http://host:8001 serving `specprof export-draft early-exit:26`); adds NAME to the drafts.")
+    ] = None,
 ) -> None:
     """Measure token-level acceptance of each draft against the target, per domain, for every k.
 
@@ -111,6 +126,9 @@ def profile(
         argv=STATE.get("argv"),
     )
     request.check()  # flags fail before transformers is even imported
+    if engine != "hf" or url or draft_url:  # vLLM servers as the backend
+        _profile_vllm(request, engine, tuple(url or ()), tuple(draft_url or ()))
+        return
     quiet_transformers()
     with stderr.status("loading models…"):
         run = open_run(request, notice)
@@ -136,6 +154,35 @@ def profile(
     for line in closing_lines(result, temperature):
         stdout.print(line, markup=False, highlight=False)
     stdout.print(f"report written to {out}/ (recommend with: specprof recommend {out})")
+
+
+def _profile_vllm(request, engine: str, urls: tuple[str, ...], draft_urls: tuple[str, ...]) -> None:
+    """profile --engine vllm: the passes run on vLLM servers (`commands/profile_vllm`)."""
+    from specprof.commands import profile_vllm
+    from specprof.commands.profile import read_corpus
+    from specprof.core.batchcost import parse_batch_sizes
+    from specprof.engines.vllm.profile import DEFAULT_BATCH_SIZE, Settings
+
+    if engine == "hf":
+        raise SpecprofError(f"{'--url' if urls else '--draft-url'} needs --engine vllm")
+    if engine != "vllm":
+        raise SpecprofError(f"--engine {engine}: use hf or vllm")
+    if not urls:
+        raise SpecprofError("--engine vllm: give the target's vLLM server with --url URL (repeatable)")
+    if parse_batch_sizes(request.concurrency):
+        raise SpecprofError("--concurrency times forward passes here; --engine vllm measures none (time the target "
+                            "where it is served with specprof costs, then recommend --costs FILE)")
+    corpus, mode, shard_info = read_corpus(request, notice)
+    settings = Settings(request.k_max, request.max_new_tokens, request.temperature, request.top_p, request.seed,
+                        request.batch_size or DEFAULT_BATCH_SIZE, request.chat_template)
+    options = profile_vllm.Options(urls, draft_urls, request.target, request.drafts, settings, request.out,
+                                   request.overwrite, request.resume, request.too_long, mode, request.trust_remote_code,
+                                   str(request.prompts), request.domains, request.limit)
+    summary, lines = profile_vllm.profile(options, corpus, shard_info, progress_bar)
+    for d in dict.fromkeys(summary["draft"]):
+        stdout.print(render.profile_table(summary, d))
+    for line in lines:
+        stdout.print(line, markup=False, highlight=False)
 
 
 @command()

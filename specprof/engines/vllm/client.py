@@ -149,6 +149,15 @@ class TopLogprobs:
         return values[0] - values[1] if len(values) > 1 else float("inf")
 
 
+@dataclass(frozen=True)
+class PromptLogprob:
+    """The served model at one prompt position, teacher-forced: what `"prompt_logprobs": 1` returns."""
+
+    top1: int  # its argmax there (the rank-1 token; the given token itself when that is rank 1)
+    top1_logprob: float  # log-probability of its argmax (raw logits, before any temperature)
+    given_logprob: float  # log-probability of the prompt's own token there
+
+
 class VllmClient:
     """One server at `url` (e.g. http://127.0.0.1:8000); each call waits at most `timeout_s`."""
 
@@ -245,7 +254,8 @@ class VllmClient:
         return parse_metrics(raw.decode(errors="replace"), f"--url {self.url}/metrics")
 
     def complete(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, logprobs: int | None = None) -> tuple[Completion, list[TopLogprobs]]:
+                 seed: int | None = None, logprobs: int | None = None,
+                 ignore_eos: bool = False) -> tuple[Completion, list[TopLogprobs]]:
         """Generate from token ids. Every sampling knob is set, so the model's generation_config cannot
         add a top_k or a repetition penalty the report did not use."""
         body = {
@@ -256,6 +266,8 @@ class VllmClient:
         }
         if seed is not None:
             body["seed"] = int(seed)
+        if ignore_eos:  # go on past EOS (and the generation config's stop ids) up to max_tokens
+            body["ignore_eos"] = True
         if logprobs is not None:
             body["logprobs"] = int(logprobs)
             body["return_tokens_as_token_ids"] = True
@@ -268,6 +280,47 @@ class VllmClient:
             for chosen, top in zip(choice["token_ids"], choice["logprobs"].get("top_logprobs") or []):
                 tops.append(TopLogprobs(int(chosen), {_token_id(t): float(v) for t, v in (top or {}).items()}))
         return Completion([int(t) for t in choice["token_ids"]], choice.get("finish_reason")), tops
+
+    def prompt_logprobs(self, ids: Sequence[int]) -> list[PromptLogprob | None]:
+        """Teacher-forced: at every position of `ids` (None at position 0, which nothing predicts) the
+        model's argmax and the log-probabilities of it and of ids[t]. One generated token is discarded
+        (vLLM refuses max_tokens 0)."""
+        body = {"model": self.model(), "prompt": [int(i) for i in ids], "max_tokens": 1, "temperature": 0.0,
+                "prompt_logprobs": 1, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+        choice = (self._json("/v1/completions", body).get("choices") or [None])[0]
+        entries = (choice or {}).get("prompt_logprobs")
+        if not isinstance(entries, list) or len(entries) != len(ids):
+            raise SpecprofError(f"--url {self.url}: /v1/completions returned no prompt_logprobs for the {len(ids)} "
+                                f"prompt tokens (\"prompt_logprobs\" needs vLLM; checked with {CHECKED_VERSION})")
+        where = f"--url {self.url}/v1/completions"
+        return [_prompt_position(e, int(t), where) for e, t in zip(entries, ids)]
+
+    def max_model_len(self) -> int | None:
+        """The context the server accepts (`--max-model-len`), as /v1/models reports it."""
+        data = self._json("/v1/models").get("data") or [{}]
+        value = data[0].get("max_model_len")
+        return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _prompt_position(entry: dict | None, given: int, where: str) -> PromptLogprob | None:
+    """One position of vLLM's `prompt_logprobs`: {"<id>": {"logprob", "rank", ...}} holding the given
+    token and the rank-1 token (one entry when they are the same)."""
+    if entry is None:
+        return None
+    try:
+        ranked = {int(t): (float(v["logprob"]), int(v["rank"])) for t, v in entry.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise SpecprofError(f"{where}: unreadable prompt_logprobs entry {str(entry)[:120]} (checked with vLLM "
+                            f"{CHECKED_VERSION})") from None
+    if given not in ranked:
+        raise SpecprofError(f"{where}: prompt_logprobs lack the prompt's own token {given} (checked with vLLM "
+                            f"{CHECKED_VERSION})")
+    top = [t for t, (_, rank) in ranked.items() if rank == 1]
+    if given in top:  # the given token is the argmax (vLLM ranks a tie by strictly greater logprobs)
+        best = given
+    else:
+        best = top[0] if top else max(ranked, key=lambda t: ranked[t][0])
+    return PromptLogprob(best, ranked[best][0], ranked[given][0])
 
 
 def _token_id(text: str) -> int:

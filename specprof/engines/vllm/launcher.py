@@ -131,7 +131,8 @@ def last_log_line(path: Path) -> str:
 def command(python: str, model: str, config: dict, port: int, dtype: str = "float32",
             extra: Sequence[str] = ()) -> list[str]:
     return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--dtype", dtype,
-            "--max-model-len", "2048", "--enforce-eager", "--speculative-config", json.dumps(config),
+            "--max-model-len", "2048", "--enforce-eager",
+            *(["--speculative-config", json.dumps(config)] if config else []),  # {}: a plain server (a draft's)
             "--host", "127.0.0.1", "--port", str(port), *extra]
 
 
