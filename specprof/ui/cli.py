@@ -468,7 +468,8 @@ RECOMMEND_HELP = "\n\n".join([
     "acceptances past EOS / max_tokens. At each domain's best k, or at --k.",
     "--emit vllm | sglang: print only the configuration to paste for the recommended draft and k (vLLM's "
     "--speculative-config JSON, SGLang's flags), or why no domain should enable speculation; --draft, --domain "
-    "and --k choose.",
+    "and --k choose. With one --draft and --k the config is printed even where it is not GO (a note on stderr "
+    "says it is not recommended).",
 ])
 
 GATE_HELP = "\n\n".join([
@@ -607,7 +608,7 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
         analysis = dataclasses.replace(analysis, timings=batchcost.load_costs(
             costs_path, analysis.run, [t.draft for t in analysis.traces], max(t.blocks.k_max for t in analysis.traces)))
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
-    choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k)
+    choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k, forced=len(drafts) == 1)
     if choice.draft is None:
         typer.echo(choice.none)
         return
