@@ -10,8 +10,8 @@ line prints.
 entry if its decision is GO; otherwise each draft's plan (the GO domains and the one k that
 serves them best), the draft with the highest speedup winning. When nothing is GO but the user
 named one draft and k (`--draft D --k K`), that choice is emitted anyway, marked not recommended
-(`Choice.warning`, printed on stderr): the user chose, and may be testing the engine's config. `vllm_config` / `sglang_flags`
-write it as vLLM's `--speculative-config` JSON (checked against vLLM 0.32.0's
+(`Choice.warning`, printed on stderr): the user chose, and may be testing the engine's config.
+`vllm_config` / `sglang_flags` write it as vLLM's `--speculative-config` JSON (checked against vLLM 0.32.0's
 config/speculative.py) and SGLang's flags, or `Choice.none` says why nothing should be enabled.
 
 No torch here; nothing printed.

@@ -762,6 +762,13 @@ def verify(
                                     "(e.g. .venv-vllm/bin/python)."),
     draft_model_dir: str = typer.Option(None, "--draft-model-dir", help="vllm: the model directory that serves "
                                         "the draft (early-exit:L: the target's first L layers, save_pretrained)."),
+    concurrency: list[str] = typer.Option(None, "--concurrency", help="vllm: B concurrent streams for each batch "
+                                          "size B (e.g. 1,4): output tokens/s with and without speculation, "
+                                          "predicted vs measured speedup per B."),
+    baseline_url: str = typer.Option(None, "--baseline-url", help="vllm --concurrency with --url: the same target "
+                                     "served without --speculative-config."),
+    costs_path: Path = typer.Option(None, "--costs", help="--concurrency: predict with the times of this file "
+                                    "(specprof costs) instead of the report's."),
 ) -> None:
     """Run real speculative decoding on the report's prompts and check its predictions on this machine.
 
@@ -777,6 +784,10 @@ def verify(
     At temperature > 0 a measured acceptance rate outside the report's α interval is flagged.
     """
 
+    if concurrency or baseline_url or costs_path:
+        _verify_concurrency(report, engine, concurrency or (), k or (), limit, draft or (), json_out, url,
+                            baseline_url, vllm_python if launch else None, draft_model_dir, costs_path)
+        return
     if engine == "vllm":
         _verify_vllm(report, k or (), limit, draft or (), json_out, url, launch, vllm_python, draft_model_dir)
         return
@@ -849,6 +860,41 @@ def _verify_vllm(report: Path, ks: tuple, limit: int | None, drafts: tuple, json
         raise typer.Exit(code=2)
     if result.mismatch:
         raise typer.Exit(code=1)
+
+
+def _verify_concurrency(report: Path, engine: str, concurrency: Sequence[str], ks: Sequence[int], limit: int | None,
+                        drafts: Sequence[str], json_out: bool, url: str | None, baseline_url: str | None,
+                        vllm_python: str | None, draft_model_dir: str | None, costs_path: Path | None) -> None:
+    """verify --concurrency: the work is in commands.verify_concurrency, the table in ui.render_concurrency."""
+    from specprof.commands import verify_concurrency as vc
+
+    def go() -> Any:
+        from specprof.core.batchcost import parse_batch_sizes
+
+        if engine != "vllm":
+            raise SpecprofError(vc.NO_BATCHED_LOOP)
+        if not concurrency:
+            raise SpecprofError("--baseline-url and --costs go with --concurrency")
+        if len(ks) > 1 or len(drafts) > 1:
+            raise SpecprofError("verify --concurrency: one --draft and one --k at a time (a server runs one config)")
+        options = vc.Options(parse_batch_sizes(concurrency), drafts[0] if drafts else None, ks[0] if ks else None,
+                             limit, url, baseline_url, vllm_python, draft_model_dir,
+                             str(costs_path) if costs_path else None)
+        with stderr.status("verifying at concurrency against vLLM…") as status:
+            return vc.run(str(report), options, progress=lambda m: status.update(m))
+
+    result = _run(go)
+    from specprof.ui import render_concurrency
+
+    if json_out:
+        _print_json(result.as_dict())
+    else:
+        stdout.print(render_concurrency.table(result))
+        for line in render_concurrency.lines(result):
+            stdout.print(line, highlight=False)
+    if result.error:
+        render.print_error(stderr, result.error)
+        raise typer.Exit(code=2)
 
 
 @app.command()
