@@ -37,6 +37,10 @@ class FakeVllm:
     per_pos: list[int] = field(default_factory=list)
     completions: int = 0
     requests: list[dict] = field(default_factory=list)
+    delay_s: float = 0.0  # each completion takes this long (so concurrent requests overlap)
+    in_flight: int = 0  # completions being answered now, and the most at once (verify --concurrency)
+    max_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def metrics_text(self) -> str:
         labels = f'engine="0",model_name="{MODEL}"'
@@ -67,10 +71,11 @@ class FakeVllm:
             chosen = max(top, key=top.get) if top else 0
             return {"choices": [{"token_ids": [chosen], "finish_reason": "length",
                                  "logprobs": {"top_logprobs": [{f"token_id:{t}": v for t, v in top.items()}]}}]}
-        self.completions += 1
-        drafts, draft_tokens, accepted, per_pos = self.counters[prompt]
-        self.totals = [self.totals[0] + drafts, self.totals[1] + draft_tokens, self.totals[2] + accepted]
-        self.per_pos = [a + b for a, b in zip(self.per_pos or [0] * self.k, per_pos)]
+        with self.lock:  # concurrent requests (verify --concurrency) add to the counters one at a time
+            self.completions += 1
+            drafts, draft_tokens, accepted, per_pos = self.counters[prompt]
+            self.totals = [self.totals[0] + drafts, self.totals[1] + draft_tokens, self.totals[2] + accepted]
+            self.per_pos = [a + b for a, b in zip(self.per_pos or [0] * self.k, per_pos)]
         out = self.continuations[prompt][: body["max_tokens"]]
         return {"choices": [{"index": 0, "text": "", "token_ids": out, "finish_reason": "length"}]}
 
@@ -150,7 +155,14 @@ class FakeVllm:
                 elif self.path == "/v1/completions":
                     if fake.hang_after is not None and fake.completions >= fake.hang_after:
                         time.sleep(3)
-                    self._reply(200, fake.complete(body))
+                    with fake.lock:
+                        fake.in_flight += 1
+                        fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    time.sleep(fake.delay_s)
+                    answer = fake.complete(body)
+                    with fake.lock:
+                        fake.in_flight -= 1
+                    self._reply(200, answer)
                 else:
                     self._reply(404, {"error": {"message": "not found"}})
 
@@ -184,8 +196,9 @@ def counters_for(i: int, k: int) -> tuple[int, int, int, tuple[int, ...]]:
     return (i + 4, k * (i + 4), i + 1, (i + 1,) + (0,) * (k - 1))
 
 
-def serve_report(report_dir: str, k: int, port: int) -> None:
-    """Serve a report's own continuations at `port` until killed (the stand-in `python -m vllm…` runs this)."""
+def serve_report(report_dir: str, k: int, port: int, spec: bool = True) -> None:
+    """Serve a report's own continuations at `port` until killed (the stand-in `python -m vllm…` runs this);
+    `spec` False: as a server started without --speculative-config."""
     from specprof.commands import verify_vllm
     from specprof.core import reportfiles, tokentext
 
@@ -197,7 +210,7 @@ def serve_report(report_dir: str, k: int, port: int) -> None:
     ids = [tuple(int(t) for t in toks) for toks in prompts["prompt_tokens"]]
     fake = FakeVllm(tokentext.load(report.run).decode,
                     {p: continuations[str(pid)] for p, pid in zip(ids, prompts["prompt_id"])},
-                    {p: counters_for(i, k) for i, p in enumerate(ids)}, k=k)
+                    {p: counters_for(i, k) for i, p in enumerate(ids)}, k=k, spec=spec)
     fake.start(port)
     while True:
         time.sleep(1)

@@ -8,6 +8,9 @@ server is started apart and verified through `--url`):
     proposes): every counter exact, or each prompt that differs explained as a near-tie;
   - `profile --engine vllm` against the k = 3 server (the target) and a plain server of that directory
     (the draft): the transformers engine's match columns.
+  - `recommend --emit vllm --draft vllm-ngram:1:3 --k 3 --concurrency 1,4` (the report is timed at batch
+    sizes 1 and 4): vLLM starts with that exact JSON, batch-size schedule included, and serves a completion
+    (one more server, about 40–100 s).
 Skipped where no vLLM environment is found (SPECPROF_VLLM_PYTHON, default .venv-vllm/bin/python in the
 repository); SPECPROF_REQUIRE_VLLM=1 (.ci/run sets it) turns that skip into a failure.
 """
@@ -56,7 +59,7 @@ def report(tmp_path_factory) -> Path:
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] in PROMPTS))
     out = root / "report"
     args = ["profile", corpus, "--draft", "vllm-ngram:1:3", "--draft", "early-exit:26", "--k-max", 4,
-            "--max-new-tokens", MAX_NEW, "--out", out]
+            "--max-new-tokens", MAX_NEW, "--concurrency", "1,4", "--out", out]
     r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return out
@@ -180,3 +183,29 @@ def test_model_draft_counters_equal_vllm_metrics_or_near_ties(cli, report, vllm_
         assert all(c["equal"] for c in out["counters"])
     else:  # every prompt whose counters differ is explained by a near-tie of the draft, with its margin
         assert out["prompt_mismatches"] and all(m["verdict"] == "near-tie" for m in out["prompt_mismatches"])
+
+
+def test_emitted_config_with_a_batch_size_schedule_is_accepted_by_vllm(cli, report, vllm_python):
+    """issue 15: the --emit config starts vLLM; issue 16: with --concurrency its schedule does too (one server)."""
+    from specprof.commands import verify_vllm
+    from specprof.core import reportfiles
+    from specprof.engines.vllm import launcher
+
+    r = cli("recommend", report, "--emit", "vllm", "--draft", "vllm-ngram:1:3", "--k", 3, "--concurrency", "1,4")
+    assert r.exit_code == 0, r.output
+    config = json.loads(r.stdout)  # alone on stdout, as $(specprof recommend … --emit vllm) pastes it
+    # One prompt per domain cannot be GO (a decision needs 5+): printed because --draft and --k chose it, with
+    # a note, and the schedule turns speculation off at every measured batch size (vLLM clamps rows to k).
+    assert "note: not recommended: " in r.stderr
+    assert config == {"method": "ngram", "prompt_lookup_min": 1, "prompt_lookup_max": 3, "num_speculative_tokens": 3,
+                      "num_speculative_tokens_per_batch_size": [[1, 4, 0]]}
+    run = reportfiles.load_report(report)
+    prompt = [int(t) for t in run.frame("prompts")["prompt_tokens"].iloc[0]]
+    expected = verify_vllm.report_continuations(run.frame("tokens").query("draft == 'vllm-ngram:1:3'"))
+    with launcher.launch(vllm_python, run.run["target"]["source"], config) as server:
+        before = server.client.metrics()
+        out, _ = server.client.complete(prompt, MAX_NEW)
+        after = verify_vllm.settled_metrics(server.client)
+    assert before is not None and before.k == 3  # a speculative server at num_speculative_tokens 3
+    assert out.token_ids == expected[str(run.frame("prompts")["prompt_id"].iloc[0])]
+    assert after.minus(before).num_drafts == 0  # batch size 1 falls in the row [1, 4, 0]: vLLM honours it

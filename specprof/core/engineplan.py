@@ -8,8 +8,10 @@ line prints.
 
 `choose` picks what to turn on (the draft, the domains and k): with --domain, that domain's
 entry if its decision is GO; otherwise each draft's plan (the GO domains and the one k that
-serves them best), the draft with the highest speedup winning. `vllm_config` / `sglang_flags`
-write it as vLLM's `--speculative-config` JSON (checked against vLLM 0.32.0's
+serves them best), the draft with the highest speedup winning. When nothing is GO but the user
+named one draft and k (`--draft D --k K`), that choice is emitted anyway, marked not recommended
+(`Choice.warning`, printed on stderr): the user chose, and may be testing the engine's config.
+`vllm_config` / `sglang_flags` write it as vLLM's `--speculative-config` JSON (checked against vLLM 0.32.0's
 config/speculative.py) and SGLang's flags, or `Choice.none` says why nothing should be enabled.
 
 No torch here; nothing printed.
@@ -114,13 +116,14 @@ class Choice:
     domains: tuple[str, ...]
     speedup: float | None
     none: str = ""  # why no domain should enable speculation ("" when something should)
+    warning: str = ""  # emitted although not GO (the user named the draft and k): why it is not recommended
 
 
 def choose(
     analysis: Analysis, estimates: Sequence[Estimate], plans: Sequence[DraftPlan], domains: Sequence[str] = (),
-    k: int | None = None,
+    k: int | None = None, forced: bool = False,
 ) -> Choice:
-    """The draft, k and domains to enable (see the module docstring)."""
+    """The draft, k and domains to enable (see the module docstring); `forced`: the user named one draft."""
     check_k(analysis, k)
     infos = {d.get("name"): d for d in analysis.run.get("drafts") or []}
     options: list[tuple[float, str, int, tuple[str, ...]]] = []
@@ -139,11 +142,26 @@ def choose(
         where = f"domain {', '.join(domains)}" if domains else "no domain"
         decided = ", ".join(sorted({f"{e.draft}: {e.domain} {e.verdict().decision}" for e in estimates
                                     if e.domain != ALL or domains}))
-        return Choice(None, None, {}, None, (), None,
-                      f"{where} should enable speculation: no draft is GO there ({decided})")
+        none = f"{where} should enable speculation: no draft is GO there ({decided})"
+        named = _named_choice(estimates, infos, domains, k, none) if forced else None
+        return named or Choice(None, None, {}, None, (), None, none)
     speedup, draft, kk, chosen = max(options, key=lambda o: o[0])
     info = infos.get(draft, {"name": draft, "kind": "model"})
     return Choice(draft, info.get("kind", "model"), info, kk, chosen, speedup)
+
+
+def _named_choice(estimates: Sequence[Estimate], infos: dict, domains: Sequence[str], k: int | None,
+                  none: str) -> Choice | None:
+    """The one draft the user named at their --k, on their one domain (or ALL), though it is not GO."""
+    drafts = {e.draft for e in estimates}
+    where = domains[0] if len(domains) == 1 else ALL
+    found = [e for e in estimates if e.domain == where]
+    if k is None or len(drafts) != 1 or len(found) != 1:
+        return None
+    e = found[0]
+    info = infos.get(e.draft, {"name": e.draft, "kind": "model"})
+    return Choice(e.draft, info.get("kind", "model"), info, k, (where,), float(e.speedup[k - 1]),
+                  warning=f"not recommended: {none}; emitted because --draft and --k chose it")
 
 
 def _plan_speedup(estimates: Sequence[Estimate], plan: DraftPlan, k: int) -> float:
@@ -162,7 +180,8 @@ def model_dir_hint(c: Choice, target: str) -> str:
 
 def notes(c: Choice, target: str, engine: str) -> list[str]:
     """What the user should know beside the pasted config (for stderr)."""
-    out = [f"{c.draft} at k = {c.k} for {', '.join(c.domains)} (expected speedup {c.speedup:.2f}×)"]
+    out = [c.warning] if c.warning else []
+    out.append(f"{c.draft} at k = {c.k} for {', '.join(c.domains)} (expected speedup {c.speedup:.2f}×)")
     if c.kind == "early-exit":
         out.append(
             f"make the draft model directory first: specprof export-draft {c.draft} --target {target} "

@@ -39,7 +39,8 @@ RECOMMEND_HELP = "\n\n".join([
     "acceptances past EOS / max_tokens. At each domain's best k, or at --k.",
     "--emit vllm | sglang: print only the configuration to paste for the recommended draft and k (vLLM's "
     "--speculative-config JSON, SGLang's flags), or why no domain should enable speculation; --draft, --domain "
-    "and --k choose.",
+    "and --k choose. With one --draft and --k the config is printed even where it is not GO (a note on stderr "
+    "says it is not recommended).",
 ])
 
 GATE_HELP = "\n\n".join([
@@ -208,7 +209,7 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
 
     analysis = _with_costs(load_analysis(report_path, drafts, domains, k_max), costs_path)
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
-    choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k)
+    choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k, forced=len(drafts) == 1)
     if choice.draft is None:
         typer.echo(choice.none)
         return

@@ -42,6 +42,15 @@ def verify(
     draft_model_dir: Annotated[str | None, typer.Option(
         "--draft-model-dir", help="vllm: the model directory that serves the draft (early-exit:L: "
         "specprof export-draft early-exit:L --out DIR).")] = None,
+    concurrency: Annotated[list[str] | None, typer.Option(
+        "--concurrency", help="vllm: B concurrent streams for each batch size B (e.g. 1,4): output tokens/s with and "
+        "without speculation, predicted vs measured speedup per B.")] = None,
+    baseline_url: Annotated[str | None, typer.Option(
+        "--baseline-url", help="vllm --concurrency with --url: the same target served without "
+        "--speculative-config.")] = None,
+    costs_path: Annotated[Path | None, typer.Option(
+        "--costs", help="--concurrency: predict with the times of this file (specprof costs) instead of the "
+        "report's.")] = None,
 ) -> int:
     """Run real speculative decoding on the report's prompts and check its predictions on this machine.
 
@@ -61,6 +70,10 @@ def verify(
         check_range("--limit", limit, 1)
     for value in k or ():
         check_range("--k", value, 1)
+    if concurrency or baseline_url or costs_path:
+        return _verify_concurrency(report, engine, tuple(concurrency or ()), tuple(k or ()), limit, tuple(draft or ()),
+                                   json_out, url, baseline_url, vllm_python if launch else None, draft_model_dir,
+                                   costs_path)
     if engine == "vllm":
         return _verify_vllm(report, tuple(k or ()), limit, tuple(draft or ()), json_out, url, launch, vllm_python,
                             draft_model_dir)
@@ -115,3 +128,35 @@ def _verify_vllm(report: Path, ks: tuple[int, ...], limit: int | None, drafts: t
         render.print_error(stderr, result.error)
         return 2
     return 1 if result.mismatch else 0
+
+
+def _verify_concurrency(report: Path, engine: str, concurrency: tuple[str, ...], ks: tuple[int, ...],
+                        limit: int | None, drafts: tuple[str, ...], json_out: bool, url: str | None,
+                        baseline_url: str | None, vllm_python: str | None, draft_model_dir: str | None,
+                        costs_path: Path | None) -> int:
+    """verify --concurrency: the work is in commands.verify_concurrency, the table in ui.render_concurrency."""
+    from specprof.commands import verify_concurrency as vc
+    from specprof.core.batchcost import parse_batch_sizes
+    from specprof.ui import render_concurrency
+
+    if engine != "vllm":
+        raise SpecprofError(vc.NO_BATCHED_LOOP)
+    if not concurrency:
+        raise SpecprofError("--baseline-url and --costs go with --concurrency")
+    if len(ks) > 1 or len(drafts) > 1:
+        raise SpecprofError("verify --concurrency: one --draft and one --k at a time (a server runs one config)")
+    options = vc.Options(parse_batch_sizes(concurrency), drafts[0] if drafts else None, ks[0] if ks else None,
+                         limit, url, baseline_url, vllm_python, draft_model_dir,
+                         str(costs_path) if costs_path else None)
+    with stderr.status("verifying at concurrency against vLLM…") as status:
+        result = vc.run(str(report), options, progress=lambda m: status.update(m))
+    if json_out:
+        print_json(result.as_dict())
+    else:
+        stdout.print(render_concurrency.table(result))
+        for line in render_concurrency.lines(result):
+            stdout.print(line, highlight=False)
+    if result.error:
+        render.print_error(stderr, result.error)
+        return 2
+    return 0

@@ -109,7 +109,7 @@ class Server:
     client: VllmClient
     process: subprocess.Popen
     log_path: Path  # the server's stdout and stderr
-    config: dict  # the --speculative-config it runs
+    config: dict | None  # the --speculative-config it runs (None: no speculation)
 
     def exit_reason(self) -> str | None:
         """Why the server is gone (with the last line of its log), or None while it runs."""
@@ -128,16 +128,18 @@ def last_log_line(path: Path) -> str:
     return (errors or lines or ["empty log"])[-1][-300:]
 
 
-def command(python: str, model: str, config: dict, port: int, dtype: str = "float32",
+def command(python: str, model: str, config: dict | None, port: int, dtype: str = "float32",
             extra: Sequence[str] = ()) -> list[str]:
+    """The server's argv; `config` None or {} starts a server without speculation (a baseline to time
+    against, or a draft's own server)."""
+    speculative = ["--speculative-config", json.dumps(config)] if config else []
     return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--dtype", dtype,
-            "--max-model-len", "2048", "--enforce-eager",
-            *(["--speculative-config", json.dumps(config)] if config else []),  # {}: a plain server (a draft's)
+            "--max-model-len", "2048", "--enforce-eager", *speculative,
             "--host", "127.0.0.1", "--port", str(port), *extra]
 
 
 @contextmanager
-def launch(python: str, model: str, config: dict, *, dtype: str = "float32", port: int | None = None,
+def launch(python: str, model: str, config: dict | None, *, dtype: str = "float32", port: int | None = None,
            start_timeout_s: float = START_TIMEOUT_S, log_dir: str | None = None,
            extra: Sequence[str] = ()) -> Iterator[Server]:
     """A running server for the block's duration; stopped (process group) on exit, error or not."""
