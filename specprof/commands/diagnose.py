@@ -9,13 +9,13 @@ flipped by low-precision kernels from a real bug.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import pandas as pd
 import torch
 
+from specprof.core.sequences import first_difference
 from specprof.core.traces import DraftTrace
 from specprof.engines.hf import drafts
 
@@ -42,19 +42,6 @@ class Divergence:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def report_continuations(tokens: pd.DataFrame) -> dict[str, list[int]]:
-    first = tokens["draft"].iloc[0]
-    rows = tokens[tokens["draft"] == first].sort_values(["prompt_id", "position"])
-    return {pid: g["target_token"].astype(int).tolist() for pid, g in rows.groupby("prompt_id", sort=False)}
-
-
-def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def diagnose(target, draft, t: DraftTrace, live: dict, prompt_tokens: dict, continuations: dict,

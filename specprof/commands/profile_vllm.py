@@ -10,7 +10,6 @@ the records are `engines/vllm/profile.py`'s.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import pandas as pd
 
 from specprof.core import reportfiles, tokentext
 from specprof.core.corpus import Prompt, fingerprint
+from specprof.core.fingerprint import directory_fingerprint
 from specprof.engines.vllm import profile as vprofile
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
@@ -120,16 +120,7 @@ def load_target(target: str | None, trust_remote_code: bool) -> TargetInfo:
 def _fingerprint(source: str) -> str | None:
     """The transformers engine's fingerprint of a local directory (file names, sizes, JSON contents)."""
     directory = Path(source)
-    if not directory.is_dir():
-        return None
-    h = hashlib.sha256()
-    for p in sorted(directory.iterdir()):
-        if p.suffix in (".json", ".safetensors", ".bin"):
-            h.update(p.name.encode())
-            h.update(str(p.stat().st_size).encode())
-            if p.suffix == ".json":
-                h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    return directory_fingerprint(directory) if directory.is_dir() else None
 
 
 def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: TargetInfo,

@@ -32,11 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from specprof.commands.diagnose import Divergence, diagnose, report_continuations
+from specprof.commands.diagnose import Divergence, diagnose
 from specprof.core import blockdraft, costmodel
 from specprof.core.estimate import pool, priced
 from specprof.core.jsonvalues import json_clean
 from specprof.core.reportfiles import load_report
+from specprof.core.sequences import report_continuations
 from specprof.core.timings import Timings, costs_for
 from specprof.core.traces import ALL, DraftTrace, domain_groups, trace_drafts
 from specprof.engines.hf import drafts, models, sampling, speculate

@@ -35,10 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from specprof.commands import verify_vllm
+from specprof.commands import verify_vllm, vllm_common
 from specprof.core import batchcost, decide, tokentext
 from specprof.core.analysis import load_analysis
 from specprof.core.estimate import Estimate
+from specprof.core.jsonvalues import json_clean
 from specprof.core.reportfiles import load_report
 from specprof.core.timings import costs_for
 from specprof.core.traces import ALL
@@ -131,7 +132,7 @@ class Row:
 
     def as_dict(self) -> dict:
         p, b, s = self.prediction, self.baseline, self.speculative
-        return verify_vllm._no_nan({
+        return json_clean({
             "batch_size": p.batch_size, "k": p.k, "predicted_speedup": p.speedup,
             "predicted_speedup_lo": p.speedup_lo, "predicted_speedup_hi": p.speedup_hi,
             "best_k": p.best_k, "best_k_speedup": p.best_speedup, "decision": p.decision,
@@ -166,7 +167,7 @@ class ConcurrencyResult:
                 if p.batch_size in self.baseline and p.batch_size in self.speculative]
 
     def as_dict(self) -> dict:
-        return verify_vllm._no_nan({
+        return json_clean({
             "engine": "vllm", "draft": self.draft, "k": self.k, "temperature": self.temperature,
             "max_new_tokens": self.max_new_tokens, "costs": self.costs_source, "vllm_version": self.vllm_version,
             "config": self.config, "batch_sizes": [p.batch_size for p in self.predictions],
@@ -224,8 +225,8 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
     say = progress or (lambda _m: None)
     report = load_report(report_path)
     settings = report.run["settings"]
-    draft = verify_vllm._choose_draft(report, options.draft)
-    prompts = verify_vllm._select_prompts(report.frame("prompts"), options.limit)
+    draft = vllm_common.choose_draft(report, options.draft)
+    prompts = vllm_common.select_prompts(report.frame("prompts"), options.limit)
     prompt_ids = [[int(t) for t in toks] for toks in prompts["prompt_tokens"]]
     detok = tokentext.load(report.run)
     timeout = options.timeout_s or verify_vllm.REQUEST_TIMEOUT_S
@@ -233,7 +234,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
     if options.url is not None:
         spec_client = VllmClient(options.url, timeout)
         base_client = VllmClient(options.baseline_url, timeout)
-        k = verify_vllm._server_k(spec_client)
+        k = vllm_common.server_k(spec_client)
         if options.k is not None and options.k != k:
             raise SpecprofError(f"--url {options.url}: the server runs speculative decoding at k = {k} "
                                 f"(num_speculative_tokens), not --k {options.k}; pass --k {k} or restart it")
@@ -244,11 +245,11 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
         config = None
     else:
         version = launcher.check_python(options.vllm_python)
-        k = options.k if options.k is not None else verify_vllm._best_k(report, draft)
+        k = options.k if options.k is not None else vllm_common.best_k(report, draft)
         temperature = float(settings["temperature"])
         config = launcher.speculative_config(draft, k, options.draft_model_dir or
-                                             verify_vllm._draft_source(report.run, draft), sampled=temperature > 0)
-        model = verify_vllm._target_dir(report.run)
+                                             vllm_common.draft_source(report.run, draft), sampled=temperature > 0)
+        model = vllm_common.target_dir(report.run)
     predictions, source = predict(report_path, draft, k, options.batch_sizes, options.costs, options.min_speedup)
     result = ConcurrencyResult(draft, k, float(settings["temperature"]), int(settings["max_new_tokens"]), source,
                                predictions, config=config)
@@ -278,7 +279,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
 def _measure_all(client: VllmClient, side: str, into: dict[int, Load], sizes: Sequence[int],
                  prompt_ids: list[list[int]], settings: dict, rounds: int, detok: tokentext.Detokenizer,
                  say: Callable[[str], None]) -> None:
-    verify_vllm.check_tokenizer(client, detok, prompt_ids)
+    vllm_common.check_tokenizer(client, detok, prompt_ids)
     speculative = client.metrics() is not None
     if side == "speculative" and not speculative:
         raise SpecprofError(f"{client.url}: the server runs without speculative decoding (no vllm:spec_decode_* "
@@ -337,11 +338,11 @@ def measure_load(client: VllmClient, batch_size: int, prompt_ids: list[list[int]
 
     together(0, 1)  # warm-up: every stream once, untimed
     in_flight[1] = 0
-    before = verify_vllm.settled_metrics(client) if speculative else None
+    before = vllm_common.settled_metrics(client) if speculative else None
     t0 = time.perf_counter()
     outputs = together(1, rounds + 1)
     wall = time.perf_counter() - t0
-    counters = verify_vllm.settled_metrics(client).minus(before) if before is not None else None
+    counters = vllm_common.settled_metrics(client).minus(before) if before is not None else None
     return Load(batch_size, len(outputs), sum(len(v) for v in outputs.values()), wall, in_flight[1], outputs,
                 counters)
 

@@ -24,16 +24,28 @@ themselves (`core.conventions`), HTTP (`engines.vllm.client`).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
-from specprof.core import costmodel, tokentext
+from specprof.commands.vllm_common import (
+    best_k,
+    check_ks,
+    check_tokenizer,
+    choose_draft,
+    draft_source,
+    select_prompts,
+    server_k,
+    settled_metrics,
+    target_dir,
+)
+from specprof.core import tokentext
+from specprof.core.jsonvalues import json_clean
 from specprof.core.reportfiles import Report, load_report
+from specprof.core.sequences import first_difference, report_continuations
 from specprof.core.traces import ALL
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, TopLogprobs, VllmClient
@@ -80,7 +92,7 @@ class ContinuationDiff:
     verdict: Literal["near-tie", "diverged"]
 
     def as_dict(self) -> dict:
-        return _no_nan(dict(self.__dict__))
+        return json_clean(dict(self.__dict__))
 
 
 @dataclass(frozen=True)
@@ -115,7 +127,7 @@ class SampledRow:
     flag: str  # "" inside the interval, else how far outside
 
     def as_dict(self) -> dict:
-        return _no_nan(dict(self.__dict__))
+        return json_clean(dict(self.__dict__))
 
 
 @dataclass
@@ -138,7 +150,7 @@ class VllmVerifyResult:
         return self.temperature == 0 and (any(not r.equal for r in self.counters) or bool(self.continuations))
 
     def as_dict(self) -> dict:
-        return _no_nan({
+        return json_clean({
             "engine": "vllm", "draft": self.draft, "temperature": self.temperature,
             "vllm_version": self.vllm_version, "configs": {str(k): v for k, v in self.configs.items()},
             "prompts_done": {str(k): v for k, v in self.prompts_done.items()},
@@ -148,16 +160,6 @@ class VllmVerifyResult:
             "sampled": [s.as_dict() for s in self.sampled], "notes": list(self.notes),
             "mismatch": self.mismatch, "error": self.error,
         })
-
-
-def _no_nan(value):
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
 
 
 def as_counters(predicted: Any) -> SpecCounters:
@@ -206,8 +208,8 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
     report = load_report(report_path)
     settings = report.run["settings"]
     temperature = float(settings["temperature"])
-    draft = _choose_draft(report, options.draft)
-    prompts = _select_prompts(report.frame("prompts"), options.limit)
+    draft = choose_draft(report, options.draft)
+    prompts = select_prompts(report.frame("prompts"), options.limit)
     tokens = report.frame("tokens")
     tokens = tokens[tokens["draft"] == draft]
     continuations = report_continuations(tokens)
@@ -218,21 +220,21 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
 
     if options.url is not None:
         client = VllmClient(options.url, options.timeout_s or REQUEST_TIMEOUT_S)
-        server_k = _server_k(client)
-        ks = sorted(set(options.ks)) or [server_k]
-        if ks != [server_k]:
-            raise SpecprofError(f"--url {options.url}: the server runs speculative decoding at k = {server_k} "
-                                f"(num_speculative_tokens), not --k {', '.join(map(str, ks))}; pass --k {server_k} "
+        served_k = server_k(client)
+        ks = sorted(set(options.ks)) or [served_k]
+        if ks != [served_k]:
+            raise SpecprofError(f"--url {options.url}: the server runs speculative decoding at k = {served_k} "
+                                f"(num_speculative_tokens), not --k {', '.join(map(str, ks))}; pass --k {served_k} "
                                 "or restart it")
-        _check_ks(ks, settings)
-        plan: list[tuple[int, dict | None]] = [(server_k, None)]
+        check_ks(ks, settings)
+        plan: list[tuple[int, dict | None]] = [(served_k, None)]
     else:
         result.vllm_version = launcher.check_python(options.vllm_python)
-        ks = sorted(set(options.ks)) or [_best_k(report, draft)]
-        _check_ks(ks, settings)
-        model = _target_dir(report.run)
+        ks = sorted(set(options.ks)) or [best_k(report, draft)]
+        check_ks(ks, settings)
+        model = target_dir(report.run)
         dtype = str(report.run.get("dtype", "float32"))
-        draft_dir = options.draft_model_dir or _draft_source(report.run, draft)
+        draft_dir = options.draft_model_dir or draft_source(report.run, draft)
         plan = [(k, launcher.speculative_config(draft, k, draft_dir, sampled=temperature > 0)) for k in ks]
 
     try:
@@ -258,9 +260,9 @@ def _verify_k(client: VllmClient, k: int, report: Report, draft: str, prompts: p
               options: Options, result: VllmVerifyResult, say: Callable[[str], None]) -> None:
     if result.vllm_version is None:
         result.vllm_version = client.version()
-    server_k = _server_k(client)
-    if server_k != k:
-        raise SpecprofError(f"{client.url}: the server runs k = {server_k}, not {k}")
+    served_k = server_k(client)
+    if served_k != k:
+        raise SpecprofError(f"{client.url}: the server runs k = {served_k}, not {k}")
     ids = [str(pid) for pid in prompts["prompt_id"]]
     check_tokenizer(client, detok, list(prompts["prompt_tokens"]) + [continuations.get(pid, []) for pid in ids])
     temperature = float(report.run["settings"]["temperature"])
@@ -357,66 +359,9 @@ def _add(a: SpecCounters, b: SpecCounters) -> SpecCounters:
                         tuple(x + y for x, y in zip(a.num_accepted_tokens_per_pos, b.num_accepted_tokens_per_pos)))
 
 
-def settled_metrics(client: VllmClient, wait_s: float = 2.0) -> SpecCounters:
-    """/metrics once two reads agree: vLLM records a step's stats just after it hands the output on."""
-    last = _spec_metrics(client)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = _spec_metrics(client)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
-def _spec_metrics(client: VllmClient) -> SpecCounters:
-    counters = client.metrics()
-    if counters is None:
-        raise SpecprofError(f"{client.url}: the server runs without speculative decoding (no vllm:spec_decode_* "
-                            "counters in /metrics); start it with --speculative-config for the report's draft")
-    return counters
-
-
-def _server_k(client: VllmClient) -> int:
-    counters = _spec_metrics(client)
-    if counters.k == 0:
-        raise SpecprofError(f"{client.url}: /metrics has no per-position spec-decode counters")
-    return counters.k
-
-
-def check_tokenizer(client: VllmClient, detok: tokentext.Detokenizer, id_lists: Sequence[Sequence[int]]) -> None:
-    """The served tokenizer must decode every id this run sends or expects as the report's does."""
-    ids = sorted({int(t) for ids in id_lists for t in ids})
-    ours = detok.decode(ids)
-    if client.detokenize(ids) == ours:
-        return
-    for i in ids:  # find the first id that differs, for the message
-        theirs, mine = client.detokenize([i]), detok.decode([i])
-        if theirs != mine:
-            raise SpecprofError(
-                f"{client.url}: serves another model than the report's target ({client.model()}: token id {i} is "
-                f"{theirs!r} there, {mine!r} in the report's tokenizer)")
-    raise SpecprofError(f"{client.url}: serves another model than the report's target ({client.model()}: its "
-                        "tokenizer decodes the report's ids to other text)")
-
-
-def report_continuations(tokens: pd.DataFrame) -> dict[str, list[int]]:
-    """Prompt id → the report's continuation (tokens.parquet; the tokens past the end live in past_end.parquet)."""
-    rows = tokens.sort_values(["prompt_id", "position"])
-    return {str(pid): g["target_token"].astype(int).tolist() for pid, g in rows.groupby("prompt_id", sort=False)}
-
-
-def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def _compare_continuation(client: VllmClient, k: int, pid: str, prompt: list[int], report_y: list[int],
                           engine_y: list[int], dtype: str) -> ContinuationDiff | None:
-    j = _first_difference(report_y, engine_y)
+    j = first_difference(report_y, engine_y)
     if j is None:
         return None
     a = report_y[j] if j < len(report_y) else -1
@@ -439,7 +384,7 @@ def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str |
     Model drafts only (an n-gram rule has no ties): the draft is re-run in float32 with transformers
     (imported here, only when a prompt needs explaining).
     """
-    source = draft_model_dir or _draft_source(report.run, draft)
+    source = draft_model_dir or draft_source(report.run, draft)
     if draft.startswith("vllm-ngram") or not source:
         return []
     from specprof.engines.hf import margins
@@ -449,57 +394,3 @@ def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str |
     prompt = [int(t) for t in prompts.loc[pid, "prompt_tokens"]]
     found = margins.top2_margins(source, prompt, continuation)
     return sorted(((i, m) for i, m in enumerate(found) if m < DRAFT_NEAR_TIE_LISTED), key=lambda x: x[1])
-
-
-def _choose_draft(report: Report, draft: str | None) -> str:
-    names = [d["name"] for d in report.run.get("drafts", [])]
-    if draft is not None:
-        if draft not in names:
-            raise SpecprofError(f"--draft {draft}: not in the report (drafts: {', '.join(names)})")
-        return draft
-    kinds = {d["name"]: d.get("kind", "model") for d in report.run.get("drafts", [])}
-    usable = [n for n in names if kinds[n] not in ("ngram", "prompt-lookup")]  # no vLLM proposer of theirs
-    if len(usable) != 1:
-        raise SpecprofError(f"--engine vllm: pass --draft, the report has {len(names)} drafts ({', '.join(names)})")
-    return usable[0]
-
-
-def _select_prompts(prompts: pd.DataFrame, limit: int | None) -> pd.DataFrame:
-    if limit is not None and limit < 1:
-        raise SpecprofError(f"--limit {limit}: must be ≥ 1")
-    if limit is None:
-        return prompts.reset_index(drop=True)
-    return prompts.groupby("domain", sort=False).head(limit).reset_index(drop=True)
-
-
-def _check_ks(ks: Sequence[int], settings: dict) -> None:
-    k_max = int(settings["k_max"])
-    for k in ks:
-        if not 1 <= k <= k_max:
-            raise SpecprofError(f"--k {k}: the report covers k = 1..{k_max}")
-
-
-def _best_k(report: Report, draft: str) -> int:
-    summary = report.frame("summary")
-    by_k = summary[(summary["draft"] == draft) & (summary["domain"] == ALL)].set_index("k")["speedup"].dropna()
-    if by_k.empty:
-        raise SpecprofError(f"report: no predicted speedup for draft {draft!r}; pass --k")
-    return costmodel.best_k(by_k.to_dict())
-
-
-def _target_dir(run: dict) -> str:
-    info = run.get("target") or {}
-    source = str(info.get("source") or "")
-    if source and Path(source).exists():
-        return source
-    raise SpecprofError(f"--launch: the report's target directory {source or '?'} is not on this machine (vLLM needs "
-                        "a model directory; run `specprof profile` here once, or start vLLM yourself and pass --url)")
-
-
-def _draft_source(run: dict, draft: str) -> str | None:
-    for d in run.get("drafts", []):
-        if d.get("name") == draft:
-            source = d.get("source")
-            if source and Path(str(source)).exists():
-                return str(source)
-    return None

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from specprof.core.corpus import Prompt
+from specprof.core.fingerprint import directory_fingerprint
 from specprof.errors import SpecprofError
 
 DEFAULT_TARGET = "SmolLM2-135M-Instruct"
@@ -222,15 +223,9 @@ def _fingerprint(model: torch.nn.Module, directory: Path | None) -> str:
     commit = getattr(model.config, "_commit_hash", None)
     if commit:
         return str(commit)
-    h = hashlib.sha256()
-    if directory is not None:
-        for p in sorted(directory.iterdir()):
-            if p.suffix in (".json", ".safetensors", ".bin"):
-                h.update(p.name.encode())
-                h.update(str(p.stat().st_size).encode())
-                if p.suffix == ".json":
-                    h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    if directory is None:
+        return hashlib.sha256().hexdigest()[:16]
+    return directory_fingerprint(directory)
 
 
 def _file_digest(path: Path) -> str:

@@ -1,0 +1,118 @@
+"""What the vLLM commands share: a server's spec-decode counters and k, the tokenizer check, and the
+report lookups (which draft, which prompts, which k, the model directories to serve).
+
+`verify_vllm` (counters against the prediction) and `verify_concurrency` (throughput at batch sizes)
+both use them. No torch here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from specprof.core import costmodel, tokentext
+from specprof.core.reportfiles import Report
+from specprof.core.traces import ALL
+from specprof.engines.vllm.client import SpecCounters, VllmClient
+from specprof.errors import SpecprofError
+
+
+def settled_metrics(client: VllmClient, wait_s: float = 2.0) -> SpecCounters:
+    """/metrics once two reads agree: vLLM records a step's stats just after it hands the output on."""
+    last = spec_metrics(client)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = spec_metrics(client)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def spec_metrics(client: VllmClient) -> SpecCounters:
+    counters = client.metrics()
+    if counters is None:
+        raise SpecprofError(f"{client.url}: the server runs without speculative decoding (no vllm:spec_decode_* "
+                            "counters in /metrics); start it with --speculative-config for the report's draft")
+    return counters
+
+
+def server_k(client: VllmClient) -> int:
+    counters = spec_metrics(client)
+    if counters.k == 0:
+        raise SpecprofError(f"{client.url}: /metrics has no per-position spec-decode counters")
+    return counters.k
+
+
+def check_tokenizer(client: VllmClient, detok: tokentext.Detokenizer, id_lists: Sequence[Sequence[int]]) -> None:
+    """The served tokenizer must decode every id this run sends or expects as the report's does."""
+    ids = sorted({int(t) for ids in id_lists for t in ids})
+    ours = detok.decode(ids)
+    if client.detokenize(ids) == ours:
+        return
+    for i in ids:  # find the first id that differs, for the message
+        theirs, mine = client.detokenize([i]), detok.decode([i])
+        if theirs != mine:
+            raise SpecprofError(
+                f"{client.url}: serves another model than the report's target ({client.model()}: token id {i} is "
+                f"{theirs!r} there, {mine!r} in the report's tokenizer)")
+    raise SpecprofError(f"{client.url}: serves another model than the report's target ({client.model()}: its "
+                        "tokenizer decodes the report's ids to other text)")
+
+
+def choose_draft(report: Report, draft: str | None) -> str:
+    names = [d["name"] for d in report.run.get("drafts", [])]
+    if draft is not None:
+        if draft not in names:
+            raise SpecprofError(f"--draft {draft}: not in the report (drafts: {', '.join(names)})")
+        return draft
+    kinds = {d["name"]: d.get("kind", "model") for d in report.run.get("drafts", [])}
+    usable = [n for n in names if kinds[n] not in ("ngram", "prompt-lookup")]  # no vLLM proposer of theirs
+    if len(usable) != 1:
+        raise SpecprofError(f"--engine vllm: pass --draft, the report has {len(names)} drafts ({', '.join(names)})")
+    return usable[0]
+
+
+def select_prompts(prompts: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    if limit is not None and limit < 1:
+        raise SpecprofError(f"--limit {limit}: must be ≥ 1")
+    if limit is None:
+        return prompts.reset_index(drop=True)
+    return prompts.groupby("domain", sort=False).head(limit).reset_index(drop=True)
+
+
+def check_ks(ks: Sequence[int], settings: dict) -> None:
+    k_max = int(settings["k_max"])
+    for k in ks:
+        if not 1 <= k <= k_max:
+            raise SpecprofError(f"--k {k}: the report covers k = 1..{k_max}")
+
+
+def best_k(report: Report, draft: str) -> int:
+    summary = report.frame("summary")
+    by_k = summary[(summary["draft"] == draft) & (summary["domain"] == ALL)].set_index("k")["speedup"].dropna()
+    if by_k.empty:
+        raise SpecprofError(f"report: no predicted speedup for draft {draft!r}; pass --k")
+    return costmodel.best_k(by_k.to_dict())
+
+
+def target_dir(run: dict) -> str:
+    info = run.get("target") or {}
+    source = str(info.get("source") or "")
+    if source and Path(source).exists():
+        return source
+    raise SpecprofError(f"--launch: the report's target directory {source or '?'} is not on this machine (vLLM needs "
+                        "a model directory; run `specprof profile` here once, or start vLLM yourself and pass --url)")
+
+
+def draft_source(run: dict, draft: str) -> str | None:
+    for d in run.get("drafts", []):
+        if d.get("name") == draft:
+            source = d.get("source")
+            if source and Path(str(source)).exists():
+                return str(source)
+    return None
