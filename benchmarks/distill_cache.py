@@ -16,7 +16,7 @@ from common import emit, environment, load_target, prompts, timed
 
 from specprof.engines.hf import distill, distill_data
 from specprof.engines.hf.generation import left_pad, position_ids
-from specprof.engines.hf.profiler import encode_all
+from specprof.engines.hf.prompts import encode_all
 
 CACHED, FROZEN, WHOLE = "cached", "frozen layers each step", "whole target each step"
 

@@ -151,7 +151,7 @@ def test_a_report_source_reuses_its_continuations(distilled, tiny, corpus, tmp_p
 
 def _cached(tiny, corpus, **overrides):
     from specprof.core.corpus import load_corpus
-    from specprof.engines.hf.profiler import encode_all
+    from specprof.engines.hf.prompts import encode_all
 
     target = load(tiny["deep"])
     settings = distill_data.DistillSettings(layers=LAYERS, **overrides)

@@ -45,7 +45,7 @@ from specprof.engines.hf.distill_data import (
     sequences_from_report,
 )
 from specprof.engines.hf.models import LoadedModel, context_limit
-from specprof.engines.hf.profiler import drop_too_long, encode_all
+from specprof.engines.hf.prompts import drop_too_long, encode_all
 from specprof.errors import SpecprofError
 
 Events = Callable[..., None]  # events(phase, **fields): "generate", "cache", "train", "save", "notice"

@@ -177,7 +177,7 @@ def profile(options: Options, corpus: Sequence[Prompt], shard_info: dict | None,
     from specprof.core.store import RunStore
     from specprof.engines.hf.drafts import parse_kind
     from specprof.engines.hf.models import encode_prompt
-    from specprof.engines.hf.profiler import Encoded, drop_too_long, make_batches
+    from specprof.engines.hf.prompts import Encoded, drop_too_long, make_batches
 
     settings = options.settings
     vprofile.check_settings(settings)

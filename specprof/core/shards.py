@@ -79,7 +79,7 @@ def finish_empty(run_store: store.RunStore) -> None:
 
 
 def batch_order(lengths: dict[str, int], batch_size: int) -> list[list[str]]:
-    """Prompt ids in the unsharded run's batches: `profiler.make_batches`'s rule (longest first, equal sizes)."""
+    """Prompt ids in the unsharded run's batches: `prompts.make_batches`'s rule (longest first, equal sizes)."""
     order = sorted(lengths, key=lambda pid: (-lengths[pid], pid))
     n_batches = max(1, -(-len(order) // batch_size))
     size = -(-len(order) // n_batches)

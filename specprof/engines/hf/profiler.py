@@ -36,9 +36,10 @@ from specprof.core.tables import summarize
 from specprof.core.timings import Timings
 from specprof.core.traces import trace_drafts
 from specprof.engines.hf import measure, sampling
-from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft, NgramDraft
+from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
 from specprof.engines.hf.generation import Generation, generate
-from specprof.engines.hf.models import LoadedModel, clock, context_limit, encode_prompt, eos_token_ids
+from specprof.engines.hf.models import LoadedModel, clock, context_limit, eos_token_ids
+from specprof.engines.hf.prompts import Encoded, context_limit_of, drop_too_long, encode_all, make_batches
 from specprof.engines.hf.scoring import (
     check_finite,
     proposal_rows,
@@ -81,26 +82,6 @@ class BatchResult:
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"tokens": self.tokens, "prompts": self.prompts, "past_end": self.past_end,
                 "proposals": self.proposals}
-
-
-@dataclass
-class Encoded:
-    prompt: Prompt
-    ids: list[int] = field(repr=False)
-    response_ids: list[int] | None = field(default=None, repr=False)  # the logged response, tokenised
-
-
-def encode_all(prompts: Sequence[Prompt], target: LoadedModel, chat_template: bool) -> list[Encoded]:
-    return [Encoded(p, encode_prompt(target.tokenizer, p, chat_template)) for p in prompts]
-
-
-def make_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[Encoded]]:
-    """Batches of at most `batch_size` prompts, sorted by length (longest first) and of equal size,
-    so no small straggler batch runs at low efficiency. Fixed for a corpus, so a resumed run batches alike."""
-    order = sorted(encoded, key=lambda e: (-len(e.ids), e.prompt.id))
-    n_batches = max(1, -(-len(order) // batch_size))
-    size = -(-len(order) // n_batches)
-    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def profile_batch(
@@ -249,33 +230,6 @@ class ProfileResult:
 NoticeCallback = Callable[[str], None]
 
 
-def drop_too_long(
-    encoded: Sequence[Encoded], limits: Sequence[int | None], max_new_tokens: int, too_long: str
-) -> tuple[list[Encoded], list[str]]:
-    """Prompts whose tokens plus `max_new_tokens` fit every model's context; the others' ids.
-
-    `too_long="error"` raises for the first prompt that does not fit instead of skipping it.
-    """
-    known = [n for n in limits if n]
-    if not known:
-        return list(encoded), []
-    context = min(known)
-    kept, skipped = [], []
-    for e in encoded:
-        if len(e.ids) + max_new_tokens <= context:
-            kept.append(e)
-        elif too_long == "error":
-            raise SpecprofError(
-                f"{e.prompt.source}: prompt {e.prompt.id!r} has {len(e.ids)} tokens; with --max-new-tokens "
-                f"{max_new_tokens} it exceeds the model context of {context} (--too-long skip to skip it)"
-            )
-        else:
-            skipped.append(e.prompt.id)
-    if not kept:
-        raise SpecprofError(f"every prompt is longer than the model context of {context} tokens")
-    return kept, skipped
-
-
 def profile_batch_adaptive(
     batch: Sequence[Encoded],
     target: LoadedModel,
@@ -407,12 +361,6 @@ def prepare(
     encoded = encode_all(prompts, target, settings.chat_template)
     limits = [context_limit(target)] + [context_limit_of(d) for d in drafts]
     return drop_too_long(encoded, limits, settings.max_new_tokens, too_long)
-
-
-def context_limit_of(draft: Draft) -> int | None:
-    if isinstance(draft, NgramDraft | BlockDraft):
-        return None
-    return getattr(draft.model.config.get_text_config(), "max_position_embeddings", None)
 
 
 def describe_run(

@@ -25,7 +25,8 @@ from specprof.engines.hf.generation import Generation
 from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:  # the profile's settings; profiler imports this module
-    from specprof.engines.hf.profiler import Encoded, Settings
+    from specprof.engines.hf.profiler import Settings
+    from specprof.engines.hf.prompts import Encoded
 
 STAT_CHUNK_ROWS = 4  # rows per float32 [rows, T, V] probability block, to bound memory
 

@@ -30,6 +30,8 @@ import torch
 from specprof.core.corpus import Prompt
 from specprof.engines.hf import sampling
 from specprof.engines.hf.generation import Generation, LayerCapture, left_pad, position_ids
+from specprof.engines.hf.models import context_limit
+from specprof.engines.hf.prompts import context_limit_of, encode_all
 from specprof.errors import SpecprofError
 
 
@@ -199,11 +201,9 @@ def prepare_logged(
     prompts: Sequence[Prompt], target, drafts: Sequence, settings, too_long: str
 ) -> tuple[list, list[str]]:
     """`profiler.prepare` for logged responses: prompt + response (+ the one token after) must fit the context."""
-    from specprof.engines.hf import profiler
-
-    encoded = profiler.encode_all(prompts, target, settings.chat_template)
+    encoded = encode_all(prompts, target, settings.chat_template)
     encode_responses(encoded, target.tokenizer)
-    limits = [n for n in [profiler.context_limit(target)] + [profiler.context_limit_of(d) for d in drafts] if n]
+    limits = [n for n in [context_limit(target)] + [context_limit_of(d) for d in drafts] if n]
     if not limits:
         return encoded, []
     context = min(limits)
