@@ -173,6 +173,7 @@ def check_server(client: VllmClient, detok: tokentext.Detokenizer, id_lists: Seq
 def profile(options: Options, corpus: Sequence[Prompt], shard_info: dict | None,
             progress_bar: Callable[[int], Any]) -> tuple[pd.DataFrame, list[str]]:
     """Profile `corpus` through the servers; the summary and the lines to print after it."""
+    # Long on purpose: the run in order (servers checked, store opened, batches sent, report finished).
     from specprof.core import shards
     from specprof.core.store import RunStore
     from specprof.engines.hf.drafts import parse_kind

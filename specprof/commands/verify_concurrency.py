@@ -210,6 +210,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
         ) -> ConcurrencyResult:
     """Predict, then measure both servers at every batch size; raises SpecprofError for bad input found before
     any request, and keeps what was measured when a server fails later (`ConcurrencyResult.error`)."""
+    # Long on purpose: each batch size measured on both servers in turn, with the launch and teardown around them.
     if not options.batch_sizes:
         raise SpecprofError("--concurrency: give batch sizes, e.g. 1,4")
     if options.rounds < 1:
