@@ -34,16 +34,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from specprof.core import blockdraft, reportfiles
 from specprof.core.ngram import NO_PROPOSAL
 from specprof.errors import SpecprofError
+
+if TYPE_CHECKING:  # pandas loads when engine counters are asked for: recommend starts without it
+    import pandas as pd
 
 Engine = Literal["vllm", "transformers"]
 ENGINES: tuple[str, ...] = ("vllm", "transformers")
@@ -152,6 +154,8 @@ def records_from_frames(
     draft: str, kind: str, rows: pd.DataFrame, past: pd.DataFrame | None, proposals: pa.Table | None, k_max: int
 ) -> DraftRecords:
     """`DraftRecords` from one draft's tokens rows, past-end rows (None: not recorded) and proposals."""
+    import pandas as pd
+
     codes, ids = pd.factorize(rows["prompt_id"].astype(str), sort=False)
     n = len(ids)
     positions = rows["position"].to_numpy(np.int64)

@@ -86,27 +86,65 @@ def simulate_policy(match: Sequence[bool], top1_p: Sequence[float], k_max: int, 
 
 
 
+FULL, SEEN, OPEN = 0, 1, 2  # block classes: all proposals accepted; stopped at the rejection; steps unseen
+
+
 @dataclass(frozen=True)
 class PolicyCounts:
-    """Per-prompt block statistics of every policy of a grid (τ × k_max), for one draft.
+    """Per-prompt block counts of every policy of a grid (τ × k_max), for one draft.
 
-    Arrays are [n_prompts, n_taus, n_k]; the step histograms add a last axis 0..max(k_maxes).
+    `histogram` [n_prompts, n_taus, n_k, 3, k_top + 1] counts the blocks by class and accepted count a:
+    FULL (every proposal accepted: a draft steps, then the catch-up), SEEN (stopped at the rejected
+    proposal: a + 1 steps) and OPEN (went on past the rejection, unseen: a + 1 to k_max steps). The
+    other arrays are views of it, built when asked for: [n_prompts, n_taus, n_k] and, for the step
+    histograms, a last axis 0..k_top.
     """
 
     taus: tuple[float, ...]
     k_maxes: tuple[int, ...]
-    iterations: np.ndarray  # [n_prompts, n_taus, n_k] target forward passes (one per block)
-    accepted: np.ndarray  # [n_prompts, n_taus, n_k] accepted draft tokens, summed over blocks
-    full: np.ndarray  # [n_prompts, n_taus, n_k] blocks whose proposals were all accepted
-    steps_lo: np.ndarray  # [n_prompts, n_taus, n_k, k_top + 1] blocks with exactly n draft steps (lower bound)
-    steps_hi: np.ndarray  # [n_prompts, n_taus, n_k, k_top + 1] the same at the upper bound
-    # [n_prompts, n_taus, n_k, k_top + 1] blocks whose draft steps were not observed, by accepted count a:
-    # the draft took between a + 1 and k_max steps (counted in steps_lo at a + 1, in steps_hi at k_max)
-    open_blocks: np.ndarray
+    histogram: np.ndarray  # [n_prompts, n_taus, n_k, 3, k_top + 1] int
+
+    @property
+    def iterations(self) -> np.ndarray:  # target forward passes (one per block)
+        return self.histogram.sum((-2, -1))
+
+    @property
+    def accepted(self) -> np.ndarray:  # accepted draft tokens, summed over blocks
+        return self.histogram.sum(-2) @ np.arange(self.histogram.shape[-1])
+
+    @property
+    def full(self) -> np.ndarray:  # blocks whose proposals were all accepted
+        return self.histogram[..., FULL, :].sum(-1)
+
+    @property
+    def open_blocks(self) -> np.ndarray:  # blocks with unseen steps (a + 1 to k_max), by accepted count a
+        return self.histogram[..., OPEN, :]
+
+    @property
+    def steps_lo(self) -> np.ndarray:  # blocks with exactly n draft steps, at the lower bound
+        h = self.histogram
+        out = h[..., FULL, :].copy()
+        out[..., 1:] += h[..., SEEN, :-1] + h[..., OPEN, :-1]
+        return out
+
+    @property
+    def steps_hi(self) -> np.ndarray:  # the same at the upper bound: unseen steps run on to k_max
+        h = self.histogram
+        out = h[..., FULL, :].copy()
+        out[..., 1:] += h[..., SEEN, :-1]
+        for q, k_max in enumerate(self.k_maxes):
+            out[..., q, k_max] += h[..., q, OPEN, :].sum(-1)
+        return out
 
     def select(self, mask: np.ndarray) -> PolicyCounts:
-        return PolicyCounts(self.taus, self.k_maxes, self.iterations[mask], self.accepted[mask], self.full[mask],
-                            self.steps_lo[mask], self.steps_hi[mask], self.open_blocks[mask])
+        return PolicyCounts(self.taus, self.k_maxes, self.histogram[mask])
+
+    def draft_steps(self, mask: np.ndarray, j: int, q: int) -> tuple[float, float]:
+        """Total draft steps of the prompts in `mask` under policy (τ index j, k_max index q): (lo, hi)."""
+        h = self.histogram[mask, j, q].sum(0).astype(np.float64)  # [3, k_top + 1]
+        a = np.arange(h.shape[-1])
+        seen = h[FULL] @ a + h[SEEN] @ (a + 1)
+        return float(seen + h[OPEN] @ (a + 1)), float(seen + h[OPEN].sum() * self.k_maxes[q])
 
     def cost(self, costs: costmodel.Costs) -> tuple[np.ndarray, np.ndarray]:
         """Per-prompt time in target steps, cheapest and dearest: [n_prompts, n_taus, n_k] each, lo ≤ hi.
@@ -117,21 +155,20 @@ class PolicyCounts:
         of those counts. When v_n rises with n these are its step bounds; a measured t_T(n) need not rise
         (CPU kernels change with the row count), and then running on to k_max can be the cheaper end.
         """
-        k_top = self.steps_lo.shape[-1] - 1
+        k_top = self.histogram.shape[-1] - 1
         if costs.k_max < k_top:
             raise ValueError(f"costs cover k ≤ {costs.k_max}, the policies draft up to {k_top}")
         steps = np.arange(k_top + 1)
         per_block = steps * costs.cost_ratio + np.concatenate([[1.0], costs.verify_cost[:k_top]])  # [k_top + 1]
-        seen = self.steps_lo.copy()  # the blocks whose step count was observed
-        seen[..., 1:] -= self.open_blocks[..., :-1]
-        cheapest = np.zeros((len(self.k_maxes), k_top + 1))  # [n_k, accepted]: over steps a + 1 .. k_max
-        dearest = np.zeros((len(self.k_maxes), k_top + 1))
+        price = np.zeros((2, len(self.k_maxes), 3, k_top + 1))  # [cheapest | dearest, n_k, class, accepted]
+        price[:, :, FULL] = per_block + costs.catchup_ratio
+        price[:, :, SEEN, :-1] = per_block[1:]
         for q, k_max in enumerate(self.k_maxes):
             for a in range(k_max):
-                cheapest[q, a] = per_block[a + 1 : k_max + 1].min()
-                dearest[q, a] = per_block[a + 1 : k_max + 1].max()
-        fixed = seen @ per_block + self.full * costs.catchup_ratio
-        return (fixed + (self.open_blocks * cheapest).sum(-1), fixed + (self.open_blocks * dearest).sum(-1))
+                price[0, q, OPEN, a] = per_block[a + 1 : k_max + 1].min()
+                price[1, q, OPEN, a] = per_block[a + 1 : k_max + 1].max()
+        flat = self.histogram.reshape(*self.histogram.shape[:3], -1)
+        return tuple(np.einsum("ntkc,kc->ntk", flat, p.reshape(len(self.k_maxes), -1)) for p in price)
 
 
 def count_policy_blocks(
@@ -148,66 +185,59 @@ def count_policy_blocks(
 
     So a block depends only on k_max and one small code per position, (e, c + 1 ≤ a, c = a): a table
     maps (k_max, code) to the block's histogram cell (class × accepted) and its length. Per τ, every
-    (prompt, k_max) row advances one block per step: one gather of its code, one table look-up, one
-    add to its cell (rows are distinct, so fancy-index adds are safe). A row that reaches its end
-    sits on an END code that counts into a spare cell and advances by 0. Equal to `simulate_policy`
-    row by row (tests).
+    (prompt, k_max) row advances one block per step: one gather of its code, one table look-up, and
+    its cell recorded; one bincount per τ tallies the records. A row that reaches its end sits on an
+    END code that records into a spare cell and advances by 0. Equal to `simulate_policy` row by row
+    (tests).
     """
     # Long on purpose: one vectorised walk over every prompt × τ × k_max, read against simulate_policy.
     n, width = match.shape
     taus, k_maxes = tuple(float(t) for t in taus), tuple(int(k) for k in k_maxes)
     n_taus, n_k, k_top = len(taus), len(k_maxes), max(k_maxes, default=0)
     lengths = np.asarray(lengths, dtype=np.int64)
+    top1_p = np.asarray(top1_p)
     inside = np.arange(width)[None, :] < lengths[:, None]
     runs = trace.run_lengths(np.where(inside, match, 0)).astype(np.int32)  # [n, width + 1]
     n_rows = n * n_k  # row = (prompt, k_max) in C order
-    cells = 3 * (k_top + 1)  # class (0 all accepted, 1 stop seen at the mismatch, 2 steps open) × accepted
-    cell, advance, end_code = _block_table(k_maxes, width, n_rows)
+    cells = 3 * (k_top + 1)  # class × accepted, then one spare cell for rows that are done
+    cell, advance, end_code = _block_table(k_maxes, width)
     n_codes = end_code + 1
-    counts = np.zeros((n_taus, (cells + 1) * n_rows), dtype=np.int32)  # [τ, cell-major]; cell `cells`: done
+    counts = np.zeros((n, n_taus, n_k, cells + 1), dtype=np.int32)
     first = np.arange(n_rows)
     first = first[lengths[first // n_k] > 0]
     ends = np.stack([lengths, lengths + 1], axis=1)  # a block may step one past the end (its bonus token)
+    code = np.empty((n, width + 2), dtype=np.int32)  # [n, width + 2] (e, c + 1 ≤ a, c = a) packed
     for j, tau in enumerate(taus):  # one τ at a time: its codes stay in cache while its rows walk them
-        confident = np.ones((n, width + 1), dtype=np.int8)  # one column past the widest row: confident
-        confident[:, :width] = ~inside | (np.asarray(top1_p) >= tau)
+        confident = np.ones((n, width + 1), dtype=bool)  # one column past the widest row: confident
+        confident[:, :width] = ~inside | (top1_p >= tau)
         conf_runs = trace.run_lengths(confident)[:, : width + 1].astype(np.int32)
-        code = np.empty((n, width + 2), dtype=np.int32)  # [n, width + 2] (e, c + 1 ≤ a, c = a) packed
         code[:, : width + 1] = (np.minimum(runs, conf_runs + 1) << 2) | ((conf_runs + 1 <= runs) << 1) | (
             conf_runs == runs)
         code[np.arange(n)[:, None], ends] = end_code
-        code = code.ravel()
-        index = np.int32 if code.size < 2**31 else np.int64
-        rows = first.astype(np.int32)
+        flat = code.ravel()
+        record = (first * (cells + 1)).astype(np.int32)  # each row's first cell in the tally
         table = (first % n_k).astype(np.int32) * n_codes  # each row's k_max block of the table
-        position = ((first // n_k) * (width + 2)).astype(index)  # into `code`: the row's next block start
-        stop = position + lengths[first // n_k].astype(index)
-        steps = 0
-        while rows.size:
-            i = table + code[position]
-            counts[j, cell[i] + rows] += 1
+        position = ((first // n_k) * (width + 2)).astype(np.int32 if flat.size < 2**31 else np.int64)
+        stop = position + lengths[first // n_k].astype(position.dtype)
+        seen, steps = [], 0
+        while record.size:
+            i = table + flat[position]
+            seen.append(cell[i] + record)  # tallied with one bincount per τ, not a fancy-index add per step
             position += advance[i]
             steps += 1
             if steps % 8 == 0:  # drop finished rows now and then, not at every step
                 going = position < stop
                 if going.sum() < 0.75 * len(going):
-                    rows, table, position, stop = rows[going], table[going], position[going], stop[going]
-    hist = counts.reshape(n_taus, cells + 1, n, n_k)[:, :cells].transpose(2, 0, 3, 1).astype(np.float64)
-    hist = hist.reshape(n, n_taus, n_k, 3, k_top + 1)
-    full, seen, open_ = hist[..., 0, :], hist[..., 1, :], hist[..., 2, :]  # [n, τ, k_max, accepted]
-    steps_lo = full.copy()
-    steps_lo[..., 1:] += seen[..., :-1] + open_[..., :-1]  # not all accepted: accepted = a < k_max, a + 1 steps
-    steps_hi = full.copy()
-    steps_hi[..., 1:] += seen[..., :-1]
-    for q, k_max in enumerate(k_maxes):
-        steps_hi[:, :, q, k_max] += open_[:, :, q].sum(-1)  # open: on to k_max
-    accepted = hist.sum(-2) @ np.arange(k_top + 1)
-    return PolicyCounts(taus, k_maxes, hist.sum((-2, -1)), accepted, full.sum(-1), steps_lo, steps_hi, open_)
+                    record, table, position, stop = record[going], table[going], position[going], stop[going]
+        if seen:
+            tally = np.bincount(np.concatenate(seen), minlength=n_rows * (cells + 1))
+            counts[:, j] = tally.reshape(n, n_k, cells + 1)
+    return PolicyCounts(taus, k_maxes, counts[..., :cells].reshape(n, n_taus, n_k, 3, k_top + 1))
 
 
-def _block_table(k_maxes: tuple[int, ...], width: int, n_rows: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """For every (k_max, position code): the block's cell offset (cell-major, × n_rows) and its length
-    accepted + 1; flattened [n_k · n_codes]. The last code, END, counts into the spare cell and stays put."""
+def _block_table(k_maxes: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """For every (k_max, position code): the block's cell (class × accepted) and its length accepted + 1;
+    flattened [n_k · n_codes]. The last code, END, records into the spare cell and stays put."""
     k_top = max(k_maxes, default=0)
     codes = np.arange(4 * (width + 2) + 1)  # e ≤ width + 1, two flags; then END
     end_code = len(codes) - 1
@@ -215,8 +245,8 @@ def _block_table(k_maxes: tuple[int, ...], width: int, n_rows: int) -> tuple[np.
     k = np.array(k_maxes)[:, None]
     take = np.minimum(e[None], k)
     full = stop_on_match[None] | (e[None] >= k)
-    kind = (~full).astype(np.int64) + (~full & ~doubted[None] & (e[None] + 1 < k))  # 0 full, 1 stop seen, 2 open
+    kind = (~full).astype(np.int64) + (~full & ~doubted[None] & (e[None] + 1 < k))  # FULL, SEEN or OPEN
     cell = kind * (k_top + 1) + take
     advance = take + 1
     cell[:, end_code], advance[:, end_code] = 3 * (k_top + 1), 0
-    return (cell * n_rows).astype(np.int32).ravel(), advance.astype(np.int32).ravel(), end_code
+    return cell.astype(np.int32).ravel(), advance.astype(np.int32).ravel(), end_code

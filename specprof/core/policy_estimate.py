@@ -30,19 +30,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from specprof.core import costmodel, stats
 from specprof.core.estimate import Estimate, prompt_sums, resampled_sums, split_ratios
 from specprof.core.jsonvalues import json_number
 from specprof.core.policy import TAUS, PolicyCounts, count_policy_blocks
 from specprof.core.timings import Timings, costs_for
-from specprof.core.traces import DraftTrace, domain_groups
-
-if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster
-    import pandas as pd
+from specprof.core.traces import DraftRows, DraftTrace, domain_groups, to_numpy
 
 PolicyVerdict = Literal["beats fixed k", "within uncertainty", "worse than fixed k", "too few prompts"]
 
@@ -60,32 +58,23 @@ SAMPLED_NOTE = (
 
 
 def trace_policies(
-    tokens: pd.DataFrame, traces: Sequence[DraftTrace], taus: Sequence[float] = TAUS
+    tokens: pa.Table, index: Sequence[DraftRows], traces: Sequence[DraftTrace], taus: Sequence[float] = TAUS
 ) -> dict[str, PolicyCounts]:
     """Per draft: `PolicyCounts` for τ × k_max = 2..its k_max, prompts in the order of its `DraftTrace`.
 
-    `tokens` has the columns draft, prompt_id, position, match and draft_top1_p. Drafts not in
-    `traces`, and drafts traced with k_max = 1, get no policies.
+    `tokens` has the columns match and draft_top1_p, `index` is its `traces.index_drafts`. Drafts
+    not in `traces`, and drafts traced with k_max = 1, get no policies.
     """
-    import pandas as pd
-
     out: dict[str, PolicyCounts] = {}
     by_name = {t.draft: t for t in traces}
-    for draft, rows in tokens.groupby("draft", sort=False, observed=True):
-        t = by_name.get(str(draft))
-        if t is None:
+    match = to_numpy(tokens.column("match"), np.int8)
+    top1_p = to_numpy(tokens.column("draft_top1_p"), np.float64)
+    for d in index:
+        t = by_name.get(d.draft)
+        if t is None or t.blocks.k_max < 2:
             continue
         k_maxes = range(2, t.blocks.k_max + 1)
-        if not k_maxes:
-            continue
-        row = pd.Index(t.prompt_ids).get_indexer(rows["prompt_id"])  # the DraftTrace's prompt order
-        positions = rows["position"].to_numpy(np.int64)
-        width = int(t.n_tokens.max(initial=0))
-        match = np.zeros((len(t.prompt_ids), width), dtype=np.int8)
-        top1_p = np.zeros((len(t.prompt_ids), width), dtype=np.float64)
-        match[row, positions] = rows["match"].to_numpy(np.int8)
-        top1_p[row, positions] = rows["draft_top1_p"].to_numpy(np.float64)
-        out[str(draft)] = count_policy_blocks(match, top1_p, t.n_tokens, k_maxes, taus)
+        out[d.draft] = count_policy_blocks(d.grid(match, np.int8), d.grid(top1_p), t.n_tokens, k_maxes, taus)
     return out
 
 
@@ -159,7 +148,7 @@ def estimate_policies(
         pc = counts.get(t.draft)
         if pc is None:
             continue
-        n, n_taus, n_k = pc.iterations.shape
+        n, n_taus, n_k = pc.histogram.shape[:3]
         costs = costs_for(t.draft, timings, cost_ratio, t.blocks.k_max)
         cost_lo, cost_hi = (c.reshape(n, n_taus * n_k) for c in pc.cost(costs))  # [n, grid] each, lo ≤ hi
         iterations = pc.iterations.reshape(n, n_taus * n_k)
@@ -187,7 +176,7 @@ def estimate_policies(
                 slo = resampled_tokens / s[:, col + 2 * width]
             fixed = e.costs.speedup(split_ratios(s[:, :m0])[1])[:, e.best_k - 1]  # [B] the same resamples
             fixed_point = float(e.speedup[e.best_k - 1])
-            steps = np.arange(pc.steps_lo.shape[-1])
+            steps_lo, steps_hi = pc.draft_steps(mask, j, q)
             tpi_lo, tpi_hi = _interval(tpi, tokens / iters)
             found[(t.draft, domain)] = PolicyEstimate(
                 draft=t.draft,
@@ -198,8 +187,8 @@ def estimate_policies(
                 tokens_per_iter=tokens / iters,
                 tokens_per_iter_lo=tpi_lo,
                 tokens_per_iter_hi=tpi_hi,
-                draft_steps_lo_bound=float(pc.steps_lo[mask, j, q].sum(0) @ steps) / iters,
-                draft_steps_hi_bound=float(pc.steps_hi[mask, j, q].sum(0) @ steps) / iters,
+                draft_steps_lo_bound=steps_lo / iters,
+                draft_steps_hi_bound=steps_hi / iters,
                 speedup_lo_bound=point_lo,
                 speedup_hi_bound=point_hi,
                 speedup_lo=_interval(slo, point_lo)[0],

@@ -78,11 +78,14 @@ def pad(rows: Sequence[np.ndarray], dtype: type = np.float64) -> tuple[np.ndarra
 
 
 def run_lengths(match: np.ndarray) -> np.ndarray:
-    """For [n, L] 0/1 matches, the number of consecutive matches starting at each position."""
-    runs = np.zeros((match.shape[0], match.shape[1] + 1), dtype=np.int64)
-    for t in range(match.shape[1] - 1, -1, -1):
-        runs[:, t] = np.where(match[:, t] > 0, runs[:, t + 1] + 1, 0)
-    return runs
+    """For [n, L] 0/1 matches, the number of consecutive matches starting at each position: [n, L + 1],
+    the last column 0. Each position's distance to the next 0 at or after it (a reversed running min)."""
+    n, width = match.shape
+    ones = np.zeros((n, width + 1), dtype=bool)
+    ones[:, :width] = match > 0
+    columns = np.arange(width + 1)
+    next_zero = np.where(ones, width, columns)[:, ::-1]  # column `width` is always 0: every run ends
+    return np.minimum.accumulate(next_zero, axis=1)[:, ::-1] - columns
 
 
 def proposals_per_block(take: np.ndarray, left: np.ndarray, stopped: np.ndarray, k: int) -> np.ndarray:
@@ -103,20 +106,79 @@ def count_blocks_exact(
     A block-dependent draft (`blockdraft`) gives instead, per block start s ([n_prompts, max_len]),
     `start_accepted[s]`: how many of its k_max proposals from s the target accepts, and
     `start_proposed[s]`: how many it proposed; at k the block accepts min(k, start_accepted[s])
-    and proposes min(k, start_proposed[s]). `match` is then unused.
+    and proposes min(k, start_proposed[s]). `match` is then unused, and the blocks are walked
+    (`walk_block_starts`). Otherwise they are counted run by run (`count_run_blocks`). Both equal
+    `simulate_blocks` row by row (tests check this).
+    """
+    if start_accepted is None:
+        return count_run_blocks(match, lengths, k_max, no_proposal)
+    return walk_block_starts(lengths, k_max, start_accepted, start_proposed, no_proposal)
+
+
+def count_run_blocks(
+    match: np.ndarray, lengths: np.ndarray, k_max: int, no_proposal: np.ndarray | None = None
+) -> BlockCounts:
+    """`count_blocks_exact` for a draft whose proposal at t depends only on the target prefix y[:t].
+
+    No block reaches past a mismatch: a rejected proposal, or the bonus token right after k
+    accepted ones, ends it there, so blocks start afresh after every mismatch. A run of L matches
+    followed by a mismatch is q = L // (k + 1) blocks that accept k (k + 1 tokens each), then one
+    that accepts r = L % (k + 1) and ends on the mismatch. The run after a row's last mismatch has
+    no mismatch to end on: its last block, if r > 0, accepts r and has no bonus token. A block
+    proposes k, unless it was rejected where nothing was proposed (`proposals_per_block`).
+    Example: 1101110 (runs 2 and 3, the second to the end) at k = 2: run 2 → one block accepting
+    2 (the mismatch is its bonus token); run 3 → one block accepting 2, then one accepting 1 with
+    no bonus: 3 iterations, as `simulate_blocks` walks them.
+    """
+    n, width = match.shape
+    lengths = np.asarray(lengths, dtype=np.int64)
+    inside = np.arange(width)[None, :] < lengths[:, None]
+    row, at = np.nonzero(inside & (match == 0))  # every mismatch, by row then position
+    first = np.ones(len(row), dtype=bool)  # a row's first mismatch: its run starts at 0
+    first[1:] = row[1:] != row[:-1]
+    last = np.ones(len(row), dtype=bool)
+    last[:-1] = row[:-1] != row[1:]
+    run = at.copy()
+    run[~first] -= at[np.flatnonzero(~first) - 1] + 1  # [n_mismatches] matches before each mismatch
+    tail = lengths.copy()  # [n] matches after a row's last mismatch, to its end
+    tail[row[last]] -= at[last] + 1
+    stopped = no_proposal[row, at] if no_proposal is not None else np.zeros(len(row), dtype=bool)
+    iterations = np.zeros((n, k_max))
+    accepted = np.zeros((n, k_max))
+    histogram = np.zeros((n, k_max, k_max + 1))
+    proposed = np.zeros((n, k_max, k_max + 1))
+    for ki in range(k_max):
+        k = ki + 1
+        q, r = np.divmod(run, k + 1)  # per run that ends on a mismatch: q full blocks, then one accepting r
+        q_tail, r_tail = np.divmod(tail, k + 1)  # per row: q_tail full blocks, then one accepting r_tail if > 0
+        iterations[:, ki] = np.bincount(row, weights=q + 1, minlength=n) + q_tail + (r_tail > 0)
+        accepted[:, ki] = np.bincount(row, weights=q * k + r, minlength=n) + q_tail * k + r_tail
+        cells = np.bincount(row * (k + 1) + r, minlength=n * (k + 1)).reshape(n, k + 1)
+        cells[:, k] += np.bincount(row, weights=q, minlength=n).astype(np.int64) + q_tail
+        ends = np.flatnonzero(r_tail > 0)
+        cells[ends, r_tail[ends]] += 1
+        histogram[:, ki, : k + 1] = cells
+        short = stopped & (r < k)  # rejected where nothing was proposed: it proposed r
+        fewer = np.bincount(row[short] * (k + 1) + r[short], minlength=n * (k + 1)).reshape(n, k + 1)
+        proposed[:, ki, : k + 1] = fewer
+        proposed[:, ki, k] = iterations[:, ki] - fewer.sum(1)
+    return BlockCounts(iterations, accepted, lengths[:, None] * np.ones(k_max), histogram, proposed)
+
+
+def walk_block_starts(
+    lengths: np.ndarray, k_max: int, start_accepted: np.ndarray, start_proposed: np.ndarray | None,
+    no_proposal: np.ndarray | None = None,
+) -> BlockCounts:
+    """`count_blocks_exact` for a block-dependent draft, walking the blocks.
 
     Vectorised over prompts: each step advances every unfinished prompt by one block, and prompts
     drop out of the working set as they finish, so the work is the number of blocks, not
-    prompts × max_len. Block records are tallied with one bincount per k. Equal to
-    `simulate_blocks` row by row (tests check this).
+    prompts × max_len. Block records are tallied with one bincount per k.
     """
     # Long on purpose: one vectorised block walk per k, kept whole so it reads against simulate_blocks.
-    n = match.shape[0]
-    if start_accepted is None:
-        runs = run_lengths(match)  # [n, max_len + 1]; zero padding ends every run at the row's end
-    else:
-        runs = np.zeros((n, match.shape[1] + 1), dtype=np.int64)
-        runs[:, : start_accepted.shape[1]] = start_accepted
+    n = start_accepted.shape[0]
+    runs = np.zeros((n, start_accepted.shape[1] + 1), dtype=np.int64)
+    runs[:, : start_accepted.shape[1]] = start_accepted
     block_proposed = None
     if start_proposed is not None:
         block_proposed = np.zeros(runs.shape, dtype=np.int64)

@@ -50,55 +50,85 @@ class DraftTrace:
         )
 
 
+@dataclass(frozen=True)
+class DraftRows:
+    """Where one draft's records sit in a tokens table: its rows, and each row's prompt and position.
+
+    Prompts are numbered in first-seen order, the order of the draft's `DraftTrace`; `grid` lays a
+    column of the table out as [n_prompts, longest continuation], zero after each prompt's end.
+    """
+
+    draft: str
+    rows: np.ndarray  # [n_rows] this draft's rows of the table
+    prompt: np.ndarray  # [n_rows] each row's prompt, 0..n_prompts - 1
+    position: np.ndarray  # [n_rows] each row's position in its continuation
+    prompt_ids: np.ndarray  # [n_prompts] str
+    domains: np.ndarray  # [n_prompts] str
+    n_tokens: np.ndarray  # [n_prompts] continuation length
+
+    def grid(self, column: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        """A whole-table column ([n_table_rows]) as this draft's [n_prompts, max_len] grid."""
+        out = np.zeros((len(self.prompt_ids), int(self.n_tokens.max(initial=0))), dtype=dtype)
+        out[self.prompt, self.position] = column[self.rows]
+        return out
+
+
+def index_drafts(tokens: pa.Table) -> list[DraftRows]:
+    """Every draft's `DraftRows`, drafts in first-seen order; one pass of hashing for all of them."""
+    draft_codes, draft_names = first_seen_codes(tokens.column("draft"))
+    prompt_codes, prompt_names = first_seen_codes(tokens.column("prompt_id"))
+    domain_codes, domain_names = first_seen_codes(tokens.column("domain"))
+    positions_all = to_numpy(tokens.column("position"), np.int64)
+    out = []
+    for d, draft in enumerate(draft_names):
+        rows = np.flatnonzero(draft_codes == d)
+        codes, prompts = _renumber(prompt_codes[rows])  # [n_rows] codes of this draft's prompts, first seen
+        positions = positions_all[rows]
+        n_tokens = np.zeros(len(prompts), dtype=np.int64)
+        np.maximum.at(n_tokens, codes, positions + 1)
+        if len(rows) != n_tokens.sum():
+            raise SpecprofError(f"tokens.parquet: draft {draft!r} has missing or repeated positions")
+        first_row = rows[np.unique(codes, return_index=True)[1]]
+        out.append(DraftRows(str(draft), rows, codes, positions, prompt_names[prompts],
+                             domain_names[domain_codes[first_row]], n_tokens))
+    return out
+
+
 def trace_drafts(
-    tokens: pa.Table | pd.DataFrame, k_max: int, exact: bool, runs: Mapping[str, blockdraft.StartRuns] | None = None
+    tokens: pa.Table | pd.DataFrame, k_max: int, exact: bool, runs: Mapping[str, blockdraft.StartRuns] | None = None,
+    index: Sequence[DraftRows] | None = None,
 ) -> list[DraftTrace]:
     """Block statistics of every draft in a tokens table, drafts and prompts in first-seen order.
 
     `runs` holds the block-dependent drafts' simulation from every block start (`blockdraft`): at
     T = 0 their blocks come from it. At T > 0 they follow the chain estimate on the first proposal
-    of each position, like every draft (an estimate).
+    of each position, like every draft (an estimate). `index` is the table's `index_drafts`, when
+    the caller has it already.
     """
     if k_max < 1:
         raise SpecprofError(f"--k-max {k_max}: must be ≥ 1")
     if not isinstance(tokens, pa.Table):
         tokens = pa.Table.from_pandas(tokens, preserve_index=False)
-    draft_codes, draft_names = first_seen_codes(tokens.column("draft"))
-    prompt_codes, prompt_names = first_seen_codes(tokens.column("prompt_id"))
-    domain_codes, domain_names = first_seen_codes(tokens.column("domain"))
-    positions_all = to_numpy(tokens.column("position"), np.int64)
     value_all = to_numpy(tokens.column("match" if exact else "accept_prob"), np.float64)
     accept_all = to_numpy(tokens.column("accept_prob"), np.float64)
     no_proposal_all = to_numpy(tokens.column("draft_token"), np.int64) == NO_PROPOSAL
     traces = []
-    for d, draft in enumerate(draft_names):
-        rows = np.flatnonzero(draft_codes == d)
-        codes, prompts = _renumber(prompt_codes[rows])  # [n_rows] codes of this draft's prompts, first seen
-        n_prompts = len(prompts)
-        positions = positions_all[rows]
-        n_tokens = np.zeros(n_prompts, dtype=np.int64)
-        np.maximum.at(n_tokens, codes, positions + 1)
-        if len(rows) != n_tokens.sum():
-            raise SpecprofError(f"tokens.parquet: draft {draft!r} has missing or repeated positions")
-        padded = np.zeros((n_prompts, int(n_tokens.max(initial=0))))
-        padded[codes, positions] = value_all[rows]
-        no_proposal = np.zeros(padded.shape, dtype=bool)
-        no_proposal[codes, positions] = no_proposal_all[rows]
-        accept_sum = np.bincount(codes, accept_all[rows], minlength=n_prompts)
-        first_row = rows[np.unique(codes, return_index=True)[1]]
-        prompt_ids, domains = prompt_names[prompts], domain_names[domain_codes[first_row]]
+    for d in index_drafts(tokens) if index is None else index:
+        padded = d.grid(value_all)
+        no_proposal = d.grid(no_proposal_all, bool)
+        accept_sum = np.bincount(d.prompt, accept_all[d.rows], minlength=len(d.prompt_ids))
         starts: dict[str, np.ndarray] = {}
-        if exact and runs and str(draft) in runs:
-            r = runs[str(draft)]
-            at = r.rows([str(p) for p in prompt_ids])
+        if exact and runs and d.draft in runs:
+            r = runs[d.draft]
+            at = r.rows([str(p) for p in d.prompt_ids])
             width = padded.shape[1]
             starts = {"start_accepted": r.accepted[at, :width], "start_proposed": r.proposed[at, :width]}
         counts = (
-            trace.count_blocks_exact(padded, n_tokens, k_max, no_proposal, **starts)
+            trace.count_blocks_exact(padded, d.n_tokens, k_max, no_proposal, **starts)
             if exact
-            else trace.count_blocks_expected(padded, n_tokens, k_max, no_proposal)
+            else trace.count_blocks_expected(padded, d.n_tokens, k_max, no_proposal)
         )
-        traces.append(DraftTrace(str(draft), prompt_ids, domains, n_tokens, accept_sum, counts))
+        traces.append(DraftTrace(d.draft, d.prompt_ids, d.domains, d.n_tokens, accept_sum, counts))
     return traces
 
 
