@@ -113,13 +113,14 @@ def compare(a: Analysis, b: Analysis, force: bool = False, seed: int = stats.SEE
     check_comparable(a, b, force)
     pairs = pair_drafts(a, b)
     out = []
+    cache: dict = {}  # drafts profiled on the same prompts share their resample weights
     for tb in b.traces:
         if tb.draft not in pairs:
             continue
         ta = a.trace(pairs[tb.draft])
         costs_a = costs_for(ta.draft, a.timings, None, ta.blocks.k_max)
         costs_b = costs_for(tb.draft, b.timings, None, tb.blocks.k_max)
-        sums_a, sums_b, paired = _joint_sums(ta, tb, seed)
+        sums_a, sums_b, paired = _joint_sums(ta, tb, seed, cache)
         groups_a = dict(domain_groups(ta))
         for domain, mask_b in domain_groups(tb):
             if domain not in groups_a:
@@ -142,7 +143,7 @@ def compare(a: Analysis, b: Analysis, force: bool = False, seed: int = stats.SEE
 
 
 def _joint_sums(
-    ta: DraftTrace, tb: DraftTrace, seed: int
+    ta: DraftTrace, tb: DraftTrace, seed: int, cache: dict | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, bool]]:
     """Resampled sums of both reports per domain (and ALL, stratified), paired where the prompts agree.
 
@@ -161,14 +162,14 @@ def _joint_sums(
         ids_b = tb.prompt_ids[mask_b] if mask_b is not None else np.array([])
         paired[domain] = len(ids_a) == len(ids_b) > 0 and set(ids_a) == set(ids_b)
         if mask_a is not None:
-            weights = draw_weights(seed, f"compare:{domain}", len(ids_a), stats.N_RESAMPLES, None)
+            weights = draw_weights(seed, f"compare:{domain}", len(ids_a), stats.N_RESAMPLES, cache)
             sums_a[domain] = weights @ values_a[mask_a]
         if mask_b is not None:
             if paired[domain]:
                 order = {p: i for i, p in enumerate(ids_a)}
                 weights = weights[:, [order[p] for p in ids_b]]
             else:
-                weights = draw_weights(seed, f"compare-b:{domain}", len(ids_b), stats.N_RESAMPLES, None)
+                weights = draw_weights(seed, f"compare-b:{domain}", len(ids_b), stats.N_RESAMPLES, cache)
             sums_b[domain] = weights @ values_b[mask_b]
     sums_a[ALL] = np.sum(list(sums_a.values()), axis=0)
     sums_b[ALL] = np.sum(list(sums_b.values()), axis=0)

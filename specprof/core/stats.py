@@ -74,9 +74,14 @@ def percentile_interval(samples: np.ndarray, point: np.ndarray, confidence: floa
     distribution lopsided; widening keeps `lo ≤ point ≤ hi` true for every report.
     """
     tail = (1.0 - confidence) / 2
-    finite = np.where(np.isfinite(samples), samples, np.nan)
-    with np.errstate(invalid="ignore"):
-        lo, hi = np.nanquantile(finite, [tail, 1.0 - tail], axis=0) if samples.shape[0] else (point, point)
+    finite = np.isfinite(samples)
+    if not samples.shape[0]:
+        lo, hi = point, point
+    elif finite.all():  # the same figures as nanquantile, in one partition instead of one per column
+        lo, hi = np.quantile(samples, [tail, 1.0 - tail], axis=0)
+    else:
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.nanquantile(np.where(finite, samples, np.nan), [tail, 1.0 - tail], axis=0)
     point = np.asarray(point, dtype=np.float64)
     return np.fmin(lo, point), np.fmax(hi, point)
 
