@@ -122,7 +122,8 @@ def main() -> None:
         ("in-process load + trace + bootstrap", f"{inproc:.2f} s"),
         ("  + threshold policies (9 τ × k_max 2..8)", f"{policies:.2f} s ({policies / inproc:.1f}× without)"),
     ]
-    emit(table, {"ratios": ratio, "rows": rows, "baseline_s": baseline, "startup_s": startup, "recommend_s": recommend, "gate_s": gate,
+    emit(table, {"ratios": ratio,
+                 "rows": rows, "baseline_s": baseline, "startup_s": startup, "recommend_s": recommend, "gate_s": gate,
                  "compare_s": compare, "in_process_s": inproc, "in_process_policies_s": policies,
                  "repeats": args.repeats})
 
