@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from specprof.core import costmodel, trace
+from specprof.core.threads import thread_map
 
 TAUS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the grid recommend searches
 
@@ -187,55 +188,72 @@ def count_policy_blocks(
     maps (k_max, code) to the block's histogram cell (class × accepted) and its length. Per τ, every
     (prompt, k_max) row advances one block per step: one gather of its code, one table look-up, and
     its cell recorded; one bincount per τ tallies the records. A row that reaches its end sits on an
-    END code that records into a spare cell and advances by 0. Equal to `simulate_policy` row by row
-    (tests).
+    END code that records into a spare cell and advances by 0. The τs walk in threads (`threads`).
+    Equal to `simulate_policy` row by row (tests).
     """
-    # Long on purpose: one vectorised walk over every prompt × τ × k_max, read against simulate_policy.
     n, width = match.shape
     taus, k_maxes = tuple(float(t) for t in taus), tuple(int(k) for k in k_maxes)
-    n_taus, n_k, k_top = len(taus), len(k_maxes), max(k_maxes, default=0)
+    k_top = max(k_maxes, default=0)
     lengths = np.asarray(lengths, dtype=np.int64)
-    top1_p = np.asarray(top1_p)
     inside = np.arange(width)[None, :] < lengths[:, None]
-    runs = trace.run_lengths(np.where(inside, match, 0), np.int32)  # [n, width + 1]
-    n_rows = n * n_k  # row = (prompt, k_max) in C order
-    cells = 3 * (k_top + 1)  # class × accepted, then one spare cell for rows that are done
-    cell, advance, end_code = _block_table(k_maxes, width)
-    shift = cells.bit_length()  # one look-up for both: the cell (≤ cells) in the low bits, the advance above
-    packed = (advance << shift) | cell
-    n_codes = end_code + 1
-    counts = np.zeros((n, n_taus, n_k, cells + 1), dtype=np.int32)
-    first = np.arange(n_rows)
-    first = first[lengths[first // n_k] > 0]
-    ends = np.stack([lengths, lengths + 1], axis=1)  # a block may step one past the end (its bonus token)
-    # [n, width + 2] (e, c + 1 ≤ a, c = a) packed; int16 while it fits: half the memory the walk reads
-    code = np.empty((n, width + 2), dtype=np.int16 if n_codes < 2**15 else np.int32)
-    for j, tau in enumerate(taus):  # one τ at a time: its codes stay in cache while its rows walk them
+    grid = _Grid(k_maxes, lengths, inside, trace.run_lengths(np.where(inside, match, 0), np.int32),
+                 *_block_table(k_maxes, width))
+    top1_p = np.asarray(top1_p)
+    # τ by τ, spread over the cores: each walk's codes stay in cache while its rows walk them
+    counts = np.stack(thread_map(lambda tau: grid.walk(top1_p >= tau), taus), axis=1)  # [n, τ, k, cells + 1]
+    return PolicyCounts(taus, k_maxes, counts[..., :-1].reshape(n, len(taus), len(k_maxes), 3, k_top + 1))
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """What every τ's walk shares: the rows (prompt × k_max), the runs of matches and the block table."""
+
+    k_maxes: tuple[int, ...]
+    lengths: np.ndarray  # [n]
+    inside: np.ndarray  # [n, width] positions inside each continuation
+    runs: np.ndarray  # [n, width + 1] int32 runs of matches from each position
+    cell: np.ndarray  # [n_k · n_codes] the block's cell (class × accepted)
+    advance: np.ndarray  # [n_k · n_codes] its length, accepted + 1
+    end_code: int
+
+    def walk(self, confident_at: np.ndarray) -> np.ndarray:
+        """The block counts of one τ (`confident_at`: [n, width] top-1 p ≥ τ): [n, n_k, cells + 1] int32."""
+        # Long on purpose: the codes, then the walk, read against simulate_policy.
+        n, width = self.inside.shape
+        n_k, k_top = len(self.k_maxes), max(self.k_maxes, default=0)
+        cells = 3 * (k_top + 1)  # class × accepted, then one spare cell for rows that are done
+        shift = cells.bit_length()  # one look-up for both: the cell (≤ cells) in the low bits, the advance above
+        packed = (self.advance << shift) | self.cell
+        n_codes = self.end_code + 1
         confident = np.ones((n, width + 1), dtype=bool)  # one column past the widest row: confident
-        confident[:, :width] = ~inside | (top1_p >= tau)
+        confident[:, :width] = ~self.inside | confident_at
         conf_runs = trace.run_lengths(confident, np.int32)[:, : width + 1]
+        runs = self.runs
+        # [n, width + 2] (e, c + 1 ≤ a, c = a) packed; int16 while it fits: half the memory the walk reads
+        code = np.empty((n, width + 2), dtype=np.int16 if n_codes < 2**15 else np.int32)
         code[:, : width + 1] = (np.minimum(runs, conf_runs + 1) << 2) | ((conf_runs + 1 <= runs) << 1) | (
             conf_runs == runs)
-        code[np.arange(n)[:, None], ends] = end_code
-        flat = code.ravel()
+        code[np.arange(n)[:, None], np.stack([self.lengths, self.lengths + 1], axis=1)] = self.end_code  # a
+        flat = code.ravel()  # block may step one past the end (its bonus token): END there too
+        first = np.arange(n * n_k)  # row = (prompt, k_max) in C order
+        first = first[self.lengths[first // n_k] > 0]
         record = (first * (cells + 1)).astype(np.int32)  # each row's first cell in the tally
         table = (first % n_k).astype(np.int32) * n_codes  # each row's k_max block of the table
         position = ((first // n_k) * (width + 2)).astype(np.int32 if flat.size < 2**31 else np.int64)
-        stop = position + lengths[first // n_k].astype(position.dtype)
+        stop = position + self.lengths[first // n_k].astype(position.dtype)
         seen, steps = [], 0
         while record.size:
             block = packed[table + flat[position]]
-            seen.append((block & ((1 << shift) - 1)) + record)  # tallied once per τ, not added at every step
+            seen.append((block & ((1 << shift) - 1)) + record)  # tallied once at the end, not added at every step
             position += block >> shift
             steps += 1
             if steps % 8 == 0:  # drop finished rows now and then, not at every step
                 going = position < stop
                 if going.sum() < 0.75 * len(going):
                     record, table, position, stop = record[going], table[going], position[going], stop[going]
-        if seen:
-            tally = np.bincount(np.concatenate(seen), minlength=n_rows * (cells + 1))
-            counts[:, j] = tally.reshape(n, n_k, cells + 1)
-    return PolicyCounts(taus, k_maxes, counts[..., :cells].reshape(n, n_taus, n_k, 3, k_top + 1))
+        tally = np.bincount(np.concatenate(seen), minlength=n * n_k * (cells + 1)) if seen else np.zeros(
+            n * n_k * (cells + 1), dtype=np.int64)
+        return tally.reshape(n, n_k, cells + 1).astype(np.int32)
 
 
 def _block_table(k_maxes: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -18,6 +18,7 @@ What this module does not do: read reports, trace blocks or price k (`summary`, 
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Sequence
@@ -142,18 +143,27 @@ def difference_significant(diff_lo: float, diff_hi: float) -> bool:
 
 def draw_weights(seed: int, name: str, n_prompts: int, n_resamples: int = N_RESAMPLES,
                  cache: dict | None = None) -> np.ndarray:
-    """[n_resamples, n_prompts] resample weights seeded by (seed, name), drawn once per `cache`.
+    """[n_resamples, n_prompts] resample weights seeded by (seed, name), read-only.
 
     The one bootstrap of specprof: every interval (figures per domain, threshold policies against
-    fixed k, compare's differences) multiplies these weights with per-prompt sums.
+    fixed k, compare's differences) multiplies these weights with per-prompt sums. They depend on
+    nothing else, so the last few hundred are kept for the process (`recommend` prices fixed k and
+    the threshold policies on the same resamples); `cache`, when given, keeps them as well.
     """
     key = (seed, name, n_prompts, n_resamples)
-    if cache is None or key not in cache:
-        weights = resample_weights(n_prompts, n_resamples, rng_for(seed, name))
-        if cache is None:
-            return weights
+    if cache is not None and key in cache:
+        return cache[key]
+    weights = _weights(*key)
+    if cache is not None:
         cache[key] = weights
-    return cache[key]
+    return weights
+
+
+@functools.lru_cache(maxsize=256)
+def _weights(seed: int, name: str, n_prompts: int, n_resamples: int) -> np.ndarray:
+    weights = resample_weights(n_prompts, n_resamples, rng_for(seed, name))
+    weights.setflags(write=False)  # shared by every caller
+    return weights
 
 
 def stratified_sums(values: np.ndarray, groups: Sequence[tuple[str, np.ndarray]], total: str, seed: int = SEED,

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from specprof.core import blockdraft, trace
 from specprof.core.ngram import NO_PROPOSAL
+from specprof.core.threads import thread_map
 from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:
@@ -112,8 +113,8 @@ def trace_drafts(
     value_all = to_numpy(tokens.column("match" if exact else "accept_prob"), np.float64)
     accept_all = to_numpy(tokens.column("accept_prob"), np.float64)
     no_proposal_all = to_numpy(tokens.column("draft_token"), np.int64) == NO_PROPOSAL
-    traces = []
-    for d in index_drafts(tokens) if index is None else index:
+
+    def trace_one(d: DraftRows) -> DraftTrace:
         padded = d.grid(value_all)
         no_proposal = d.grid(no_proposal_all, bool)
         accept_sum = np.bincount(d.prompt, accept_all[d.rows], minlength=len(d.prompt_ids))
@@ -128,8 +129,9 @@ def trace_drafts(
             if exact
             else trace.count_blocks_expected(padded, d.n_tokens, k_max, no_proposal)
         )
-        traces.append(DraftTrace(d.draft, d.prompt_ids, d.domains, d.n_tokens, accept_sum, counts))
-    return traces
+        return DraftTrace(d.draft, d.prompt_ids, d.domains, d.n_tokens, accept_sum, counts)
+
+    return thread_map(trace_one, index_drafts(tokens) if index is None else index)  # a draft per core
 
 
 def first_seen_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,42 @@
+"""Independent numpy work spread over the machine's cores, in threads.
+
+The block walks (`policy.count_policy_blocks` per τ, `traces.trace_drafts` per draft) spend their
+time in numpy's gathers, arithmetic and bincounts, which release the GIL: two threads on two cores
+ran two policy grids in 0.41–0.50 s against 0.72–0.93 s one after the other. Reading the report
+with Arrow already uses every core, so the walks may too. `SPECPROF_THREADS` sets the number (1:
+no threads, as a benchmark of one core wants). No torch here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from specprof.errors import SpecprofError
+
+T = TypeVar("T")
+R = TypeVar("R")
+MAX_THREADS = 8  # the walks are memory-bound; more threads than this only contend
+
+
+def n_threads() -> int:
+    """Threads for the walks: SPECPROF_THREADS, else the cores this process may run on (at most 8)."""
+    raw = os.environ.get("SPECPROF_THREADS")
+    if raw is not None:
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise SpecprofError(f"SPECPROF_THREADS={raw!r}: must be a whole number ≥ 1")
+        return int(raw)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_THREADS))
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """[fn(x) for x in items], spread over `n_threads()` threads; results in item order."""
+    items = list(items)
+    workers = min(n_threads(), len(items))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
