@@ -160,14 +160,16 @@ def _joint_sums(
         mask_a, mask_b = groups_a.get(domain), groups_b.get(domain)
         ids_a = ta.prompt_ids[mask_a] if mask_a is not None else np.array([])
         ids_b = tb.prompt_ids[mask_b] if mask_b is not None else np.array([])
-        paired[domain] = len(ids_a) == len(ids_b) > 0 and set(ids_a) == set(ids_b)
+        same_order = len(ids_a) == len(ids_b) > 0 and bool((ids_a == ids_b).all())  # the usual case: no reordering
+        paired[domain] = same_order or (len(ids_a) == len(ids_b) > 0 and set(ids_a) == set(ids_b))
         if mask_a is not None:
             weights = draw_weights(seed, f"compare:{domain}", len(ids_a), stats.N_RESAMPLES, cache)
             sums_a[domain] = weights @ values_a[mask_a]
         if mask_b is not None:
-            if paired[domain]:
-                order = {p: i for i, p in enumerate(ids_a)}
-                weights = weights[:, [order[p] for p in ids_b]]
+            if paired[domain]:  # one weight per prompt, whatever the order B holds them in
+                if not same_order:
+                    order = {p: i for i, p in enumerate(ids_a)}
+                    weights = weights[:, [order[p] for p in ids_b]]
             else:
                 weights = draw_weights(seed, f"compare-b:{domain}", len(ids_b), stats.N_RESAMPLES, cache)
             sums_b[domain] = weights @ values_b[mask_b]

@@ -30,6 +30,8 @@ Pure maths: no torch, no files.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -235,7 +237,11 @@ class Costs:
 
     def iteration(self) -> np.ndarray:
         """[k_max] k·c + v_k + f_k·t_C/t_T(1): one iteration's time in target steps, or with the blocks'
-        proposal counts E[n·c + v_n] + f_k·t_C/t_T(1)."""
+        proposal counts E[n·c + v_n] + f_k·t_C/t_T(1). Read-only: worked out once per `Costs`."""
+        return self._iteration
+
+    @functools.cached_property
+    def _iteration(self) -> np.ndarray:
         k = np.arange(1, self.k_max + 1)
         full = k * self.cost_ratio + np.asarray(self.verify_cost)
         by_n = np.concatenate([[1.0], self.verify_cost])  # v_n for n = 0..k_max proposals
@@ -244,7 +250,9 @@ class Costs:
             if f.sum() > 0:
                 n = np.arange(len(f))
                 full[i] = float(f @ (n * self.cost_ratio + by_n[: len(f)]) / f.sum())
-        return full + self.catchup()
+        out = full + self.catchup()
+        out.setflags(write=False)
+        return out
 
     def speedup(self, tokens_per_iter: np.ndarray) -> np.ndarray:
         """Empirical S for [..., k_max] tokens per iteration: E_emp(k) / (k·c + v_k)."""

@@ -83,13 +83,13 @@ def index_drafts(tokens: pa.Table) -> list[DraftRows]:
     out = []
     for d, draft in enumerate(draft_names):
         rows = np.flatnonzero(draft_codes == d)
-        codes, prompts = _renumber(prompt_codes[rows])  # [n_rows] codes of this draft's prompts, first seen
+        codes, prompts, first_at = _renumber(prompt_codes[rows], len(prompt_names))  # this draft's prompts
         positions = positions_all[rows]
         n_tokens = np.zeros(len(prompts), dtype=np.int64)
         np.maximum.at(n_tokens, codes, positions + 1)
         if len(rows) != n_tokens.sum():
             raise SpecprofError(f"tokens.parquet: draft {draft!r} has missing or repeated positions")
-        first_row = rows[np.unique(codes, return_index=True)[1]]
+        first_row = rows[first_at]
         out.append(DraftRows(str(draft), rows, codes, positions, prompt_names[prompts],
                              domain_names[domain_codes[first_row]], n_tokens))
     return out
@@ -136,22 +136,31 @@ def trace_drafts(
 
 def first_seen_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(codes [n_rows], values [n_values] as str) of a string or dictionary column, codes numbered in
-    the order values first appear (as pandas' factorize(sort=False)). Hashing in Arrow, no pandas."""
+    the order values first appear (as pandas' factorize(sort=False)). No pandas."""
     if isinstance(column, pa.ChunkedArray):
         column = column.unify_dictionaries() if pa.types.is_dictionary(column.type) else column
         column = column.combine_chunks()
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
-    first = pc.dictionary_encode(column.indices)  # the dictionary's entries in order of first use
-    values = np.asarray(column.dictionary.take(first.dictionary).to_pylist(), dtype=object)
-    return to_numpy(first.indices, np.int64), values
+    codes, entries, _ = _renumber(to_numpy(column.indices, np.int64), len(column.dictionary))
+    take = pa.Array.from_buffers(pa.int64(), len(entries), [None, pa.py_buffer(entries)])  # pa.array imports pandas
+    values = np.asarray(column.dictionary.take(take).to_pylist(), dtype=object)
+    return codes, values
 
 
-def _renumber(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`codes` renumbered 0.. in order of first appearance, and the original code of each new one."""
-    codes = np.ascontiguousarray(codes, dtype=np.int64)
-    first = pc.dictionary_encode(pa.Array.from_buffers(pa.int64(), len(codes), [None, pa.py_buffer(codes)]))
-    return to_numpy(first.indices, np.int64), to_numpy(first.dictionary, np.int64)
+def _renumber(codes: np.ndarray, size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`codes` (0..size - 1) renumbered 0.. in order of first appearance: (new codes, the original code of
+    each new one, the row where each first appears). Rows come in runs of one code (a prompt's
+    positions), so only the runs' heads are searched."""
+    size = int(codes.max(initial=-1)) + 1 if size is None else size
+    heads = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, dtype=np.int64)
+    first = np.full(size, len(codes), dtype=np.int64)
+    np.minimum.at(first, codes[heads], heads)  # each code's first row
+    entries = np.flatnonzero(first < len(codes))
+    entries = entries[np.argsort(first[entries], kind="stable")]
+    renumbered = np.empty(size, dtype=np.int64)
+    renumbered[entries] = np.arange(len(entries))
+    return renumbered[codes], np.ascontiguousarray(entries, dtype=np.int64), first[entries]
 
 
 NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
@@ -181,10 +190,11 @@ def is_in(column: pa.ChunkedArray, values: Sequence[str]) -> pa.ChunkedArray:
 
 def domain_groups(t: DraftTrace, domains: Sequence[str] = ()) -> list[tuple[str, np.ndarray]]:
     """(domain, prompt mask) for each domain in first-seen order, then ALL (unless filtered)."""
-    names = list(dict.fromkeys(t.domains.tolist()))
-    if domains:
-        names = [d for d in names if d in set(domains)]
-    groups = [(d, t.domains == d) for d in names]
+    listed = t.domains.tolist()
+    index = {d: i for i, d in enumerate(dict.fromkeys(listed))}
+    codes = np.fromiter((index[d] for d in listed), dtype=np.int64, count=len(listed))  # one pass over the strings
+    names = [d for d in index if not domains or d in set(domains)]
+    groups = [(d, codes == index[d]) for d in names]
     if not domains or ALL in domains:
         groups.append((ALL, np.ones(len(t.domains), dtype=bool)))
     return groups
