@@ -9,6 +9,10 @@ baseline `python -c "pandas.read_parquet(tokens.parquet)"` (Python start-up + im
 same file), and Python start-up with specprof's imports. Also the in-process time of load + trace +
 bootstrap. No torch involved. Timings on a busy shared machine are unreliable: compare the ratios.
 
+specprof's modules are compiled to bytecode first, as `pip install` leaves them and pandas' are:
+with PYTHONDONTWRITEBYTECODE set (as on our build machines) an editable install would otherwise
+compile every module anew in every run, about 0.1 s the baseline does not pay.
+
     python benchmarks/decide_speed.py [--prompts 4000] [--positions 125] [--repeats 3]
 """
 
@@ -19,6 +23,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI sets it for these commands (see cli.py)
 
 import argparse
+import compileall
 import json
 import statistics
 import sys
@@ -80,6 +85,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
+    import specprof
+
+    compileall.compile_dir(Path(specprof.__file__).parent, quiet=1)  # see the module docstring
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "report"
         rows = build_report(path, args.prompts, args.positions)
