@@ -31,7 +31,6 @@ Pure maths: no torch, no files.
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
