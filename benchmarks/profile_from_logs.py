@@ -9,6 +9,12 @@ often re-tokenising the logged text gives back the ids the target produced (the 
 Each phase is timed twice: wall seconds (run.json's phases_s) and CPU seconds of this process
 (steadier than wall time on a shared machine, where other jobs take the cores in turns).
 
+The ceiling: the multiply-adds the target pass cannot skip (every prompt and response token through
+the layers' weights, the vocabulary head where a token is predicted; attention's own products left
+out, so a lower bound), at the machine's measured matmul rate for a prefill's shapes. Generation
+does the same multiply-adds one step at a time; the ratio of its CPU seconds to that floor is the
+most any teacher-forced pass could gain here.
+
     OMP_NUM_THREADS=1 python benchmarks/profile_from_logs.py [--per-domain 2] [--max-new-tokens 128]
 """
 
@@ -24,12 +30,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from common import emit, environment, load_target, prompts
 
 from specprof.core.corpus import load_corpus
 from specprof.core.store import RunStore
 from specprof.engines.hf import drafts, profiler, teacher
 from specprof.engines.hf.profiler import Settings
+from specprof.engines.hf.prompts import encode_all
 
 CPU_S: collections.Counter = collections.Counter()  # CPU seconds per phase
 
@@ -86,6 +94,37 @@ def write_log(path: Path, corpus, tokens: pd.DataFrame, tokenizer) -> tuple[int,
     return len(corpus), same_prompts, total_tokens, same_tokens
 
 
+def matmul_rate(hidden: int, inner: int, dtype: torch.dtype, device: torch.device) -> float:
+    """FLOP/s of [2048, hidden] @ [hidden, inner] (an MLP projection of a 2048-token prefill), best of 5."""
+    a = torch.randn(2048, hidden, dtype=dtype, device=device)
+    b = torch.randn(hidden, inner, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - start)
+    return 2 * 2048 * hidden * inner / best
+
+
+def pass_flops(model: torch.nn.Module, n_tokens: int, n_predicted: int) -> float:
+    """2 × the multiply-adds of a forward over n_tokens with the vocabulary head at n_predicted of them."""
+    embed = model.get_input_embeddings().weight
+    layers = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name and "lm_head" not in name)
+    return 2.0 * layers * n_tokens + 2.0 * embed.numel() * n_predicted
+
+
+def ceiling(target, corpus, tokens: pd.DataFrame) -> tuple[float, float]:
+    """(the target pass's FLOPs, the machine's matmul FLOP/s) for these prompts and their continuations."""
+    model = target.model
+    first = tokens[tokens["draft"] == tokens["draft"].iloc[0]]
+    continuation = int(len(first))
+    prompt = sum(len(e.ids) for e in encode_all(corpus, target, True))
+    config = model.config
+    p = next(model.parameters())
+    rate = matmul_rate(config.hidden_size, config.intermediate_size, p.dtype, p.device)
+    return pass_flops(model, prompt + continuation, continuation + len(corpus)), rate
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-domain", type=int, default=2)
@@ -118,6 +157,9 @@ def main() -> None:
     log_cpu = dict(CPU_S)
     gen_pass_cpu = gen_cpu["generation"] + gen_cpu["draft_passes"]
     log_pass_cpu = log_cpu["target_pass"] + log_cpu["draft_passes"]
+    flops, rate = ceiling(target, corpus, tokens)
+    floor_s = flops / rate
+    best_ratio = gen_pass_cpu / (floor_s + log_cpu["draft_passes"])
 
     g, lg = generated.run["phases_s"], logged.run["phases_s"]
     gen_pass = g["generation"] + g["draft_passes"]
@@ -138,6 +180,11 @@ def main() -> None:
             ("corpus pass, CPU s", f"generating {gen_pass_cpu:.1f} s (generation {gen_cpu['generation']:.1f}), "
                                    f"from logs {log_pass_cpu:.1f} s (target pass {log_cpu['target_pass']:.1f}): "
                                    f"{gen_pass_cpu / log_pass_cpu:.1f}x"),
+            ("ceiling", f"target pass {flops / 1e9:.0f} GFLOP at the measured matmul rate {rate / 1e9:.0f} GFLOP/s: "
+                        f"{floor_s:.1f} CPU s (it took {log_cpu['target_pass']:.1f}: "
+                        f"{floor_s / log_cpu['target_pass']:.0%} of the rate; generation "
+                        f"{flops / rate / gen_cpu['generation']:.0%}); best possible corpus-pass ratio here "
+                        f"{best_ratio:.1f}x"),
             ("end to end", f"generating {gen_total:.1f} s, from logs {log_total:.1f} s: "
                            f"{gen_total / log_total:.1f}x"),
             ("round trip (text → ids)", f"{n_same} of {n} prompts; {n_tokens_same} of {n_tokens} tokens "
@@ -160,6 +207,9 @@ def main() -> None:
             "corpus_pass_ratio": gen_pass / log_pass,
             "corpus_pass_cpu_ratio": gen_pass_cpu / log_pass_cpu,
             "end_to_end_ratio": gen_total / log_total,
+            "target_pass_gflop": flops / 1e9,
+            "matmul_gflops": rate / 1e9,
+            "best_possible_cpu_ratio": best_ratio,
             "round_trip_prompts": [n_same, n],
             "round_trip_tokens": [n_tokens_same, n_tokens],
             "agreement": agreement,
