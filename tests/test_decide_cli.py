@@ -327,8 +327,8 @@ def test_compare_refuses_other_sampling_settings(reports, cli, tmp_path):
 
 
 def test_decision_commands_never_import_torch_pandas_or_pydantic(reports):
-    # pandas takes 0.3 s to import, a third of what reading a million-row report with it costs, and
-    # Typer's pydantic conversion 0.25 s (issue 14; ui/coercion.py)
+    # pandas takes 0.3 s to import, a third of what reading a million-row report with it costs,
+    # Typer's pydantic conversion 0.25 s (issue 14; ui/coercion.py) and pyarrow.compute 0.1 s
     code = f"""
 import sys
 from typer.testing import CliRunner
@@ -340,7 +340,7 @@ for args in (["recommend", {str(reports['main'])!r}, "--json"],
              ["recommend", "--alpha", "0.6", "--cost-ratio", "0.1"]):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-print(sorted(m for m in ("torch", "transformers", "pandas", "pydantic") if m in sys.modules))
+print(sorted(m for m in ("torch", "transformers", "pandas", "pydantic", "pyarrow.compute") if m in sys.modules))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -16,7 +16,7 @@ from typing import Any
 from specprof.core import blockdraft, reportfiles
 from specprof.core.policy import PolicyCounts
 from specprof.core.timings import Timings
-from specprof.core.traces import ALL, DraftTrace, index_drafts, is_in, trace_drafts
+from specprof.core.traces import ALL, DraftTrace, first_seen_codes, index_drafts, is_in, trace_drafts
 from specprof.errors import SpecprofError
 
 TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
@@ -59,8 +59,8 @@ def load_analysis(
     exact = temperature == 0
     columns = TOKEN_COLUMNS + (["draft_top1_p"] if policies and exact else [])
     table = rep.table("tokens", columns, read_dictionary=["draft", "prompt_id", "domain"])
-    names = [str(d) for d in table.column("draft").unique().to_pylist()]
-    all_domains = tuple(str(d) for d in table.column("domain").unique().to_pylist())
+    names = [str(d) for d in first_seen_codes(table.column("draft"))[1]]
+    all_domains = tuple(str(d) for d in first_seen_codes(table.column("domain"))[1])
     for d in drafts:
         if d not in names:
             raise SpecprofError(f"--draft {d}: not in {rep.directory} (drafts: {', '.join(sorted(names))})")

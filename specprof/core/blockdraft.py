@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from specprof.core import trace
 from specprof.core.ngram import PromptLookup, VllmNgram
@@ -131,6 +130,7 @@ def start_runs(
     the target's tokens past the end (same columns; None for a report without them).
     """
     import pandas as pd
+    import pyarrow.compute as pc  # on use: its import costs the decision commands 0.1 s
 
     out: dict[str, StartRuns] = {}
     if proposals is None or not len(proposals):
@@ -183,6 +183,8 @@ def _prompt_codes(targets: pd.DataFrame) -> tuple[list[str], np.ndarray]:
 
 def _pad_lists(column: pa.ChunkedArray | pa.Array, width: int) -> tuple[np.ndarray, np.ndarray]:
     """[n, width] int64 rows padded with -3 (never a token), and each list's length (at most width)."""
+    import pyarrow.compute as pc  # on use: its import costs the decision commands 0.1 s
+
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -214,6 +216,8 @@ def load_runs(rep, drafts: Sequence[str], k_max: int) -> dict[str, StartRuns]:
             f"--k-max {k_max}: draft {wanted[0]} was simulated up to k = {run_k_max} when profiled; "
             f"pass --k-max {run_k_max} or less"
         )
+    import pyarrow.compute as pc  # here: its import costs the decision commands 0.1 s
+
     proposals = rep.table("proposals")
     proposals = proposals.filter(pc.is_in(proposals.column("draft"), pa.array(wanted)))
     columns = ["draft", "prompt_id", "position", "target_token"]

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from specprof.core import blockdraft, reportfiles
 from specprof.core.ngram import NO_PROPOSAL
@@ -146,6 +145,8 @@ def load_records(report: str | Path | reportfiles.Report, draft: str) -> DraftRe
 def _proposals(rep: reportfiles.Report, draft: str) -> pa.Table | None:
     if not rep.path("proposals").exists():
         return None
+    import pyarrow.compute as pc  # here: its import costs the decision commands 0.1 s
+
     table = rep.table("proposals")
     return table.filter(pc.equal(table.column("draft"), draft))
 
