@@ -74,7 +74,7 @@ class DraftRows:
 
 
 def index_drafts(tokens: pa.Table) -> list[DraftRows]:
-    """Every draft's `DraftRows`, drafts in first-seen order; one pass of hashing for all of them."""
+    """Every draft's `DraftRows`, drafts in first-seen order; one pass over each key column for all of them."""
     draft_codes, draft_names = first_seen_codes(tokens.column("draft"))
     prompt_codes, prompt_names = first_seen_codes(tokens.column("prompt_id"))
     domain_codes, domain_names = first_seen_codes(tokens.column("domain"))
