@@ -14,6 +14,7 @@ import pytest
 from specprof.core import corpus as corpus_loader
 from specprof.core import inspection, tokentext, trace
 from specprof.core.traces import ALL
+from specprof.engines.hf.detokenize import auto_detokenizer
 from specprof.ui import htmlreport, inspectview
 
 
@@ -271,5 +272,5 @@ def test_auto_tokenizer_fallback_gives_the_same_pieces(tiny, small_report):
     # A tokenizer without tokenizer.json goes through transformers' AutoTokenizer: same text per token.
     ids = tokens_of(small_report, "ngram")["target_token"].tolist()[:40]
     fast = tokentext.load({}, tiny["target"])
-    auto = tokentext._auto(str(tiny["target"]))
+    auto = auto_detokenizer(str(tiny["target"]))
     assert auto is not None and auto.pieces(ids) == fast.pieces(ids)

@@ -22,6 +22,7 @@ import pandas as pd
 from specprof.core import reportfiles, tokentext
 from specprof.core.corpus import Prompt, fingerprint
 from specprof.core.fingerprint import directory_fingerprint
+from specprof.engines.hf.detokenize import auto_detokenizer
 from specprof.engines.vllm import profile as vprofile
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
@@ -198,7 +199,7 @@ def profile(options: Options, corpus: Sequence[Prompt], shard_info: dict | None,
     clients = [VllmClient(url, options.timeout_s) for url in dict.fromkeys(options.urls)]
     spread = vprofile.Spread(clients)
     encoded = [Encoded(p, encode_prompt(target.tokenizer, p, settings.chat_template)) for p in corpus]
-    detok = tokentext.load({"target": {"name": target.name, "source": target.source}})
+    detok = tokentext.load({"target": {"name": target.name, "source": target.source}}, fallback=auto_detokenizer)
     ids = [e.ids for e in encoded] or [[0]]
     limits = [target.context]
     limits += [check_server(c, detok, ids, "--target") for c in clients]

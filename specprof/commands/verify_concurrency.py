@@ -43,6 +43,7 @@ from specprof.core.jsonvalues import json_clean
 from specprof.core.reportfiles import load_report
 from specprof.core.timings import costs_for
 from specprof.core.traces import ALL
+from specprof.engines.hf.detokenize import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, VllmClient
 from specprof.errors import SpecprofError
@@ -229,7 +230,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
     draft = vllm_common.choose_draft(report, options.draft)
     prompts = vllm_common.select_prompts(report.frame("prompts"), options.limit)
     prompt_ids = [[int(t) for t in toks] for toks in prompts["prompt_tokens"]]
-    detok = tokentext.load(report.run)
+    detok = tokentext.load(report.run, fallback=auto_detokenizer)
     timeout = options.timeout_s or verify_vllm.REQUEST_TIMEOUT_S
 
     if options.url is not None:

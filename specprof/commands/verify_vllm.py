@@ -47,6 +47,7 @@ from specprof.core.jsonvalues import json_clean
 from specprof.core.reportfiles import Report, load_report
 from specprof.core.sequences import first_difference, report_continuations
 from specprof.core.traces import ALL
+from specprof.engines.hf.detokenize import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, TopLogprobs, VllmClient
 from specprof.errors import SpecprofError
@@ -213,7 +214,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
     tokens = report.frame("tokens")
     tokens = tokens[tokens["draft"] == draft]
     continuations = report_continuations(tokens)
-    detok = tokentext.load(report.run)
+    detok = tokentext.load(report.run, fallback=auto_detokenizer)
     predict = predict or default_predict()
     result = VllmVerifyResult(draft, temperature)
     say = progress or (lambda _m: None)

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from specprof.core import blockdraft, decide, reportfiles, trace
 from specprof.core.analysis import load_analysis
 from specprof.core.jsonvalues import json_number
-from specprof.core.tokentext import Detokenizer
+from specprof.core.tokentext import Detokenizer, Fallback
 from specprof.core.traces import ALL, DraftTrace
 from specprof.errors import SpecprofError
 
@@ -120,8 +120,10 @@ def inspect_report(
     prompt_id: str | None = None,
     k: int | None = None,
     tokenizer: str | None = None,
+    fallback: Fallback | None = None,
 ) -> Inspection:
-    """Load a report and inspect one draft; the tokenizer comes from run.json unless given."""
+    """Load a report and inspect one draft; the tokenizer comes from run.json unless given (`fallback`:
+    `tokentext.load`'s, for a tokenizer without tokenizer.json)."""
     if worst < 1:
         raise SpecprofError(f"--worst {worst}: must be ≥ 1")
     if domain == ALL:
@@ -130,7 +132,7 @@ def inspect_report(
     if detokenizer is None:
         from specprof.core import tokentext
 
-        detokenizer = tokentext.load(analysis.run, tokenizer)
+        detokenizer = tokentext.load(analysis.run, tokenizer, fallback)
     return inspect_analysis(analysis, detokenizer, draft, domain, worst, prompt_id, k)
 
 

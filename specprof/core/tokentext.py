@@ -5,9 +5,10 @@ run.json — its `source` directory (a model directory, or the cached conversion
 such as the embedded default's under `~/.cache/specprof/gguf/`), the same conversion in this
 machine's cache when the report was made elsewhere, or a Hugging Face id found in the local hub
 cache. A `tokenizer.json` (every fast tokenizer, the embedded default's included) is read with the
-`tokenizers` library: about a tenth of a second, no torch. Only a tokenizer without one (an old
-sentencepiece-only repository) falls back to transformers' AutoTokenizer, which imports torch but
-still reads no weights.
+`tokenizers` library: about a tenth of a second, no torch. A tokenizer without one (an old
+sentencepiece-only repository) needs transformers' AutoTokenizer: the caller passes it as
+`fallback` (`engines.hf.detokenize.auto_detokenizer`, which imports torch but reads no weights),
+so this module stays torch-free.
 
 Each token's text is the growth of the decoded text when the token is added, so multi-byte
 characters split over several byte-level tokens come out whole (on the token that completes them;
@@ -25,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from specprof.errors import SpecprofError
+
+# (directory or hub id, local files only) → a Detokenizer, or None: for tokenizers without tokenizer.json
+Fallback = Callable[[str, bool], "Detokenizer | None"]
 
 TOKENIZER_JSON = "tokenizer.json"
 REPLACEMENT = "\ufffd"  # what a decoder prints for an incomplete UTF-8 sequence
@@ -60,10 +64,13 @@ class Detokenizer:
         return out
 
 
-def load(run: dict[str, Any], override: str | Path | None = None) -> Detokenizer:
-    """The tokenizer of the report's target (or `override`); one clear error saying how to get it."""
+def load(run: dict[str, Any], override: str | Path | None = None, fallback: Fallback | None = None) -> Detokenizer:
+    """The tokenizer of the report's target (or `override`); one clear error saying how to get it.
+
+    `fallback` reads a tokenizer that has no tokenizer.json (without it, such a tokenizer is not found).
+    """
     if override is not None:
-        found = _open(str(override), revision=None)
+        found = _open(str(override), None, fallback)
         if found is None:
             raise SpecprofError(
                 f"--tokenizer {override}: no tokenizer there (a model directory with tokenizer.json, a "
@@ -77,7 +84,7 @@ def load(run: dict[str, Any], override: str | Path | None = None) -> Detokenizer
     if "/specprof/gguf/" in source.replace("\\", "/"):  # a converted .gguf: the same conversion in our cache
         candidates.append(str(_cache_root() / "gguf" / Path(source).name))
     for candidate in dict.fromkeys(c for c in candidates if c):
-        found = _open(candidate, revision)
+        found = _open(candidate, revision, fallback)
         if found is not None:
             return found
     if "/specprof/gguf/" in source.replace("\\", "/"):
@@ -100,7 +107,7 @@ def _cache_root() -> Path:
     return Path(base) / "specprof"
 
 
-def _open(spec: str, revision: str | None) -> Detokenizer | None:
+def _open(spec: str, revision: str | None, fallback: Fallback | None) -> Detokenizer | None:
     """A Detokenizer for a directory, a tokenizer.json file or a cached hub id; None when there is none."""
     path = Path(spec)
     if path.is_file() and path.name.endswith(".json"):
@@ -108,8 +115,8 @@ def _open(spec: str, revision: str | None) -> Detokenizer | None:
     if path.is_dir():
         if (path / TOKENIZER_JSON).is_file():
             return _fast(path / TOKENIZER_JSON)
-        if (path / "tokenizer_config.json").is_file():
-            return _auto(str(path))
+        if (path / "tokenizer_config.json").is_file() and fallback is not None:
+            return fallback(str(path), False)
         return None
     if path.exists() or spec.count("/") > 1 or not spec.strip():
         return None
@@ -121,7 +128,7 @@ def _open(spec: str, revision: str | None) -> Detokenizer | None:
     if isinstance(cached, str):
         return _fast(Path(cached))
     config = try_to_load_from_cache(spec, "tokenizer_config.json", revision=revision)
-    return _auto(spec, local_files_only=True) if isinstance(config, str) else None
+    return fallback(spec, True) if isinstance(config, str) and fallback is not None else None
 
 
 def _fast(path: Path) -> Detokenizer:
@@ -132,18 +139,3 @@ def _fast(path: Path) -> Detokenizer:
     except Exception as e:  # tokenizers raises its own exception type for a bad file
         raise SpecprofError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
     return Detokenizer(str(path), lambda batch: tokenizer.decode_batch(batch, skip_special_tokens=False))
-
-
-def _auto(spec: str, local_files_only: bool = False) -> Detokenizer | None:
-    """transformers' AutoTokenizer (tokenizer files only; it never reads weights)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local_files_only)
-    except (OSError, ValueError):
-        return None
-    return Detokenizer(
-        spec,
-        lambda batch: [tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-                       for ids in batch],
-    )

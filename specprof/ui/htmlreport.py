@@ -64,12 +64,13 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
     """The page's HTML and its plots, from a report directory (or a file in it)."""
     # Long on purpose: the page's sections in reading order.
     from specprof.core import tokentext
+    from specprof.engines.hf.detokenize import auto_detokenizer
 
     analysis = load_analysis(path, policies=True)
     estimates = decide.estimates(analysis)  # recommend's defaults: measured costs, --min-speedup 1.1
     plans = decide.plans(estimates)
     policies = decide.policy_estimates(analysis, estimates)
-    detokenizer = tokentext.load(analysis.run, tokenizer)
+    detokenizer = tokentext.load(analysis.run, tokenizer, auto_detokenizer)
     drafts = [p.draft for p in plans]
     best_k = {e.draft: e.best_k for e in estimates if e.domain == ALL}
     worst = {d: inspection.inspect_analysis(analysis, detokenizer, d, worst=WORST, k=best_k[d]) for d in drafts}
