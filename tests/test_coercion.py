@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import typer.main
+from typer._coercion import build_runtime_param  # Typer ≥ 0.29, as pyproject.toml asks
 
 from specprof.ui import coercion
 from specprof.ui.cli import app
-
-pytest.importorskip("typer._coercion", reason="this Typer converts through Click's types, without pydantic")
-from typer._coercion import build_runtime_param  # noqa: E402
 
 SAMPLES = {
     int: ["3", "-2", "0", "007", "+4", "x", "3.0", " 3", "1e3", "", "٣", 5],
