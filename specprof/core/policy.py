@@ -200,7 +200,8 @@ def count_policy_blocks(
                  *_block_table(k_maxes, width))
     top1_p = np.asarray(top1_p)
     # τ by τ, spread over the cores: each walk's codes stay in cache while its rows walk them
-    counts = np.stack(thread_map(lambda tau: grid.walk(top1_p >= tau), taus), axis=1)  # [n, τ, k, cells + 1]
+    walks = thread_map(lambda tau: grid.walk(top1_p >= tau), taus)
+    counts = np.stack(walks, axis=1) if walks else np.zeros((n, 0, len(k_maxes), 3 * (k_top + 1) + 1), np.int32)
     return PolicyCounts(taus, k_maxes, counts[..., :-1].reshape(n, len(taus), len(k_maxes), 3, k_top + 1))
 
 
