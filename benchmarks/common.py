@@ -28,7 +28,7 @@ def load_target(device: str = "auto", dtype: str = "auto"):
 
 
 def prompts(limit: int):
-    from specprof.core.corpus import load_corpus
+    from specprof.core.records.corpus import load_corpus
 
     return load_corpus(Path(__file__).resolve().parent.parent / "sample_prompts", limit=limit)
 
@@ -45,7 +45,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def run_profile(target, draft_specs, corpus, settings):
     """One full `profile` (generation, draft passes, timings, summary, report files) into a temp dir."""
-    from specprof.core.store import RunStore
+    from specprof.core.records.store import RunStore
     from specprof.engines.hf import drafts, profiler
 
     device = next(target.model.parameters()).device

@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 from processes import rounds
 
-from specprof.core import decide, reportfiles, schema
-from specprof.core.analysis import load_analysis
+from specprof.core.answers import decide
+from specprof.core.answers.analysis import load_analysis
+from specprof.core.records import reportfiles, schema
 
 DOMAINS = [f"domain-{i:02d}" for i in range(13)]
 
@@ -95,7 +96,7 @@ def main() -> None:
         read = f"import pandas; pandas.read_parquet({str(path / 'tokens.parquet')!r})"
         timed = rounds({
             "baseline": [sys.executable, "-c", read],
-            "startup": [sys.executable, "-c", "import specprof.ui.cli, specprof.core.decide"],
+            "startup": [sys.executable, "-c", "import specprof.ui.cli, specprof.core.answers.decide"],
             "recommend": [*cli, "recommend", str(path), "--json"],
             "gate": [*cli, "gate", str(path), "--min-speedup", "1.0"],
             "compare": [*cli, "compare", str(path), str(path)],

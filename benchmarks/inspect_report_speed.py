@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from specprof.core import reportfiles, tokentext
+    from specprof.core.records import reportfiles, tokentext
 
     run = reportfiles.load_report(args.report).run
     start = time.perf_counter()

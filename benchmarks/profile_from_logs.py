@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 from common import emit, environment, load_target, prompts
 
-from specprof.core.corpus import load_corpus
-from specprof.core.store import RunStore
+from specprof.core.records.corpus import load_corpus
+from specprof.core.records.store import RunStore
 from specprof.engines.hf import drafts, profiler, teacher
 from specprof.engines.hf.profiler import Settings
 from specprof.engines.hf.prompts import encode_all

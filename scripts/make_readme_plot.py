@@ -14,8 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from specprof.core import decide, reportfiles
-from specprof.core.analysis import load_analysis
+from specprof.core.answers import decide
+from specprof.core.answers.analysis import load_analysis
+from specprof.core.records import reportfiles
 from specprof.ui import plots
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -210,7 +210,7 @@ def serve_report(report_dir: str, k: int, port: int, spec: bool = True) -> None:
     """Serve a report's own continuations at `port` until killed (the stand-in `python -m vllm…` runs this);
     `spec` False: as a server started without --speculative-config."""
     from specprof.commands import verify_vllm
-    from specprof.core import reportfiles, tokentext
+    from specprof.core.records import reportfiles, tokentext
 
     report = reportfiles.load_report(report_dir)
     prompts = report.frame("prompts")

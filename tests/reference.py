@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from specprof.core import ngram
+from specprof.core.simulation import ngram
 
 
 @torch.inference_mode()

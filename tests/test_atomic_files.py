@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from specprof.core.reportfiles import atomic_write
+from specprof.core.records.reportfiles import atomic_write
 
 
 def test_atomic_write_gives_ordinary_permissions(tmp_path):

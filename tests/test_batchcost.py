@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprof.core import batchcost, costmodel
-from specprof.core.batchcost import BatchPoint
-from specprof.core.estimate import Estimate
-from specprof.core.timings import Timings, costs_for
+from specprof.core.pricing import batchcost, costmodel
+from specprof.core.pricing.batchcost import BatchPoint
+from specprof.core.pricing.estimate import Estimate
+from specprof.core.pricing.timings import Timings, costs_for
 from specprof.errors import SpecprofError
 
 seconds = st.floats(1e-4, 1.0)

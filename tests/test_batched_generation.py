@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import PROMPTS  # noqa: I001
 
-from specprof.core.corpus import load_corpus
+from specprof.core.records.corpus import load_corpus
 from specprof.engines.hf import models
 from specprof.engines.hf.generation import generate
 

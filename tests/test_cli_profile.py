@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pyarrow.parquet as pq
 
-from specprof.core import schema
+from specprof.core.records import schema
 
 TYPES = {
     "tokens": {"draft": "string", "prompt_id": "string", "domain": "string", "position": "int32",

@@ -18,9 +18,9 @@ import torch
 from reference import model_proposer
 from tiny import make_model
 
-from specprof.core import conventions
-from specprof.core.analysis import load_analysis
-from specprof.core.ngram import PromptLookup, VllmNgram
+from specprof.core.answers.analysis import load_analysis
+from specprof.core.simulation import conventions
+from specprof.core.simulation.ngram import PromptLookup, VllmNgram
 from specprof.engines.hf import models
 from specprof.engines.hf.drafts import early_exit_view
 from specprof.errors import SpecprofError

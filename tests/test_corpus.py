@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from specprof.core.corpus import load_corpus
+from specprof.core.records.corpus import load_corpus
 from specprof.errors import SpecprofError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specprof.core.corpus import load_corpus
+from specprof.core.records.corpus import load_corpus
 from specprof.errors import SpecprofError
 
 json_values = st.recursive(

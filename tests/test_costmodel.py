@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprof.core import costmodel
+from specprof.core.pricing import costmodel
 
 alphas = st.floats(0.0, 1.0)
 ks = st.integers(1, 32)

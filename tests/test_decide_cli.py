@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from specprof.core import costmodel, schema
+from specprof.core.pricing import costmodel
+from specprof.core.records import schema
 
 # 2 domains × 6 prompts: enough prompts per domain (≥ stats.MIN_PROMPTS) for a decision.
 PROMPTS = {

@@ -14,7 +14,7 @@ import torch
 from reference import AssistedGeneration
 from tiny import make_tokenizer, vocab_size
 
-from specprof.core.traces import trace_drafts
+from specprof.core.simulation.traces import trace_drafts
 from specprof.engines.hf import distill, distill_data, models
 
 LAYERS = 2  # of the 4-layer `deep` target: the draft has 3
@@ -150,7 +150,7 @@ def test_a_report_source_reuses_its_continuations(distilled, tiny, corpus, tmp_p
 
 
 def _cached(tiny, corpus, **overrides):
-    from specprof.core.corpus import load_corpus
+    from specprof.core.records.corpus import load_corpus
     from specprof.engines.hf.prompts import encode_all
 
     target = load(tiny["deep"])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specprof.core.distill_eval import DomainCounts, EarlyStopping, alpha_table, lr_factor, split_holdout
+from specprof.core.answers.distill_eval import DomainCounts, EarlyStopping, alpha_table, lr_factor, split_holdout
 from specprof.errors import SpecprofError
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import make_model, make_tokenizer
 
-from specprof.core import reportfiles, schema
+from specprof.core.records import reportfiles, schema
 from specprof.errors import SpecprofError
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from reference import greedy_speculative, model_proposer, ngram_proposer
 
-from specprof.core.traces import trace_drafts
+from specprof.core.simulation.traces import trace_drafts
 from specprof.engines.hf import models
 from specprof.engines.hf.drafts import early_exit_view
 

@@ -11,9 +11,11 @@ import sys
 import pandas as pd
 import pytest
 
-from specprof.core import corpus as corpus_loader
-from specprof.core import inspection, tokentext, trace
-from specprof.core.traces import ALL
+from specprof.core.answers import inspection
+from specprof.core.records import corpus as corpus_loader
+from specprof.core.records import tokentext
+from specprof.core.simulation import trace
+from specprof.core.vocabulary import ALL
 from specprof.engines.hf.detokenize import auto_detokenizer
 from specprof.ui import htmlreport, inspectview
 

@@ -70,3 +70,34 @@ def test_core_imports_without_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+# The core's rooms in the order the data flows (specprof/core/__init__.py): a room imports only rooms before it.
+# The shared modules (vocabulary, glossary, flags, jsonvalues) sit below them all.
+ROOMS = {"records": 1, "simulation": 2, "pricing": 3, "answers": 4}
+
+
+def room_of(module: str) -> int | None:
+    """The rank of a core module's room; 0 for the shared modules, None outside the core."""
+    parts = module.split(".")
+    if parts[:2] != ["specprof", "core"] or len(parts) < 3:
+        return None
+    return ROOMS.get(parts[2], 0)
+
+
+def test_core_rooms_import_only_rooms_before_them():
+    wrong = []
+    for path in (PACKAGE / "core").rglob("*.py"):
+        here = room_of(".".join(("specprof", *path.relative_to(PACKAGE).with_suffix("").parts)))
+        for name in imported(path):
+            there = room_of(name)
+            if there is not None and here is not None and there > here:
+                wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert wrong == []
+
+
+def test_every_core_module_sits_in_a_room_or_is_shared():
+    shared = sorted(p.stem for p in (PACKAGE / "core").glob("*.py") if p.stem != "__init__")
+    assert shared == ["flags", "glossary", "jsonvalues", "vocabulary"]
+    assert sorted(p.name for p in (PACKAGE / "core").iterdir() if p.is_dir() and p.name != "__pycache__") == \
+        sorted(ROOMS)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from specprof.core.timings import Timings
+from specprof.core.pricing.timings import Timings
 from specprof.engines.hf import profiler
 
 MAX_NEW = 24

@@ -12,8 +12,8 @@ import json
 import pandas as pd
 import pytest
 
-from specprof.core.corpus import load_corpus
-from specprof.core.logs import choose_responses
+from specprof.core.records.corpus import load_corpus
+from specprof.core.records.logs import choose_responses
 from specprof.errors import SpecprofError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprof.core import ngram
+from specprof.core.simulation import ngram
 
 
 def test_worked_examples():

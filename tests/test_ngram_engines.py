@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprof.core import blockdraft
-from specprof.core.ngram import PromptLookup, VllmNgram
+from specprof.core.simulation import blockdraft
+from specprof.core.simulation.ngram import PromptLookup, VllmNgram
 from specprof.errors import SpecprofError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm_ngram_0.32.0.json"

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import torch
 
-from specprof.core.corpus import Prompt, load_corpus
-from specprof.core.store import RunStore
+from specprof.core.records.corpus import Prompt, load_corpus
+from specprof.core.records.store import RunStore
 from specprof.engines.hf import drafts, models, profiler
 
 

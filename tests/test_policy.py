@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprof.core import costmodel, trace
-from specprof.core.policy import count_policy_blocks, simulate_policy
+from specprof.core.pricing import costmodel
+from specprof.core.pricing.policy_estimate import policy_cost
+from specprof.core.simulation import trace
+from specprof.core.simulation.policy import count_policy_blocks, simulate_policy
 
 MATCH = [bool(int(c)) for c in "1101011"]
 TOP1 = [0.9, 0.4, 0.9, 0.9, 0.8, 0.3, 0.9]
@@ -75,7 +77,7 @@ def test_cost_prices_blocks_like_fixed_k_iterations():
     padded, lengths = trace.pad([np.array(MATCH, dtype=float)])
     top1, _ = trace.pad([np.array(TOP1)])
     c = count_policy_blocks(padded, top1, lengths, k_maxes=[2, 4], taus=[0.5])
-    lo, hi = c.cost(costs)
+    lo, hi = policy_cost(c, costs)
     # k_max 2: blocks of 2 (full), 2, 1 (full) steps: (0.2 + v_2 + 0.05) + (0.2 + v_2) + (0.1 + v_1 + 0.05)
     #        = 1.75 + 1.7 + 1.35 = 4.8, both bounds.
     assert lo[0, 0, 0] == pytest.approx(4.8) and hi[0, 0, 0] == pytest.approx(4.8)
@@ -92,11 +94,11 @@ def test_cost_bounds_stay_ordered_when_verification_time_does_not_rise():
     padded, lengths = trace.pad([np.array(MATCH, dtype=float)])
     top1, _ = trace.pad([np.array(TOP1)])
     c = count_policy_blocks(padded, top1, lengths, k_maxes=[4], taus=[0.5])
-    lo, hi = c.cost(costmodel.Costs.from_times(0.1, [1.0, 1.2, 1.8, 1.5, 1.3], 4, draft_catchup_s=0.05))
+    lo, hi = policy_cost(c, costmodel.Costs.from_times(0.1, [1.0, 1.2, 1.8, 1.5, 1.3], 4, draft_catchup_s=0.05))
     assert lo[0, 0, 0] == pytest.approx(5.1) and hi[0, 0, 0] == pytest.approx(5.4)
     # t_T = 1.0, 1.2, 1.8, 1.1, 1.9: 1.3, 2.0, 1.4, 2.3 per block; the unseen block's cheapest count is the
     # interior n = 3 (1.4), neither end: 2.05 + 1.4 + 1.35 = 4.8 .. 2.05 + 2.3 + 1.35 = 5.7.
-    lo, hi = c.cost(costmodel.Costs.from_times(0.1, [1.0, 1.2, 1.8, 1.1, 1.9], 4, draft_catchup_s=0.05))
+    lo, hi = policy_cost(c, costmodel.Costs.from_times(0.1, [1.0, 1.2, 1.8, 1.1, 1.9], 4, draft_catchup_s=0.05))
     assert lo[0, 0, 0] == pytest.approx(4.8) and hi[0, 0, 0] == pytest.approx(5.7)
 
 
@@ -109,7 +111,7 @@ def test_cost_of_a_never_stopping_policy_is_the_fixed_k_price():
     costs = costmodel.Costs.from_times(0.08, [1.0, 1.1, 1.3, 1.4, 1.6], 4, draft_catchup_s=0.03)
     c = count_policy_blocks(match.astype(float), rng.random((5, 40)), lengths, k_maxes=[2, 3, 4], taus=[0.0])
     fixed = trace.count_blocks_exact(np.where(np.arange(40) < lengths[:, None], match, 0), lengths, 4)
-    _, hi = c.cost(costs)
+    _, hi = policy_cost(c, costs)
     for q, k in enumerate([2, 3, 4]):
         full = fixed.histogram[:, k - 1, k]
         expected = fixed.iterations[:, k - 1] * (k * costs.cost_ratio + costs.verify_cost[k - 1]) \

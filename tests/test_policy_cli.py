@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specprof.core import reportfiles, schema
-from specprof.core.policy import TAUS, simulate_policy
+from specprof.core.records import reportfiles, schema
+from specprof.core.simulation.policy import TAUS, simulate_policy
 
 POLICY_KEYS = {"k_max", "tau", "tokens_per_iter", "tokens_per_iter_lo", "tokens_per_iter_hi", "tokens_per_iter_exact",
                "draft_steps_per_iter_lo_bound", "draft_steps_per_iter_hi_bound", "speedup_lo_bound",

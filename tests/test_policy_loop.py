@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from specprof.core import trace
-from specprof.core.policy import simulate_policy
+from specprof.core.simulation import trace
+from specprof.core.simulation.policy import simulate_policy
 from specprof.engines.hf import drafts, models, speculate
 
 K_MAX = 8

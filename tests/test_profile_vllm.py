@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from fake_vllm import FakeVllm, model_logprobs
 
-from specprof.core import reportfiles, tokentext
+from specprof.core.records import reportfiles, tokentext
 from specprof.engines.vllm import client as vclient
 
 KEYS = ["draft", "prompt_id", "position"]

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from reference import AssistedGeneration
 
-from specprof.core.traces import trace_drafts
+from specprof.core.simulation.traces import trace_drafts
 from specprof.engines.hf import models
 from specprof.engines.hf.drafts import early_exit_view
 

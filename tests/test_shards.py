@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from specprof.core import logs
-from specprof.core.corpus import Prompt
-from specprof.core.shards import shard_of, take_shard
-from specprof.core.timings import Timings
+from specprof.core.pricing.timings import Timings
+from specprof.core.records import logs
+from specprof.core.records.corpus import Prompt
+from specprof.core.records.shards import shard_of, take_shard
 from specprof.engines.hf import profiler
 
 WORDS = ["alpha beta", "SELECT 1;", "x", "the quick brown fox", "{\"a\": 1}", "abcabcabc", "Once upon",

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from specprof.core import trace
-from specprof.core.traces import trace_drafts
+from specprof.core.simulation import trace
+from specprof.core.simulation.traces import trace_drafts
 from specprof.engines.hf import drafts, models, sampling, speculate
 
 K_MAX = 8

@@ -7,9 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specprof.core import costmodel, decide, stats, trace
-from specprof.core.estimate import estimate
-from specprof.core.traces import DraftTrace
+from specprof.core.answers import decide
+from specprof.core.pricing import costmodel, stats
+from specprof.core.pricing.estimate import estimate
+from specprof.core.simulation import trace
+from specprof.core.simulation.traces import DraftTrace
 
 
 def test_weights_are_draw_counts():

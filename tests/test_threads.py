@@ -1,11 +1,11 @@
-"""The walks spread over threads (core/threads.py) give what one thread gives, in order."""
+"""The walks spread over threads (core/simulation/threads.py) give what one thread gives, in order."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from specprof.core import policy, threads
+from specprof.core.simulation import policy, threads
 from specprof.errors import SpecprofError
 
 

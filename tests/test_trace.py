@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specprof.core import trace
+from specprof.core.simulation import trace
 
 MATCH = [bool(int(c)) for c in "1101110"]
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from specprof.core import reportfiles
+from specprof.core.records import reportfiles
 from specprof.ui import render
 
 K_MAX = 4

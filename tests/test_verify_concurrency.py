@@ -16,7 +16,8 @@ from test_verify_vllm import fake_vllm_package, gone
 
 from specprof.commands import verify_concurrency as vc
 from specprof.commands import verify_vllm
-from specprof.core import costmodel, reportfiles, tokentext
+from specprof.core.pricing import costmodel
+from specprof.core.records import reportfiles, tokentext
 
 K = 3
 ROW_KEYS = {"batch_size", "k", "predicted_speedup", "predicted_speedup_lo", "predicted_speedup_hi", "best_k",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specprof.core import costmodel
-from specprof.core.estimate import full_fraction
-from specprof.core.timings import Timings, costs_for
+from specprof.core.pricing import costmodel
+from specprof.core.pricing.estimate import full_fraction
+from specprof.core.pricing.timings import Timings, costs_for
 
 
 def test_full_fraction_from_the_histogram():

@@ -17,7 +17,7 @@ import pytest
 from fake_vllm import FakeVllm, counters_for
 
 from specprof.commands import verify_vllm
-from specprof.core import reportfiles, tokentext
+from specprof.core.records import reportfiles, tokentext
 from specprof.engines.vllm import client as vclient
 from specprof.engines.vllm import launcher
 from specprof.errors import SpecprofError

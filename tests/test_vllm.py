@@ -96,7 +96,7 @@ def ngram3_server(vllm_python, report):
     """The target served with vLLM's n-gram proposer at k = 3, started as a user would (the same launcher,
     outside specprof's run): `verify --url` checks its counters, and `profile --engine vllm` uses it as the
     target's server (speculation is lossless at T = 0); the profile test stops it when done."""
-    from specprof.core import reportfiles
+    from specprof.core.records import reportfiles
     from specprof.engines.vllm import launcher
 
     config = launcher.speculative_config("vllm-ngram:1:3", 3)
@@ -146,7 +146,7 @@ def test_profile_engine_vllm_gives_the_transformers_engines_match_columns(cli, r
     import numpy as np
     import pandas as pd
 
-    from specprof.core import reportfiles
+    from specprof.core.records import reportfiles
     from specprof.engines.vllm import launcher
 
     corpus = reportfiles.load_report(report).run["corpus"]["path"]
@@ -188,7 +188,7 @@ def test_model_draft_counters_equal_vllm_metrics_or_near_ties(cli, report, vllm_
 def test_emitted_config_with_a_batch_size_schedule_is_accepted_by_vllm(cli, report, vllm_python):
     """issue 15: the --emit config starts vLLM; issue 16: with --concurrency its schedule does too (one server)."""
     from specprof.commands import verify_vllm
-    from specprof.core import reportfiles
+    from specprof.core.records import reportfiles
     from specprof.engines.vllm import launcher
 
     r = cli("recommend", report, "--emit", "vllm", "--draft", "vllm-ngram:1:3", "--k", 3, "--concurrency", "1,4")

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from specprof import __version__
-from specprof.core import batchcost, reportfiles, schema
-from specprof.core.timings import Timings
+from specprof.core.pricing import batchcost
+from specprof.core.pricing.timings import Timings
+from specprof.core.records import reportfiles, schema
 from specprof.engines.hf import measure
 from specprof.engines.hf.drafts import Draft
 from specprof.engines.hf.models import LoadedModel, encode_prompt

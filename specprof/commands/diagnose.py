@@ -15,8 +15,8 @@ from typing import Literal
 import pandas as pd
 import torch
 
-from specprof.core.sequences import first_difference
-from specprof.core.traces import DraftTrace
+from specprof.core.records.sequences import first_difference
+from specprof.core.simulation.traces import DraftTrace
 from specprof.engines.hf import drafts
 
 # Two tokens whose float32 logits differ by less than this (per run dtype) are a near-tie: low-precision

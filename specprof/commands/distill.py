@@ -23,10 +23,10 @@ from typing import Literal
 import torch
 
 from specprof import __version__
-from specprof.core import distill_eval
-from specprof.core.corpus import load_corpus
-from specprof.core.reportfiles import RUN_JSON, write_json
-from specprof.core.store import now
+from specprof.core.answers import distill_eval
+from specprof.core.records.corpus import load_corpus
+from specprof.core.records.reportfiles import RUN_JSON, write_json
+from specprof.core.records.store import now
 from specprof.engines.hf.distill import (
     DraftHead,
     TrainResult,

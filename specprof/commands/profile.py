@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specprof.core import logs, shards
-from specprof.core.batchcost import parse_batch_sizes
-from specprof.core.corpus import Prompt, load_corpus
 from specprof.core.flags import check_once, check_range
-from specprof.core.store import RunStore
+from specprof.core.pricing.batchcost import parse_batch_sizes
+from specprof.core.records import logs, shards
+from specprof.core.records.corpus import Prompt, load_corpus
+from specprof.core.records.store import RunStore
 from specprof.errors import SpecprofError
 
 Notice = Callable[[str], None]
@@ -164,7 +164,7 @@ def open_run(req: ProfileRequest, notice: Notice) -> ProfileRun:
 
 def closing_lines(result: Any, temperature: float) -> list[str]:
     """What the terminal says after the tables: disturbed timings, and how far logged responses agreed."""
-    from specprof.core.costmodel import timing_warning
+    from specprof.core.pricing.costmodel import timing_warning
 
     lines = []
     # The same check recommend makes: say it now, while the user can still re-run on an idle machine.

@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from specprof.core import reportfiles, tokentext
-from specprof.core.corpus import Prompt, fingerprint
-from specprof.core.fingerprint import directory_fingerprint
+from specprof.core.records import reportfiles, tokentext
+from specprof.core.records.corpus import Prompt, fingerprint
+from specprof.core.records.fingerprint import directory_fingerprint
 from specprof.engines.hf.detokenize import auto_detokenizer
 from specprof.engines.vllm import profile as vprofile
 from specprof.engines.vllm.client import VllmClient
@@ -127,7 +127,7 @@ def _fingerprint(source: str) -> str | None:
 def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: TargetInfo,
                 timeout_s: float) -> list[vprofile.Draft]:
     """The drafts: model-free ones computed here, model drafts from their --draft-url servers."""
-    from specprof.core import blockdraft
+    from specprof.core.simulation import blockdraft
     from specprof.engines.hf.drafts import DEFAULT_NGRAM, check_early_exit, parse_kind
 
     out: list[vprofile.Draft] = []
@@ -175,8 +175,8 @@ def profile(options: Options, corpus: Sequence[Prompt], shard_info: dict | None,
             progress_bar: Callable[[int], Any]) -> tuple[pd.DataFrame, list[str]]:
     """Profile `corpus` through the servers; the summary and the lines to print after it."""
     # Long on purpose: the run in order (servers checked, store opened, batches sent, report finished).
-    from specprof.core import shards
-    from specprof.core.store import RunStore
+    from specprof.core.records import shards
+    from specprof.core.records.store import RunStore
     from specprof.engines.hf.drafts import parse_kind
     from specprof.engines.hf.models import encode_prompt
     from specprof.engines.hf.prompts import Encoded, drop_too_long, make_batches

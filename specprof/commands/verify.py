@@ -33,13 +33,15 @@ import pandas as pd
 import torch
 
 from specprof.commands.diagnose import Divergence, diagnose
-from specprof.core import blockdraft, costmodel
-from specprof.core.estimate import pool, priced
 from specprof.core.jsonvalues import json_clean
-from specprof.core.reportfiles import load_report
-from specprof.core.sequences import report_continuations
-from specprof.core.timings import Timings, costs_for
-from specprof.core.traces import ALL, DraftTrace, domain_groups, trace_drafts
+from specprof.core.pricing import costmodel
+from specprof.core.pricing.estimate import pool, priced
+from specprof.core.pricing.timings import Timings, costs_for
+from specprof.core.records.reportfiles import load_report
+from specprof.core.records.sequences import report_continuations
+from specprof.core.simulation import blockdraft
+from specprof.core.simulation.traces import DraftTrace, domain_groups, trace_drafts
+from specprof.core.vocabulary import ALL
 from specprof.engines.hf import drafts, models, sampling, speculate
 from specprof.errors import SpecprofError
 

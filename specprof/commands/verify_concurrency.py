@@ -6,7 +6,7 @@ vLLM server with speculation and to one serving the same target without it. Afte
 request per stream (not timed) every stream sends `rounds` requests; the output tokens of all of
 them over the wall time from the first send to the last answer are the tokens/s at B. The measured
 speedup is the speculative server's tokens/s over the baseline's. The prediction at B is the
-report's speedup at the server's k priced with the costs at batch size B (`core/batchcost.py`:
+report's speedup at the server's k priced with the costs at batch size B (`core/pricing/batchcost.py`:
 the report's own timings, or `--costs FILE`), with its 95% interval, and the best k at B beside it.
 
 Servers: `--url` (speculative) with `--baseline-url` (the same target without
@@ -36,13 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from specprof.commands import verify_vllm, vllm_common
-from specprof.core import batchcost, decide, tokentext
-from specprof.core.analysis import load_analysis
-from specprof.core.estimate import Estimate
+from specprof.core.answers import decide
+from specprof.core.answers.analysis import load_analysis
 from specprof.core.jsonvalues import json_clean
-from specprof.core.reportfiles import load_report
-from specprof.core.timings import costs_for
-from specprof.core.traces import ALL
+from specprof.core.pricing import batchcost
+from specprof.core.pricing.estimate import Estimate
+from specprof.core.pricing.timings import costs_for
+from specprof.core.records import tokentext
+from specprof.core.records.reportfiles import load_report
+from specprof.core.vocabulary import ALL
 from specprof.engines.hf.detokenize import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, VllmClient

@@ -9,7 +9,7 @@ For one draft of the report and each k:
   3. the report's prompts as token ids, one request at a time (greedy at T = 0, the report's
      max_new_tokens, every sampling knob set), reading `/metrics` before and after each request,
      so each prompt's counters are known;
-  4. compares the differences with `specprof.core.conventions.engine_counters` (vLLM's conventions),
+  4. compares the differences with `specprof.core.simulation.conventions.engine_counters` (vLLM's conventions),
      counter by counter, and every continuation with the report's. Where they differ it says where
      and why: a continuation that diverged (position, tokens, the target's own top-2 margin there,
      from vLLM's logprobs), or a prompt whose counters differ while its continuation is identical
@@ -42,11 +42,11 @@ from specprof.commands.vllm_common import (
     settled_metrics,
     target_dir,
 )
-from specprof.core import tokentext
 from specprof.core.jsonvalues import json_clean
-from specprof.core.reportfiles import Report, load_report
-from specprof.core.sequences import first_difference, report_continuations
-from specprof.core.traces import ALL
+from specprof.core.records import tokentext
+from specprof.core.records.reportfiles import Report, load_report
+from specprof.core.records.sequences import first_difference, report_continuations
+from specprof.core.vocabulary import ALL
 from specprof.engines.hf.detokenize import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, TopLogprobs, VllmClient
@@ -182,9 +182,9 @@ def counter_rows(k: int, predicted: SpecCounters, engine: SpecCounters) -> list[
 
 def default_predict() -> Predict:
     try:
-        from specprof.core.conventions import engine_counters
+        from specprof.core.simulation.conventions import engine_counters
     except ImportError:
-        raise SpecprofError("this specprof has no engine conventions (specprof.core.conventions); "
+        raise SpecprofError("this specprof has no engine conventions (specprof.core.simulation.conventions); "
                             "verify --engine vllm needs them") from None
     return engine_counters
 

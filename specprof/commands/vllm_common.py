@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from specprof.core import costmodel, tokentext
-from specprof.core.reportfiles import Report
-from specprof.core.traces import ALL
+from specprof.core.pricing import costmodel
+from specprof.core.records import tokentext
+from specprof.core.records.reportfiles import Report
+from specprof.core.vocabulary import ALL
 from specprof.engines.vllm.client import SpecCounters, VllmClient
 from specprof.errors import SpecprofError
 

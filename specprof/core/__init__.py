@@ -1,7 +1,14 @@
 """The torch-free core: what is measured and what it means, computed from records and files.
 
-Corpus reading, n-gram proposers, block traces, the cost model, statistics, estimates, the report's
-schema and files, and the analyses built on them (recommend, gate, compare, inspect). Nothing here
-imports torch or transformers (tests/test_layers.py checks it in a fresh interpreter), so CI jobs
-that only read reports install nothing heavy. See docs/design.md, "Layers".
+Four rooms, in the order the data flows (each may import only the ones before it; tests/test_layers.py
+checks it):
+
+    records     corpus, logs, the report's schema and files, shards
+    simulation  blocks for every k, block-dependent drafts, policies, engine conventions
+    pricing     cost model, timings, bootstrap statistics, pooled estimates
+    answers     recommend / gate / compare / inspect results
+
+and three small shared modules every room may use: `vocabulary` (names), `glossary` (definitions)
+and `flags`, `jsonvalues` (checks and JSON values). Nothing here imports torch or transformers, so
+CI jobs that only read reports install nothing heavy. See docs/design.md, "Layers".
 """

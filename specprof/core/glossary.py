@@ -59,7 +59,7 @@ def help_paragraphs() -> list[str]:
 
 
 # The counts, named once with their unit (vLLM's names where vLLM has one). Code and JSON use these
-# names; `core/conventions.py` counts them as each engine does.
+# names; `core/simulation/conventions.py` counts them as each engine does.
 COUNTS: dict[str, str] = {
     "num_iterations": "target forward passes of specprof's (and transformers') loop: one per block",
     "num_emitted_tokens": "tokens a block adds to the output: accepted draft tokens plus the bonus token "

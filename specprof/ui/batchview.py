@@ -1,7 +1,7 @@
 """The terminal view of `recommend --concurrency`: per draft, the decision at each serving batch size.
 
 One row per domain (ALL last), one column per batch size ("k=3 1.42 [1.30, 1.55]" over "GO"), and
-the crossover batch size with its interval. No computation beyond formatting (`core/batchcost.py`).
+the crossover batch size with its interval. No computation beyond formatting (`core/pricing/batchcost.py`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from specprof.core.batchcost import IGNORES, BatchPlan, Crossover
-from specprof.core.timings import Timings
-from specprof.core.traces import ALL
+from specprof.core.pricing.batchcost import IGNORES, BatchPlan, Crossover
+from specprof.core.pricing.timings import Timings
+from specprof.core.vocabulary import ALL
 from specprof.ui.render import DECISION_STYLE, fmt_interval
 
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from rich.console import Group
 from rich.table import Table
 
-from specprof.core.conventions import EngineCounters
-from specprof.core.estimate import Estimate
+from specprof.core.pricing.estimate import Estimate
+from specprof.core.simulation.conventions import EngineCounters
 from specprof.ui.render import fmt, styled
 
 ENGINE_CAPTION = {

@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from specprof import __version__
-from specprof.core import batchcost, decide, glossary, inspection, reportfiles
-from specprof.core.analysis import load_analysis
-from specprof.core.estimate import OFF_CAUSES, Estimate
-from specprof.core.policy_estimate import NGRAM_NOTE, SAMPLED_NOTE, STEP_BOUND_NOTE, PolicyEstimate
-from specprof.core.traces import ALL
+from specprof.core import glossary
+from specprof.core.answers import decide, inspection
+from specprof.core.answers.analysis import load_analysis
+from specprof.core.pricing import batchcost
+from specprof.core.pricing.estimate import OFF_CAUSES, Estimate
+from specprof.core.pricing.policy_estimate import NGRAM_NOTE, SAMPLED_NOTE, STEP_BOUND_NOTE, PolicyEstimate
+from specprof.core.records import reportfiles
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 from specprof.ui import inspectview, plots, render
 
@@ -63,7 +66,7 @@ figcaption { color: #555; font-size: 13px; margin-top: 4px; }
 def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plots.Plot]]:
     """The page's HTML and its plots, from a report directory (or a file in it)."""
     # Long on purpose: the page's sections in reading order.
-    from specprof.core import tokentext
+    from specprof.core.records import tokentext
     from specprof.engines.hf.detokenize import auto_detokenizer
 
     analysis = load_analysis(path, policies=True)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specprof.core.batchcost import BatchPlan
-from specprof.core.estimate import Estimate
-from specprof.core.traces import ALL
+from specprof.core.pricing.batchcost import BatchPlan
+from specprof.core.pricing.estimate import Estimate
+from specprof.core.vocabulary import ALL
 
 DRAFT_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 PANEL_COLUMNS = 5

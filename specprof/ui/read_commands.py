@@ -110,8 +110,9 @@ def recommend(
     emit: Annotated[str | None, typer.Option(
         "--emit", metavar="vllm|sglang", help="Print only the config to paste.")] = None,
 ) -> None:
-    from specprof.core import batchcost, decide
-    from specprof.core.analysis import load_analysis
+    from specprof.core.answers import decide
+    from specprof.core.answers.analysis import load_analysis
+    from specprof.core.pricing import batchcost
 
     check_range("--min-speedup", min_speedup, 0, lo_open=True)
     if cost_ratio is not None:
@@ -143,7 +144,7 @@ def recommend(
 
 def _with_costs(analysis, costs_path: Path | None):
     """The analysis priced with a costs file's forward times instead of the report's own (--costs)."""
-    from specprof.core import batchcost
+    from specprof.core.pricing import batchcost
 
     if costs_path is None:
         return analysis
@@ -155,7 +156,8 @@ def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_s
                requested: Sequence[int], costs_path: Path | None, engine: str | None, k: int | None,
                as_json: bool) -> None:
     """recommend on a report: estimates, plans, policies, per batch size and engine counters when asked."""
-    from specprof.core import batchcost, decide, engineplan, policy_estimate
+    from specprof.core.answers import decide, engineplan
+    from specprof.core.pricing import batchcost, policy_estimate
 
     by_batch = cost_ratio is None and (bool(requested) or bool(analysis.timings and analysis.timings.by_batch_size))
     sizes = batchcost.choose_batch_sizes(analysis.timings, requested) if by_batch else ()
@@ -203,9 +205,10 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
           k: int | None, cost_ratio: float | None, min_speedup: float, batch_sizes: Sequence[int],
           costs_path: Path | None) -> None:
     """recommend --emit: print only the engine's configuration (notes on stderr), so $(…) pastes it."""
-    from specprof.core import batchcost, decide, engineplan
-    from specprof.core.analysis import load_analysis
-    from specprof.core.traces import ALL
+    from specprof.core.answers import decide, engineplan
+    from specprof.core.answers.analysis import load_analysis
+    from specprof.core.pricing import batchcost
+    from specprof.core.vocabulary import ALL
 
     analysis = _with_costs(load_analysis(report_path, drafts, domains, k_max), costs_path)
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
@@ -250,8 +253,8 @@ def gate(
         "--force", help="Compare with a baseline of another target/settings.")] = False,
     as_json: Json = False,
 ) -> int:
-    from specprof.core import decide
-    from specprof.core.analysis import load_analysis
+    from specprof.core.answers import decide
+    from specprof.core.answers.analysis import load_analysis
 
     analysis = load_analysis(report_path, draft or (), domain or ())
     old = load_analysis(baseline) if baseline is not None else None
@@ -272,9 +275,9 @@ def compare(
         "--force", help="Compare reports of different targets or sampling settings.")] = False,
     as_json: Json = False,
 ) -> None:
-    from specprof.core.analysis import load_analysis
-    from specprof.core.compare import compare as compare_reports
-    from specprof.core.compare import comparison_json
+    from specprof.core.answers.analysis import load_analysis
+    from specprof.core.answers.compare import compare as compare_reports
+    from specprof.core.answers.compare import comparison_json
 
     a, b = load_analysis(report_a), load_analysis(report_b)
     comparisons = compare_reports(a, b, force)
@@ -300,7 +303,7 @@ def inspect_command(
         "--export", help="Write the shown prompts to this .jsonl corpus.")] = None,
     as_json: Json = False,
 ) -> None:
-    from specprof.core import inspection
+    from specprof.core.answers import inspection
     from specprof.engines.hf.detokenize import auto_detokenizer
 
     result = inspection.inspect_report(report_path, None, draft, domain, worst, prompt, k, tokenizer, auto_detokenizer)

@@ -11,12 +11,12 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from specprof.core import costmodel
-from specprof.core.compare import Comparison
-from specprof.core.decide import Check, DraftPlan, WhatIf
-from specprof.core.estimate import OFF_CAUSES, Estimate
-from specprof.core.policy_estimate import NGRAM_NOTE, STEP_BOUND_NOTE, PolicyEstimate
-from specprof.core.traces import ALL
+from specprof.core.answers.compare import Comparison
+from specprof.core.answers.decide import Check, DraftPlan, WhatIf
+from specprof.core.pricing import costmodel
+from specprof.core.pricing.estimate import OFF_CAUSES, Estimate
+from specprof.core.pricing.policy_estimate import NGRAM_NOTE, STEP_BOUND_NOTE, PolicyEstimate
+from specprof.core.vocabulary import ALL
 
 if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster
     import pandas as pd

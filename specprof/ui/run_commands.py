@@ -160,7 +160,7 @@ def _profile_vllm(request, engine: str, urls: tuple[str, ...], draft_urls: tuple
     """profile --engine vllm: the passes run on vLLM servers (`commands/profile_vllm`)."""
     from specprof.commands import profile_vllm
     from specprof.commands.profile import read_corpus
-    from specprof.core.batchcost import parse_batch_sizes
+    from specprof.core.pricing.batchcost import parse_batch_sizes
     from specprof.engines.vllm.profile import DEFAULT_BATCH_SIZE, Settings
 
     if engine == "hf":
@@ -198,9 +198,9 @@ def merge(
     so the report equals the unsharded one; costs are priced with the mean of the shards' measured timings
     (each shard's are kept in run.json's merged_from).
     """
-    from specprof.core import shards
+    from specprof.commands import merge
 
-    run = shards.merge_reports(reports, out, overwrite)
+    run = merge.merge_reports(reports, out, overwrite)
     stdout.print(f"merged {len(run['merged_from'])} shards ({run['corpus']['n_prompts']} prompts) into {out}/ "
                  f"(recommend with: specprof recommend {out})")
 
@@ -238,7 +238,7 @@ def costs(
     allow_pickle: AllowPickle = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the written record as JSON.")] = False,
 ) -> None:
-    from specprof.core.batchcost import parse_batch_sizes
+    from specprof.core.pricing.batchcost import parse_batch_sizes
 
     check_range("--k-max", k_max, 1, 64)
     if context_tokens is not None:
@@ -246,7 +246,7 @@ def costs(
     batch_sizes = parse_batch_sizes(concurrency or ())
     corpus = []
     if prompts is not None:
-        from specprof.core.corpus import load_corpus
+        from specprof.core.records.corpus import load_corpus
 
         corpus = load_corpus(prompts, (), None)
     check_once("--draft", draft or ())
@@ -356,7 +356,7 @@ def distill(
         raise SpecprofError(f"--objective {objective}: use kl or ce")
     quiet_transformers()
     from specprof.commands import distill as distill_mod
-    from specprof.core import distill_eval
+    from specprof.core.answers import distill_eval
     from specprof.engines.hf import models
     from specprof.engines.hf.distill_data import DEFAULT_LR, DistillSettings
 

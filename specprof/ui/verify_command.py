@@ -136,7 +136,7 @@ def _verify_concurrency(report: Path, engine: str, concurrency: tuple[str, ...],
                         costs_path: Path | None) -> int:
     """verify --concurrency: the work is in commands.verify_concurrency, the table in ui.render_concurrency."""
     from specprof.commands import verify_concurrency as vc
-    from specprof.core.batchcost import parse_batch_sizes
+    from specprof.core.pricing.batchcost import parse_batch_sizes
     from specprof.ui import render_concurrency
 
     if engine != "vllm":

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specprof.core import blockdraft, reportfiles
-from specprof.core.policy import PolicyCounts
-from specprof.core.timings import Timings
-from specprof.core.traces import ALL, DraftTrace, first_seen_codes, index_drafts, is_in, trace_drafts
+from specprof.core.pricing.timings import Timings
+from specprof.core.records import reportfiles
+from specprof.core.simulation import blockdraft
+from specprof.core.simulation.policy import PolicyCounts
+from specprof.core.simulation.traces import DraftTrace, first_seen_codes, index_drafts, is_in, trace_drafts
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
@@ -81,7 +83,7 @@ def load_analysis(
     no_policy = tuple(d["name"] for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE)
     simulated = {}
     if policies and exact:
-        from specprof.core import policy_estimate
+        from specprof.core.pricing import policy_estimate
 
         simulated = policy_estimate.trace_policies(table, index, [t for t in traces if t.draft not in no_policy])
     return Analysis(rep.directory, rep.run, traces, timings, exact, all_domains, simulated,

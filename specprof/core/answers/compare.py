@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from specprof.core import stats
-from specprof.core.analysis import Analysis
-from specprof.core.estimate import estimate, prompt_sums, split_ratios
+from specprof.core.answers.analysis import Analysis
 from specprof.core.jsonvalues import json_number
-from specprof.core.stats import draw_weights
-from specprof.core.timings import costs_for
-from specprof.core.traces import ALL, DraftTrace, domain_groups
+from specprof.core.pricing import stats
+from specprof.core.pricing.estimate import estimate, prompt_sums, split_ratios
+from specprof.core.pricing.stats import draw_weights
+from specprof.core.pricing.timings import costs_for
+from specprof.core.simulation.traces import DraftTrace, domain_groups
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 COMPARABLE_SETTINGS = ("temperature", "top_p", "max_new_tokens", "chat_template")

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from specprof.core import costmodel, policy_estimate, stats
-from specprof.core.analysis import Analysis
-from specprof.core.compare import check_comparable, pair_drafts
-from specprof.core.estimate import OFF_CAUSES, Estimate, estimate_all
+from specprof.core.answers.analysis import Analysis
+from specprof.core.answers.compare import check_comparable, pair_drafts
 from specprof.core.jsonvalues import json_number
-from specprof.core.traces import ALL
+from specprof.core.pricing import costmodel, policy_estimate, stats
+from specprof.core.pricing.estimate import OFF_CAUSES, Estimate, estimate_all
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from rich.table import Table
 
-from specprof.core.traces import ALL
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 

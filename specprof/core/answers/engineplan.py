@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from specprof.core import blockdraft, conventions
-from specprof.core.decide import Analysis, DraftPlan
-from specprof.core.estimate import Estimate
+from specprof.core.answers.decide import Analysis, DraftPlan
 from specprof.core.jsonvalues import json_number
-from specprof.core.ngram import VllmNgram
-from specprof.core.traces import ALL
+from specprof.core.pricing.estimate import Estimate
+from specprof.core.simulation import blockdraft, conventions
+from specprof.core.simulation.ngram import VllmNgram
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 EMIT_TARGETS = ("vllm", "sglang")

@@ -26,11 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from specprof.core import blockdraft, decide, reportfiles, trace
-from specprof.core.analysis import load_analysis
+from specprof.core.answers import decide
+from specprof.core.answers.analysis import load_analysis
 from specprof.core.jsonvalues import json_number
-from specprof.core.tokentext import Detokenizer, Fallback
-from specprof.core.traces import ALL, DraftTrace
+from specprof.core.records import reportfiles
+from specprof.core.records.tokentext import Detokenizer, Fallback
+from specprof.core.simulation import blockdraft, trace
+from specprof.core.simulation.traces import DraftTrace
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 DEFAULT_WORST = 5
@@ -130,7 +133,7 @@ def inspect_report(
         domain = None
     analysis = load_analysis(path, [draft] if draft else (), [domain] if domain else ())
     if detokenizer is None:
-        from specprof.core import tokentext
+        from specprof.core.records import tokentext
 
         detokenizer = tokentext.load(analysis.run, tokenizer, fallback)
     return inspect_analysis(analysis, detokenizer, draft, domain, worst, prompt_id, k)

@@ -25,11 +25,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from specprof.core import costmodel, reportfiles
-from specprof.core.estimate import Estimate
 from specprof.core.jsonvalues import json_number
-from specprof.core.stats import Decision
-from specprof.core.timings import Timings, costs_for
+from specprof.core.pricing import costmodel
+from specprof.core.pricing.estimate import Estimate
+from specprof.core.pricing.stats import Decision
+from specprof.core.pricing.timings import Timings, costs_for
+from specprof.core.records import reportfiles
 from specprof.errors import SpecprofError
 
 COSTS_JSON = "costs.json"  # what `specprof costs --out DIR` writes

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specprof.core import costmodel, stats, trace
-from specprof.core.timings import Timings, costs_for
-from specprof.core.traces import ALL, DraftTrace, domain_groups
+from specprof.core.pricing import costmodel, stats
+from specprof.core.pricing.timings import Timings, costs_for
+from specprof.core.simulation import trace
+from specprof.core.simulation.traces import DraftTrace, domain_groups
+from specprof.core.vocabulary import ALL
 
 
 @dataclass(frozen=True)

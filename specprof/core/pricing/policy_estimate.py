@@ -8,7 +8,7 @@ fully accepted block: the same price as a fixed-k iteration) and pools it per do
 Tokens per iteration are exact at T = 0. The draft steps after the first rejected proposal are not
 observed (anywhere from stopping at the rejection to running on to k_max), so each policy has two
 speedups: `speedup_lo_bound` prices every such block at its dearest possible step count and
-`speedup_hi_bound` at its cheapest (`PolicyCounts.cost`). When t_T(n) rises with n these are "runs
+`speedup_hi_bound` at its cheapest (`policy_cost`). When t_T(n) rises with n these are "runs
 on to k_max" and "stops at the rejection"; a measured t_T(n) need not rise, and taking the dearest
 and cheapest keeps lo ≤ hi by construction, whatever the cost curve does. The best policy is the
 one with the highest `speedup_lo_bound` (its guaranteed figure), ties to the smaller k_max, then
@@ -35,12 +35,12 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from specprof.core import costmodel, stats
-from specprof.core.estimate import Estimate, prompt_sums, resampled_sums, split_ratios
 from specprof.core.jsonvalues import json_number
-from specprof.core.policy import TAUS, PolicyCounts, count_policy_blocks
-from specprof.core.timings import Timings, costs_for
-from specprof.core.traces import DraftRows, DraftTrace, domain_groups, to_numpy
+from specprof.core.pricing import costmodel, stats
+from specprof.core.pricing.estimate import Estimate, prompt_sums, resampled_sums, split_ratios
+from specprof.core.pricing.timings import Timings, costs_for
+from specprof.core.simulation.policy import FULL, OPEN, SEEN, TAUS, PolicyCounts, count_policy_blocks
+from specprof.core.simulation.traces import DraftRows, DraftTrace, domain_groups, to_numpy
 
 PolicyVerdict = Literal["beats fixed k", "within uncertainty", "worse than fixed k", "too few prompts"]
 
@@ -55,6 +55,32 @@ SAMPLED_NOTE = (
     "threshold policies are simulated only at T = 0: when sampling, the draft stops on its sampled token's "
     "probability, which the report does not hold"
 )
+
+
+
+def policy_cost(counts: PolicyCounts, costs: costmodel.Costs) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prompt time in target steps, cheapest and dearest: [n_prompts, n_taus, n_k] each, lo ≤ hi.
+
+    A block of n draft steps costs n·c + v_n (the target verifies n + 1 tokens; v_0 = 1), plus the
+    catch-up t_C/t_T(1) when all its proposals were accepted: the same price as a fixed-k iteration.
+    A block whose steps were not observed (a + 1 to k_max) is priced at the cheapest and the dearest
+    of those counts. When v_n rises with n these are its step bounds; a measured t_T(n) need not rise
+    (CPU kernels change with the row count), and then running on to k_max can be the cheaper end.
+    """
+    k_top = counts.histogram.shape[-1] - 1
+    if costs.k_max < k_top:
+        raise ValueError(f"costs cover k ≤ {costs.k_max}, the policies draft up to {k_top}")
+    steps = np.arange(k_top + 1)
+    per_block = steps * costs.cost_ratio + np.concatenate([[1.0], costs.verify_cost[:k_top]])  # [k_top + 1]
+    price = np.zeros((2, len(counts.k_maxes), 3, k_top + 1))  # [cheapest | dearest, n_k, class, accepted]
+    price[:, :, FULL] = per_block + costs.catchup_ratio
+    price[:, :, SEEN, :-1] = per_block[1:]
+    for q, k_max in enumerate(counts.k_maxes):
+        for a in range(k_max):
+            price[0, q, OPEN, a] = per_block[a + 1 : k_max + 1].min()
+            price[1, q, OPEN, a] = per_block[a + 1 : k_max + 1].max()
+    flat = counts.histogram.reshape(*counts.histogram.shape[:3], -1)
+    return tuple(np.einsum("ntkc,kc->ntk", flat, p.reshape(len(counts.k_maxes), -1)) for p in price)
 
 
 def trace_policies(
@@ -150,7 +176,7 @@ def estimate_policies(
             continue
         n, n_taus, n_k = pc.histogram.shape[:3]
         costs = costs_for(t.draft, timings, cost_ratio, t.blocks.k_max)
-        cost_lo, cost_hi = (c.reshape(n, n_taus * n_k) for c in pc.cost(costs))  # [n, grid] each, lo ≤ hi
+        cost_lo, cost_hi = (c.reshape(n, n_taus * n_k) for c in policy_cost(pc, costs))  # [n, grid] each, lo ≤ hi
         iterations = pc.iterations.reshape(n, n_taus * n_k)
         groups = [(d, m) for d, m in domain_groups(t) if (t.draft, d) in wanted]
         # Pick each domain's policy on the point figures, then resample only the picked columns.

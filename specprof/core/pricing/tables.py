@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from specprof.core.estimate import estimate_all
-from specprof.core.timings import Timings
-from specprof.core.traces import DraftTrace
+from specprof.core.pricing.estimate import estimate_all
+from specprof.core.pricing.timings import Timings
+from specprof.core.simulation.traces import DraftTrace
 
 
 def summarize(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from specprof.core import costmodel
+from specprof.core.pricing import costmodel
 from specprof.errors import SpecprofError
 
 
@@ -22,7 +22,7 @@ class Timings:
     # per draft: extra seconds of its first step after a fully accepted block (2 tokens instead of 1);
     # absent from older reports (then 0)
     draft_catchup_s: dict[str, float] = field(default_factory=dict)
-    # the same figures at each measured serving batch size (`core/batchcost.py`), batch 1 included and
+    # the same figures at each measured serving batch size (`core/pricing/batchcost.py`), batch 1 included and
     # equal to the figures above; empty in reports measured at batch 1 only (every report before them)
     by_batch_size: tuple[Timings, ...] = ()
     batch_size: int = 1  # the sequences verified together when these times were taken

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from specprof.core import logs
+from specprof.core.records import logs
 from specprof.errors import SpecprofError
 
 SUFFIXES = (".jsonl", ".csv", ".parquet", ".txt")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from specprof.core import schema
+from specprof.core.records import schema
 from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from specprof import __version__
-from specprof.core import reportfiles, schema
+from specprof.core.records import reportfiles, schema
 from specprof.errors import SpecprofError
 
 PARTS = "parts"

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import pyarrow as pa
 
-from specprof.core import trace
-from specprof.core.ngram import PromptLookup, VllmNgram
+from specprof.core.simulation import trace
+from specprof.core.simulation.ngram import PromptLookup, VllmNgram
 from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pyarrow as pa
 
-from specprof.core import blockdraft, reportfiles
-from specprof.core.ngram import NO_PROPOSAL
+from specprof.core.records import reportfiles
+from specprof.core.simulation import blockdraft
+from specprof.core.simulation.ngram import NO_PROPOSAL
 from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:  # pandas loads when engine counters are asked for: recommend starts without it

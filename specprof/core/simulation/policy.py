@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specprof.core import costmodel, trace
-from specprof.core.threads import thread_map
+from specprof.core.simulation import trace
+from specprof.core.simulation.threads import thread_map
 
 TAUS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the grid recommend searches
 
@@ -146,30 +146,6 @@ class PolicyCounts:
         a = np.arange(h.shape[-1])
         seen = h[FULL] @ a + h[SEEN] @ (a + 1)
         return float(seen + h[OPEN] @ (a + 1)), float(seen + h[OPEN].sum() * self.k_maxes[q])
-
-    def cost(self, costs: costmodel.Costs) -> tuple[np.ndarray, np.ndarray]:
-        """Per-prompt time in target steps, cheapest and dearest: [n_prompts, n_taus, n_k] each, lo ≤ hi.
-
-        A block of n draft steps costs n·c + v_n (the target verifies n + 1 tokens; v_0 = 1), plus the
-        catch-up t_C/t_T(1) when all its proposals were accepted: the same price as a fixed-k iteration.
-        A block whose steps were not observed (a + 1 to k_max) is priced at the cheapest and the dearest
-        of those counts. When v_n rises with n these are its step bounds; a measured t_T(n) need not rise
-        (CPU kernels change with the row count), and then running on to k_max can be the cheaper end.
-        """
-        k_top = self.histogram.shape[-1] - 1
-        if costs.k_max < k_top:
-            raise ValueError(f"costs cover k ≤ {costs.k_max}, the policies draft up to {k_top}")
-        steps = np.arange(k_top + 1)
-        per_block = steps * costs.cost_ratio + np.concatenate([[1.0], costs.verify_cost[:k_top]])  # [k_top + 1]
-        price = np.zeros((2, len(self.k_maxes), 3, k_top + 1))  # [cheapest | dearest, n_k, class, accepted]
-        price[:, :, FULL] = per_block + costs.catchup_ratio
-        price[:, :, SEEN, :-1] = per_block[1:]
-        for q, k_max in enumerate(self.k_maxes):
-            for a in range(k_max):
-                price[0, q, OPEN, a] = per_block[a + 1 : k_max + 1].min()
-                price[1, q, OPEN, a] = per_block[a + 1 : k_max + 1].max()
-        flat = self.histogram.reshape(*self.histogram.shape[:3], -1)
-        return tuple(np.einsum("ntkc,kc->ntk", flat, p.reshape(len(self.k_maxes), -1)) for p in price)
 
 
 def count_policy_blocks(

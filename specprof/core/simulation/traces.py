@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from specprof.core import blockdraft, trace
-from specprof.core.ngram import NO_PROPOSAL
-from specprof.core.threads import thread_map
+from specprof.core.simulation import blockdraft, trace
+from specprof.core.simulation.ngram import NO_PROPOSAL
+from specprof.core.simulation.threads import thread_map
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-ALL = "ALL"  # the domain that stands for the whole corpus
 
 
 @dataclass(frozen=True)

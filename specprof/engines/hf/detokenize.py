@@ -10,7 +10,7 @@ What this module does not do: read weights, download (hub ids come from the loca
 
 from __future__ import annotations
 
-from specprof.core.tokentext import Detokenizer
+from specprof.core.records.tokentext import Detokenizer
 
 
 def auto_detokenizer(spec: str, local_files_only: bool = False) -> Detokenizer | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from specprof.core import distill_eval
+from specprof.core.answers import distill_eval
 from specprof.engines.hf.distill_data import Cached, DistillSettings, Objective
 from specprof.engines.hf.drafts import decoder_parts, decoder_shell
 from specprof.engines.hf.models import LoadedModel

@@ -83,7 +83,7 @@ class Cached:
 
 def sequences_from_report(directory: Path) -> tuple[list[TokenSequence], dict]:
     """Prompt tokens and greedy continuations of a finished profile report (one draft's rows)."""
-    from specprof.core.reportfiles import load_report
+    from specprof.core.records.reportfiles import load_report
 
     report = load_report(directory)
     temperature = float(report.run.get("settings", {}).get("temperature", 0.0))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specprof.core import blockdraft, ngram
+from specprof.core.simulation import blockdraft, ngram
 from specprof.engines.hf.models import LoadedModel, check_same_vocab, config_num_layers, eos_token_ids, load_model
 from specprof.errors import SpecprofError
 

@@ -12,7 +12,7 @@ every step, and on a CPU a pass's time is skewed (SmolLM2, 5 tokens in the live 
 73 ms, mean 78 ms). Batch size 1 by default: speculative decoding pays off at low batch, and that
 is what `verify` measures too. `measure` also times each pass for b sequences at once (the same
 context in every row, a KV cache of b × context tokens), the costs at a serving batch of b
-(`core/batchcost.py`); every n of one batch size is measured round-robin under the same load.
+(`core/pricing/batchcost.py`); every n of one batch size is measured round-robin under the same load.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import replace
 
 import torch
 
-from specprof.core import ngram
-from specprof.core.timings import Timings
+from specprof.core.pricing.timings import Timings
+from specprof.core.simulation import ngram
 from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
 from specprof.engines.hf.models import clock
 from specprof.errors import SpecprofError

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from specprof.core.corpus import Prompt
-from specprof.core.fingerprint import directory_fingerprint
+from specprof.core.records.corpus import Prompt
+from specprof.core.records.fingerprint import directory_fingerprint
 from specprof.errors import SpecprofError
 
 DEFAULT_TARGET = "SmolLM2-135M-Instruct"

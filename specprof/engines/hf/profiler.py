@@ -29,12 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from specprof.core.blockdraft import start_runs
-from specprof.core.corpus import Prompt
-from specprof.core.store import RunStore
-from specprof.core.tables import summarize
-from specprof.core.timings import Timings
-from specprof.core.traces import trace_drafts
+from specprof.core.pricing.tables import summarize
+from specprof.core.pricing.timings import Timings
+from specprof.core.records.corpus import Prompt
+from specprof.core.records.store import RunStore
+from specprof.core.simulation.blockdraft import start_runs
+from specprof.core.simulation.traces import trace_drafts
 from specprof.engines.hf import measure, sampling
 from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
 from specprof.engines.hf.generation import Generation, generate
@@ -343,7 +343,7 @@ def add_phases(store: RunStore, seconds: dict[str, float]) -> None:
 
 def record_agreement(store: RunStore, rows: dict[str, dict], greedy: bool) -> None:
     """Keep a batch's logged-response agreement in run.json; refuse logs that are not the target's greedy trace."""
-    from specprof.core import logs
+    from specprof.core.records import logs
 
     per_prompt = {**(store.run.get("logged_responses") or {}).get("prompts", {}), **rows}
     store.update(logged_responses={**logs.agreement_summary(per_prompt), "prompts": per_prompt})
@@ -375,7 +375,7 @@ def describe_run(
     dtype: torch.dtype,
 ) -> dict:
     """What run.json records about a run; `store.IDENTITY` names the entries a resume must match."""
-    from specprof.core.corpus import fingerprint
+    from specprof.core.records.corpus import fingerprint
 
     return {
         "target": target.describe(),

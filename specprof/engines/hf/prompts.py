@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from specprof.core.corpus import Prompt
+from specprof.core.records.corpus import Prompt
 from specprof.engines.hf.drafts import BlockDraft, Draft, NgramDraft
 from specprof.engines.hf.models import LoadedModel, encode_prompt
 from specprof.errors import SpecprofError

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specprof.core import blockdraft, ngram
+from specprof.core.simulation import blockdraft, ngram
 from specprof.engines.hf import sampling
 from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
 from specprof.engines.hf.models import clock

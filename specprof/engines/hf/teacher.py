@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specprof.core.corpus import Prompt
+from specprof.core.records.corpus import Prompt
 from specprof.engines.hf import sampling
 from specprof.engines.hf.generation import Generation, LayerCapture, left_pad, position_ids
 from specprof.engines.hf.models import context_limit

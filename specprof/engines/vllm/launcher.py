@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from specprof.core import blockdraft
+from specprof.core.simulation import blockdraft
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
 

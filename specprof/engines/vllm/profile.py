@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from specprof.core import blockdraft, ngram
-from specprof.core.store import RunStore
-from specprof.core.tables import summarize
-from specprof.core.traces import trace_drafts
+from specprof.core.pricing.tables import summarize
+from specprof.core.records.store import RunStore
+from specprof.core.simulation import blockdraft, ngram
+from specprof.core.simulation.traces import trace_drafts
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
 
