@@ -159,29 +159,15 @@ def profile(
 def _profile_vllm(request, engine: str, urls: tuple[str, ...], draft_urls: tuple[str, ...]) -> None:
     """profile --engine vllm: the passes run on vLLM servers (`commands/profile_vllm`)."""
     from specprof.commands import profile_vllm
-    from specprof.commands.profile import read_corpus
-    from specprof.core.pricing.batchcost import parse_batch_sizes
-    from specprof.engines.vllm.profile import DEFAULT_BATCH_SIZE, Settings
 
     if engine == "hf":
         raise SpecprofError(f"{'--url' if urls else '--draft-url'} needs --engine vllm")
     if engine != "vllm":
         raise SpecprofError(f"--engine {engine}: use hf or vllm")
-    if not urls:
-        raise SpecprofError("--engine vllm: give the target's vLLM server with --url URL (repeatable)")
-    if parse_batch_sizes(request.concurrency):
-        raise SpecprofError("--concurrency times forward passes here; --engine vllm measures none (time the target "
-                            "where it is served with specprof costs, then recommend --costs FILE)")
-    corpus, mode, shard_info = read_corpus(request, notice)
-    settings = Settings(request.k_max, request.max_new_tokens, request.temperature, request.top_p, request.seed,
-                        request.batch_size or DEFAULT_BATCH_SIZE, request.chat_template)
-    options = profile_vllm.Options(urls, draft_urls, request.target, request.drafts, settings, request.out,
-                                   request.overwrite, request.resume, request.too_long, mode, request.trust_remote_code,
-                                   str(request.prompts), request.domains, request.limit)
-    summary, lines = profile_vllm.profile(options, corpus, shard_info, progress_bar)
-    for d in dict.fromkeys(summary["draft"]):
-        stdout.print(render.profile_table(summary, d))
-    for line in lines:
+    result = profile_vllm.run(request, urls, draft_urls, notice, progress_bar)
+    for d in dict.fromkeys(result.summary["draft"]):
+        stdout.print(render.profile_table(result.summary, d))
+    for line in result.lines:
         stdout.print(line, markup=False, highlight=False)
 
 
