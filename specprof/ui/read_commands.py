@@ -8,7 +8,7 @@ run them with nothing heavy installed. Each parses its flags, calls `core.decide
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,9 @@ from specprof.errors import SpecprofError
 from specprof.ui import inspectview, render
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
 from specprof.ui.options import DomainFilter, DraftFilter, Json, Report, Tokenizer
+
+if TYPE_CHECKING:  # the core loads inside the commands: `specprof --help` starts without numpy
+    from specprof.core.answers.recommend import Emission, Recommendation
 
 RECOMMEND_HELP = "\n\n".join([
     "Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.",
@@ -137,14 +140,14 @@ def recommend(
     print_json(result.to_json()) if as_json else _show_recommendation(result)
 
 
-def _show_recommendation(result) -> None:
+def _show_recommendation(result: Recommendation) -> None:
     """recommend's tables: the engine's counters (--engine), or the decisions, plans and batch sizes."""
     from specprof.core.pricing import policy_estimate
 
     if result.engine is not None:
         from specprof.ui import engineview
 
-        entries = [(e.engine.k, e.engine.counters) for e in result.entries]
+        entries = [(e.engine.k, e.engine.counters) for e in result.entries if e.engine is not None]
         stdout.print(engineview.engine_view(result.estimates, entries, result.engine, result.engine_k is not None))
         return
     stdout.print(render.recommend_view(result.estimates, list(result.plans), result.min_speedup, result.policies,
@@ -161,7 +164,7 @@ def _show_recommendation(result) -> None:
         stdout.print(f"note: {policy_estimate.SAMPLED_NOTE}")
 
 
-def _show_emission(emission) -> None:
+def _show_emission(emission: Emission) -> None:
     """recommend --emit: only the engine's configuration on stdout (notes on stderr), so $(…) pastes it."""
     for note in emission.notes:
         stderr.print(f"note: {note}")
