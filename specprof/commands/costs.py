@@ -14,7 +14,8 @@ What this module does not do: generate, read a report, or decide anything.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,53 @@ HALF_ANSWER = 64  # profile's default 128 new tokens, half generated at a typica
 
 
 @dataclass(frozen=True)
+class CostsRequest:
+    """`specprof costs`' flags, checked by the UI (ranges, batch sizes) before torch is imported."""
+
+    target: str | None  # None: the embedded default
+    drafts: tuple[str, ...]
+    k_max: int
+    batch_sizes: tuple[int, ...]  # () : `measure.default_batch_sizes` of the device
+    context_tokens: int | None  # None: from `prompts`, else DEFAULT_CONTEXT
+    prompts: tuple[Any, ...]  # `corpus.Prompt` records to take the context from (may be empty)
+    chat_template: bool
+    device: str
+    dtype: str
+    out: Path  # a .json file or a directory
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True)
 class CostsResult:
-    path: Path
-    record: dict[str, Any]
-    timings: Timings
+    path: Path  # the costs file written
+    record: dict[str, Any]  # what it holds (`costs --json` prints it)
+    timings: Timings  # the measured times, per batch size
+
+
+Status = Callable[[str], AbstractContextManager[Any]]  # status("loading models…"): a spinner while it runs
+
+
+def run(request: CostsRequest, status: Status = lambda message: nullcontext()) -> CostsResult:
+    """Load the target and drafts, time them at each batch size, and write the costs file."""
+    from specprof.engines.hf import drafts, models
+
+    path = out_path(request.out)
+    if path.exists() and not request.overwrite:
+        raise SpecprofError(f"--out {path}: exists (pass --overwrite to replace it)")
+    drafts.check_specs(request.drafts, request.target, request.trust_remote_code)
+    device = models.resolve_device(request.device)
+    dtype = models.resolve_dtype(request.dtype, device)
+    with status("loading models…"):
+        target, loaded = drafts.load_target_and_drafts(request.target, request.drafts, device, dtype,
+                                                       request.trust_remote_code, request.allow_pickle)
+    context = timing_context(target, request.context_tokens, request.prompts, request.chat_template, request.k_max)
+    sizes = request.batch_sizes or measure.default_batch_sizes(device)
+    with status(f"timing batch sizes {', '.join(map(str, sizes))}…"):
+        record, measured = measure_costs(target, loaded, context, request.k_max, sizes, device, dtype)
+    write_costs(path, record)
+    return CostsResult(path, record, measured)
 
 
 def out_path(out: str | Path) -> Path:

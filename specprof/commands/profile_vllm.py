@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from specprof.commands.profile import ProfileRequest, read_corpus
+from specprof.core.pricing.batchcost import parse_batch_sizes
 from specprof.core.records import reportfiles, tokentext
 from specprof.core.records.corpus import Prompt, fingerprint
 from specprof.core.records.fingerprint import directory_fingerprint
@@ -272,3 +274,30 @@ def describe_run(options: Options, target: TargetInfo, drafts: Sequence[vprofile
             "not_recorded": list(vprofile.NOT_RECORDED),
         },
     }
+
+
+@dataclass(frozen=True)
+class VllmProfileResult:
+    """What `profile --engine vllm` shows: the report's summary and the lines to print after it."""
+
+    summary: pd.DataFrame  # summary.parquet: draft × domain × k
+    lines: list[str]
+
+
+def run(request: ProfileRequest, urls: Sequence[str], draft_urls: Sequence[str], notice: Callable[[str], None],
+        progress_bar: Callable[[int], Any]) -> VllmProfileResult:
+    """The whole `profile --engine vllm` from the command's checked flags (`commands.profile.ProfileRequest`)."""
+    if not urls:
+        raise SpecprofError("--engine vllm: give the target's vLLM server with --url URL (repeatable)")
+    if parse_batch_sizes(request.concurrency):
+        raise SpecprofError("--concurrency times forward passes here; --engine vllm measures none (time the target "
+                            "where it is served with specprof costs, then recommend --costs FILE)")
+    corpus, mode, shard_info = read_corpus(request, notice)
+    settings = vprofile.Settings(request.k_max, request.max_new_tokens, request.temperature, request.top_p,
+                                 request.seed, request.batch_size or vprofile.DEFAULT_BATCH_SIZE,
+                                 request.chat_template)
+    options = Options(tuple(urls), tuple(draft_urls), request.target, request.drafts, settings, request.out,
+                      request.overwrite, request.resume, request.too_long, mode, request.trust_remote_code,
+                      str(request.prompts), request.domains, request.limit)
+    summary, lines = profile(options, corpus, shard_info, progress_bar)
+    return VllmProfileResult(summary, lines)
