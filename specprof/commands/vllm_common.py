@@ -16,6 +16,7 @@ import pandas as pd
 from specprof.core.pricing import costmodel
 from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import Report
+from specprof.core.simulation import kinds
 from specprof.core.vocabulary import ALL
 from specprof.engines.vllm.client import SpecCounters, VllmClient
 from specprof.errors import SpecprofError
@@ -71,8 +72,8 @@ def choose_draft(report: Report, draft: str | None) -> str:
         if draft not in names:
             raise SpecprofError(f"--draft {draft}: not in the report (drafts: {', '.join(names)})")
         return draft
-    kinds = {d["name"]: d.get("kind", "model") for d in report.run.get("drafts", [])}
-    usable = [n for n in names if kinds[n] not in ("ngram", "prompt-lookup")]  # no vLLM proposer of theirs
+    named = {d["name"]: kinds.kind(d.get("kind")) for d in report.run.get("drafts", [])}
+    usable = [n for n in names if named[n].vllm_proposer]
     if len(usable) != 1:
         raise SpecprofError(f"--engine vllm: pass --draft, the report has {len(names)} drafts ({', '.join(names)})")
     return usable[0]

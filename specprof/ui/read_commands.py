@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from specprof.core import glossary
+from specprof.core.vocabulary import EMIT_TARGETS, engine_named
 from specprof.errors import SpecprofError
 from specprof.ui import inspectview, render
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
@@ -125,9 +126,10 @@ def recommend(
         return
     if alpha is not None:
         raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
-    if engine is not None and engine not in ("vllm", "transformers"):
+    if engine is not None and engine_named(engine) is None:
         raise SpecprofError(f"--engine {engine}: unknown engine (use vllm, or transformers for specprof's own)")
-    if emit is not None and emit not in ("vllm", "sglang"):
+    engine = engine_named(engine) if engine is not None else None  # hf is transformers
+    if emit is not None and emit not in EMIT_TARGETS:
         raise SpecprofError(f"--emit {emit}: unknown engine (use vllm or sglang)")
     if k is not None and engine is None and emit is None:
         raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
@@ -208,7 +210,7 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
     from specprof.core.answers import decide, engineplan
     from specprof.core.answers.analysis import load_analysis
     from specprof.core.pricing import batchcost
-    from specprof.core.vocabulary import ALL
+    from specprof.core.vocabulary import ALL, VLLM
 
     analysis = _with_costs(load_analysis(report_path, drafts, domains, k_max), costs_path)
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
@@ -221,15 +223,14 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
         stderr.print(f"note: {note}")
     schedule = None
     if batch_sizes:
-        if engine != "vllm":
+        if engine != VLLM:
             raise SpecprofError("--concurrency with --emit: only vLLM takes a batch-size schedule (--emit vllm)")
         # The schedule of the chosen draft on the chosen domain, or on the corpus mix (ALL).
         where = domains[0] if len(domains) == 1 else ALL
         estimate = next(e for e in estimates if e.draft == choice.draft and e.domain == where)
         sizes = batchcost.choose_batch_sizes(analysis.timings, batch_sizes)
         schedule = batchcost.vllm_schedule(batchcost.batch_plans([estimate], analysis.timings, sizes)[0].points)
-    typer.echo(engineplan.vllm_config(choice, target, schedule) if engine == "vllm"
-               else engineplan.sglang_flags(choice, target))
+    typer.echo(engineplan.emit_config(choice, target, engine, schedule))
 
 
 @command(help=GATE_HELP)
