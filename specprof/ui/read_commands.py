@@ -305,7 +305,7 @@ def inspect_command(
     as_json: Json = False,
 ) -> None:
     from specprof.core.answers import inspection
-    from specprof.engines.hf.detokenize import auto_detokenizer
+    from specprof.engines.text import auto_detokenizer
 
     result = inspection.inspect_report(report_path, None, draft, domain, worst, prompt, k, tokenizer, auto_detokenizer)
     exported = inspection.write_corpus(export, result.shown) if export is not None else None
