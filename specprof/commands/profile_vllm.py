@@ -95,19 +95,17 @@ class TargetInfo:
 
 def load_target(target: str | None, trust_remote_code: bool) -> TargetInfo:
     """The target's tokenizer, EOS ids, context and depth: tokenizer and config files only, no weights."""
-    from transformers import AutoConfig, AutoTokenizer
-
     name, source = target_source(target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = text.load_tokenizer(source, trust_remote_code)
+        config = text.load_config(source, trust_remote_code)
     except (OSError, ValueError) as e:
         raise SpecprofError(f"--target {target}: cannot read its tokenizer and config ({str(e).splitlines()[0]}); "
                             "--engine vllm needs the target's directory or a cached hub id (no weights)") from None
     eos = text.eos_ids(text.generation_eos(source), tokenizer)
-    layout = config.get_text_config()
-    return TargetInfo(name, source, tokenizer, eos, getattr(layout, "max_position_embeddings", None),
-                      getattr(layout, "num_hidden_layers", None), (config.architectures or [None])[0])
+    layout = config.get("text_config") or config
+    return TargetInfo(name, source, tokenizer, eos, layout.get("max_position_embeddings"),
+                      layout.get("num_hidden_layers"), (config.get("architectures") or [None])[0])
 
 
 def _fingerprint(source: str) -> str | None:

@@ -2,17 +2,21 @@
 (chat template applied), the ids that end a generation, batches and the context check.
 
 The transformers engine (`engines/hf`) and `profile --engine vllm` encode a prompt here, so a report
-holds the same prompt ids whichever engine ran it. transformers' tokenizer classes read tokenizer and
-config files only; they run without torch (tests/test_vllm_without_torch.py runs both vLLM commands
-with torch hidden).
+holds the same prompt ids whichever engine ran it. A model directory with a tokenizer.json is read by
+`FastTokenizer` (the `tokenizers` library, the chat template rendered with jinja2 as transformers
+renders it): importing transformers would import torch wherever torch is installed. Anything else (a
+hub id, a sentencepiece-only tokenizer, --trust-remote-code) goes to transformers' AutoTokenizer.
 
 What this module does not do: read weights (`engines/hf/models`), import torch.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from specprof.core.records.corpus import Prompt
@@ -25,6 +29,92 @@ class Encoded:
     prompt: Prompt
     ids: list[int] = field(repr=False)
     response_ids: list[int] | None = field(default=None, repr=False)  # the logged response, tokenised
+
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+class FastTokenizer:
+    """A model directory's tokenizer.json and chat template, read without transformers (and so without torch).
+
+    Encodes as transformers' fast tokenizers do (`tokenizers` itself, the post-processor adding the special
+    tokens), and renders the chat template as `apply_chat_template(tokenize=False)` does: a sandboxed jinja2
+    environment with trim_blocks and lstrip_blocks, loop controls, transformers' `tojson`, `raise_exception`
+    and `strftime_now`, the messages and the special tokens (tests/test_vllm_without_torch.py compares both
+    with transformers' own output)."""
+
+    def __init__(self, directory: Path):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        config = _read_json(directory / "tokenizer_config.json")
+        template_file = directory / "chat_template.jinja"
+        template = template_file.read_text(encoding="utf-8") if template_file.exists() else config.get("chat_template")
+        if isinstance(template, list):  # named templates: the default one
+            template = {t.get("name"): t.get("template") for t in template}.get("default")
+        self.chat_template: str | None = template
+        self.special = {name: _token_text(config[name]) for name in SPECIAL_TOKENS if config.get(name) is not None}
+
+    @property
+    def eos_token_id(self) -> int | None:
+        token = self.special.get("eos_token")
+        return self.backend.token_to_id(token) if token is not None else None
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": self.backend.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False,
+                            add_generation_prompt: bool = False) -> str:
+        assert not tokenize and self.chat_template is not None
+        return _compiled(self.chat_template).render(messages=messages, tools=None, documents=None,
+                                                    add_generation_prompt=add_generation_prompt, **self.special)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _token_text(value: Any) -> str:
+    return str(value.get("content")) if isinstance(value, dict) else str(value)
+
+
+def _compiled(template: str) -> Any:
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+               sort_keys: bool = False) -> str:  # not jinja's own, which escapes HTML characters
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
+    """The tokenizer at `source`: `FastTokenizer` for a directory with tokenizer.json, else transformers'."""
+    directory = Path(source)
+    if (directory / "tokenizer.json").is_file() and not trust_remote_code:
+        return FastTokenizer(directory)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def load_config(source: str, trust_remote_code: bool = False) -> dict:
+    """A model's config.json as a dict (a directory's read directly; a hub id's through transformers)."""
+    path = Path(source) / "config.json"
+    if path.is_file():
+        return _read_json(path)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code).to_dict()
 
 
 def has_chat_template(tokenizer: object) -> bool:
@@ -62,6 +152,9 @@ def eos_ids(generation_eos: int | Sequence[int] | None, tokenizer: object) -> li
 
 def generation_eos(source: str) -> int | list[int] | None:
     """The eos_token_id of a model directory's (or cached hub id's) generation_config.json, None without one."""
+    path = Path(source) / "generation_config.json"
+    if Path(source).is_dir():
+        return _read_json(path).get("eos_token_id")
     from transformers import GenerationConfig
 
     try:
