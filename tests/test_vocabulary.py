@@ -156,3 +156,10 @@ def test_every_count_key_in_the_json_is_a_glossary_count():
     assert counts and counts <= set(glossary.COUNTS), sorted(counts - set(glossary.COUNTS))
     code = "\n".join(p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py") if p.name != "glossary.py")
     assert [name for name in glossary.COUNTS if name not in seen and not re.search(rf"\b{name}\b", code)] == []
+
+
+def test_recommend_takes_hf_for_transformers(cli, monkeypatch):
+    monkeypatch.chdir(SAMPLE)
+    hf, transformers = (cli("recommend", "report", "--engine", name, "--json") for name in ("hf", "transformers"))
+    assert hf.exit_code == transformers.exit_code == 0, hf.output
+    assert hf.stdout == transformers.stdout and '"engine": "transformers"' in hf.stdout
