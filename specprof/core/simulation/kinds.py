@@ -88,7 +88,7 @@ class DraftKind:
         return None
 
     def describe(self, parsed: ParsedDraft) -> dict:
-        """What run.json records about a model-free draft beside its name (enough to rebuild it)."""
+        """What run.json records about a prefix kind's draft beside its name (block kinds: `describe_proposer`)."""
         return {"kind": self.name}
 
     # --- how engines spell it (recommend --emit) ---
@@ -190,9 +190,6 @@ class VllmNgramKind(LookupKind):
     def proposer(self, parsed: ParsedDraft, eos_ids: Sequence[int] = ()) -> VllmNgram:
         return VllmNgram(*parsed.args)
 
-    def describe(self, parsed: ParsedDraft) -> dict:
-        return {"kind": self.name, "prompt_lookup_min": parsed.args[0], "prompt_lookup_max": parsed.args[1]}
-
     def bounds(self, draft: str, info: dict) -> tuple[int, int]:
         low, high = parse(draft).args
         return low, high
@@ -212,9 +209,6 @@ class PromptLookupKind(LookupKind):
 
     def proposer(self, parsed: ParsedDraft, eos_ids: Sequence[int] = ()) -> PromptLookup:
         return PromptLookup(parsed.args[0], tuple(int(e) for e in eos_ids))
-
-    def describe(self, parsed: ParsedDraft) -> dict:
-        return {"kind": self.name, "max_matching_ngram_size": parsed.args[0]}  # + eos_ids, from the proposer
 
     def bounds(self, draft: str, info: dict) -> tuple[int, int]:
         return 1, int(info.get("max_matching_ngram_size", TRANSFORMERS_DEFAULT_NGRAM))
