@@ -29,7 +29,8 @@ from specprof.core.pricing.timings import Timings
 from specprof.core.records import reportfiles, schema
 from specprof.engines.hf import measure
 from specprof.engines.hf.drafts import Draft
-from specprof.engines.hf.models import LoadedModel, encode_prompt
+from specprof.engines.hf.models import LoadedModel
+from specprof.engines.text import encode_prompt
 from specprof.errors import SpecprofError
 
 DEFAULT_CONTEXT = 256  # tokens in the KV cache when no corpus is given: a short chat turn and its answer

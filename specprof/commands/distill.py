@@ -47,7 +47,8 @@ from specprof.engines.hf.distill_data import (
     sequences_from_report,
 )
 from specprof.engines.hf.models import LoadedModel, context_limit
-from specprof.engines.hf.prompts import drop_too_long, encode_all
+from specprof.engines.hf.prompts import encode_all
+from specprof.engines.text import drop_too_long
 from specprof.errors import SpecprofError
 
 Events = Callable[..., None]  # events(phase, **fields): "generate", "cache", "train", "save", "notice"

@@ -44,8 +44,8 @@ from specprof.core.pricing.estimate import Estimate
 from specprof.core.pricing.timings import costs_for
 from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import load_report
-from specprof.core.vocabulary import ALL
-from specprof.engines.hf.detokenize import auto_detokenizer
+from specprof.core.vocabulary import ALL, VLLM
+from specprof.engines.text import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, VllmClient
 from specprof.errors import SpecprofError
@@ -171,7 +171,7 @@ class ConcurrencyResult:
 
     def as_dict(self) -> dict:
         return json_clean({
-            "engine": "vllm", "draft": self.draft, "k": self.k, "temperature": self.temperature,
+            "engine": VLLM, "draft": self.draft, "k": self.k, "temperature": self.temperature,
             "max_new_tokens": self.max_new_tokens, "costs": self.costs_source, "vllm_version": self.vllm_version,
             "config": self.config, "batch_sizes": [p.batch_size for p in self.predictions],
             "rows": [r.as_dict() for r in self.rows], "not_modelled": list(NOT_MODELLED),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from specprof.core import glossary
+from specprof.core.vocabulary import EMIT_TARGETS, engine_named
 from specprof.errors import SpecprofError
 from specprof.ui import inspectview, render
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
@@ -125,9 +126,10 @@ def recommend(
         return
     if alpha is not None:
         raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
-    if engine is not None and engine not in ("vllm", "transformers"):
+    if engine is not None and engine_named(engine) is None:
         raise SpecprofError(f"--engine {engine}: unknown engine (use vllm, or transformers for specprof's own)")
-    if emit is not None and emit not in ("vllm", "sglang"):
+    engine = engine_named(engine) if engine is not None else None  # hf is transformers
+    if emit is not None and emit not in EMIT_TARGETS:
         raise SpecprofError(f"--emit {emit}: unknown engine (use vllm or sglang)")
     if k is not None and engine is None and emit is None:
         raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
@@ -234,7 +236,7 @@ def inspect_command(
     as_json: Json = False,
 ) -> None:
     from specprof.core.answers import inspection
-    from specprof.engines.hf.detokenize import auto_detokenizer
+    from specprof.engines.text import auto_detokenizer
 
     result = inspection.inspect(report_path, draft=draft, domain=domain, worst=worst, prompt=prompt, k=k,
                                 tokenizer=tokenizer, export=export, fallback=auto_detokenizer)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from specprof.core.vocabulary import TRANSFORMERS, VLLM, engine_named
 from specprof.errors import SpecprofError
 from specprof.ui import render
 from specprof.ui.app import (
@@ -44,8 +45,8 @@ PROFILE_CONCURRENCY_HELP = (
     "per batch size. Default: batch 1 only (one stream)."
 )
 ENGINE_HELP = (
-    "hf: load the models here (transformers). vllm: the target runs on vLLM servers (--url), model drafts on "
-    "their own (--draft-url); model-free drafts are computed here. Exact at --temperature 0 (continuations, "
+    "transformers (hf is the same): load the models here. vllm: the target runs on vLLM servers (--url), model "
+    "drafts on their own (--draft-url); model-free drafts are computed here. Exact at --temperature 0 (continuations, "
     "matches, the k-trace); T > 0 is refused (a server returns top log-probabilities, not the distributions "
     "Σ min(p, q) needs); target_entropy and forward times are not recorded (price with recommend --cost-ratio "
     "or --costs). --target names the tokenizer and config only."
@@ -98,7 +99,7 @@ def profile(
         "--shard", help="i/n: profile only shard i of n (prompts split by a hash of their id); "
         "combine the n reports with specprof merge.")] = None,
     concurrency: Annotated[list[str] | None, typer.Option("--concurrency", help=PROFILE_CONCURRENCY_HELP)] = None,
-    engine: Annotated[str, typer.Option("--engine", help=ENGINE_HELP)] = "hf",
+    engine: Annotated[str, typer.Option("--engine", help=ENGINE_HELP)] = "transformers",
     url: Annotated[list[str] | None, typer.Option(
         "--url", help="--engine vllm: an OpenAI-compatible vLLM server of the target (repeatable: requests are "
         "spread over all of them, several in flight on each).")] = None,
@@ -126,7 +127,7 @@ def profile(
         argv=STATE.get("argv"),
     )
     request.check()  # flags fail before transformers is even imported
-    if engine != "hf" or url or draft_url:  # vLLM servers as the backend
+    if engine_named(engine) != TRANSFORMERS or url or draft_url:  # vLLM servers as the backend
         _profile_vllm(request, engine, tuple(url or ()), tuple(draft_url or ()))
         return
     quiet_transformers()
@@ -160,10 +161,10 @@ def _profile_vllm(request, engine: str, urls: tuple[str, ...], draft_urls: tuple
     """profile --engine vllm: the passes run on vLLM servers (`commands/profile_vllm`)."""
     from specprof.commands import profile_vllm
 
-    if engine == "hf":
+    if engine_named(engine) == TRANSFORMERS:
         raise SpecprofError(f"{'--url' if urls else '--draft-url'} needs --engine vllm")
-    if engine != "vllm":
-        raise SpecprofError(f"--engine {engine}: use hf or vllm")
+    if engine_named(engine) != VLLM:
+        raise SpecprofError(f"--engine {engine}: use transformers (hf) or vllm")
     result = profile_vllm.run(request, urls, draft_urls, notice, progress_bar)
     for d in dict.fromkeys(result.summary["draft"]):
         stdout.print(render.profile_table(result.summary, d))

@@ -15,14 +15,14 @@ from typing import Any
 
 from specprof.core.pricing.timings import Timings
 from specprof.core.records import reportfiles
-from specprof.core.simulation import blockdraft
+from specprof.core.simulation import blockdraft, kinds
 from specprof.core.simulation.policy import PolicyCounts
 from specprof.core.simulation.traces import DraftTrace, first_seen_codes, index_drafts, is_in, trace_drafts
 from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
-NO_CONFIDENCE = ("ngram", *blockdraft.KINDS)  # draft kinds that propose without a probability to threshold
+NO_CONFIDENCE = tuple(k.name for k in kinds.KINDS.values() if k.model_free)  # no probability to threshold
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from specprof.core.answers import decide, engineplan
 from specprof.core.answers.analysis import Analysis, load_analysis
@@ -31,7 +31,7 @@ from specprof.core.pricing import batchcost, policy_estimate, stats
 from specprof.core.pricing.estimate import Estimate
 from specprof.core.records.reportfiles import Report
 from specprof.core.simulation import conventions
-from specprof.core.vocabulary import ALL
+from specprof.core.vocabulary import ALL, EMIT_TARGETS, VLLM, engine_named
 from specprof.errors import SpecprofError
 
 
@@ -127,6 +127,7 @@ def recommend(
     drafts, domains = _names(draft), _names(domain)
     check_range("--min-speedup", min_speedup, 0, lo_open=True)
     _check_engine(engine)
+    engine = engine_named(engine) if engine is not None else None  # hf is transformers
     if k is not None and engine is None:
         raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
     requested = _batch_sizes(cost_ratio, concurrency, costs)
@@ -182,8 +183,8 @@ def emit(
     """`specprof recommend REPORT --emit ENGINE`: with one `draft` and `k` the config is given even if not GO."""
     drafts, domains = _names(draft), _names(domain)
     check_range("--min-speedup", min_speedup, 0, lo_open=True)
-    if engine not in engineplan.EMIT_TARGETS:
-        raise SpecprofError(f"--emit {engine}: unknown engine (use {' or '.join(engineplan.EMIT_TARGETS)})")
+    if engine not in EMIT_TARGETS:
+        raise SpecprofError(f"--emit {engine}: unknown engine (use {' or '.join(EMIT_TARGETS)})")
     batch_sizes = _batch_sizes(cost_ratio, concurrency, costs)
     analysis = with_costs(load_analysis(report, drafts, domains, k_max), Path(costs) if costs is not None else None)
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
@@ -194,15 +195,14 @@ def emit(
     notes = tuple(engineplan.notes(choice, target, engine))
     schedule = None
     if batch_sizes:
-        if engine != "vllm":
+        if engine != VLLM:
             raise SpecprofError("--concurrency with --emit: only vLLM takes a batch-size schedule (--emit vllm)")
         # The schedule of the chosen draft on the chosen domain, or on the corpus mix (ALL).
         where = domains[0] if len(domains) == 1 else ALL
         estimate = next(e for e in estimates if e.draft == choice.draft and e.domain == where)
         sizes = batchcost.choose_batch_sizes(analysis.timings, batch_sizes)
         schedule = batchcost.vllm_schedule(batchcost.batch_plans([estimate], analysis.timings, sizes)[0].points)
-    config = (engineplan.vllm_config(choice, target, schedule) if engine == "vllm"
-              else engineplan.sglang_flags(choice, target))
+    config = engineplan.emit_config(choice, target, engine, schedule)
     return Emission(engine, choice, config, notes)
 
 
@@ -222,7 +222,7 @@ def _names(value: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _check_engine(engine: str | None) -> None:
-    if engine is not None and engine not in get_args(conventions.Engine):
+    if engine is not None and engine_named(engine) is None:
         raise SpecprofError(f"--engine {engine}: unknown engine (use vllm, or transformers for specprof's own)")
 
 
