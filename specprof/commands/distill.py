@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -174,6 +174,7 @@ def _sequences(source: Source, target: LoadedModel, generation: GenerationSettin
     """The report's sequences, or the corpus's prompts with the target's continuations generated now."""
     if source.sequences is not None:
         return source.sequences, []
+    assert source.prompts is not None  # a corpus source: no sequences, its prompts
     encoded = encode_all(source.prompts, target, generation.chat_template)
     # as `profile` does by default: prompts that do not fit the context with the continuation are skipped
     encoded, skipped = drop_too_long(encoded, [context_limit(target)], generation.max_new_tokens, "skip")
@@ -203,7 +204,7 @@ def _cache(target: LoadedModel, sequences: Sequence[TokenSequence], settings: Di
 
 
 def distill_record(source: Source, target: LoadedModel, settings: DistillSettings, generation: GenerationSettings,
-                   head: DraftHead, draft: torch.nn.Module, result: TrainResult, table: object,
+                   head: DraftHead, draft: torch.nn.Module, result: TrainResult, table: Any,
                    times: dict[str, float]) -> dict:
     """What distill.json holds besides the data sizes: versions, models, settings, training, α, times."""
     return {

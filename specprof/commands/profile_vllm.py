@@ -141,6 +141,7 @@ def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: Target
                                            max_ngram=value or DEFAULT_NGRAM))
         elif kind in ("vllm-ngram", "prompt-lookup"):
             proposer = blockdraft.parse_spec(spec, target.eos_ids)
+            assert proposer is not None  # both kinds are block-dependent
             out.append(vprofile.LocalDraft(spec, {"name": spec, **blockdraft.describe(proposer)}, proposer=proposer))
         else:
             if spec not in draft_urls:
@@ -151,6 +152,7 @@ def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: Target
             info = {"name": spec, "kind": kind}
             if kind == "early-exit":
                 if target.num_layers is not None:
+                    assert value is not None  # early-exit:L always has its L
                     check_early_exit(spec, value, target.num_layers)
                 info |= {"layers": value, "of_layers": target.num_layers}
             out.append(vprofile.RemoteDraft(spec, VllmClient(draft_urls[spec], timeout_s), info))

@@ -137,6 +137,7 @@ def choose(
             if p.enable and p.shared_k is not None:
                 kk = p.shared_k if k is None else k
                 speedup = p.shared_speedup if k is None else _plan_speedup(estimates, p, kk)
+                assert speedup is not None  # set with shared_k
                 options.append((float(speedup), p.draft, kk, p.enable))
     if not options:
         where = f"domain {', '.join(domains)}" if domains else "no domain"
@@ -211,6 +212,7 @@ def vllm_config(c: Choice, target: str, per_batch_size: list[list[int]] | None =
     """vLLM's --speculative-config JSON (method ngram with prompt_lookup_min/max, or draft_model), with
     `per_batch_size` rows [[min_bs, max_bs, k], …] as its num_speculative_tokens_per_batch_size when given
     (vLLM clamps each row's k to num_speculative_tokens, so that is raised to the largest)."""
+    assert c.k is not None  # a choice to turn on, not `none`
     if c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
         low, high = _ngram_bounds(c)
         config: dict[str, Any] = {"method": "ngram", "prompt_lookup_min": low, "prompt_lookup_max": high,
@@ -225,6 +227,7 @@ def vllm_config(c: Choice, target: str, per_batch_size: list[list[int]] | None =
 
 def sglang_flags(c: Choice, target: str) -> str:
     """SGLang's server flags: a chain of k draft tokens (top-1), k + 1 tokens verified per step."""
+    assert c.k is not None  # a choice to turn on, not `none`
     if c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
         flags = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(c.k + 1)]
     else:

@@ -203,6 +203,7 @@ def prompt_counters(rec: DraftRecords, k: int, engine: str = "vllm") -> tuple[np
     rows = rec.runs.rows(rec.prompt_ids.tolist()) if rec.runs is not None else None
     for i, length in enumerate(rec.lengths.tolist()):
         if rec.runs is not None:
+            assert rows is not None  # read with the runs
             counts, unseen = _block_dependent(rec.runs, int(rows[i]), length, int(rec.recorded[i]), k, engine)
         else:
             counts, unseen = _prefix_dependent(rec, i, length, k, engine)
