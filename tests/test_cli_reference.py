@@ -62,3 +62,13 @@ def test_figures_page_holds_every_definition():
     text = " ".join(re.sub(r"\*\*|`", "", (ROOT / "docs" / "figures.md").read_text(encoding="utf-8")).split())
     for name, _, definition in glossary.TERMS:
         assert " ".join(definition.split()) in text, name
+
+
+def test_readme_is_a_short_front_door_whose_links_resolve():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 300  # the manual lives in docs/
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert "docs/reference/cli.md" in local and "docs/design.md" in local
+    for link in local:
+        assert (ROOT / link).exists(), link
