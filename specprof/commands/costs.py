@@ -110,7 +110,8 @@ def timing_context(target: LoadedModel, context_tokens: int | None, prompts: Seq
     if encoded:
         sequence = [t for e in sorted(encoded, key=len, reverse=True) for t in e]
     else:
-        vocab = int(target.model.config.get_text_config().vocab_size)
+        # nn.Module's __getattr__ is typed Tensor | Module; `config` is the transformers model's attribute
+        vocab = int(target.model.config.get_text_config().vocab_size)  # pyright: ignore[reportCallIssue, reportAttributeAccessIssue]
         sequence = [(1000 + 7919 * i) % vocab for i in range(want)]  # distinct-looking ids, no repeats to look up
     while len(sequence) < want:
         sequence = sequence + sequence

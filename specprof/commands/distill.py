@@ -41,6 +41,7 @@ from specprof.engines.hf.distill import (
 from specprof.engines.hf.distill_data import (
     Cached,
     DistillSettings,
+    Objective,
     TokenSequence,
     cache_frozen,
     sequences_from_corpus,
@@ -123,7 +124,7 @@ class DistillRequest:
     target: str | None = None  # None: the report's target, or the embedded default for a corpus
     epochs: int = 16
     lr: float | None = None  # None: DEFAULT_LR of the objective
-    objective: str = "kl"
+    objective: Objective = "kl"
     max_minutes: float = 12.0
     holdout: float = 0.1
     seed: int = 0
@@ -235,6 +236,7 @@ def _sequences(source: Source, target: LoadedModel, generation: GenerationSettin
     """The report's sequences, or the corpus's prompts with the target's continuations generated now."""
     if source.sequences is not None:
         return source.sequences, []
+    assert source.prompts is not None  # a corpus source: no sequences, its prompts
     encoded = encode_all(source.prompts, target, generation.chat_template)
     # as `profile` does by default: prompts that do not fit the context with the continuation are skipped
     encoded, skipped = drop_too_long(encoded, [context_limit(target)], generation.max_new_tokens, "skip")
@@ -264,7 +266,7 @@ def _cache(target: LoadedModel, sequences: Sequence[TokenSequence], settings: Di
 
 
 def distill_record(source: Source, target: LoadedModel, settings: DistillSettings, generation: GenerationSettings,
-                   head: DraftHead, draft: torch.nn.Module, result: TrainResult, table: object,
+                   head: DraftHead, draft: torch.nn.Module, result: TrainResult, table: Any,
                    times: dict[str, float]) -> dict:
     """What distill.json holds besides the data sizes: versions, models, settings, training, α, times."""
     return {

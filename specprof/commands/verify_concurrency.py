@@ -237,6 +237,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
 
     if options.url is not None:
         spec_client = VllmClient(options.url, timeout)
+        assert options.baseline_url is not None  # checked above: --url goes with --baseline-url
         base_client = VllmClient(options.baseline_url, timeout)
         k = vllm_common.server_k(spec_client)
         if options.k is not None and options.k != k:
@@ -248,6 +249,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
                                 "--speculative-config")
         config = None
     else:
+        assert options.vllm_python is not None  # checked above: --url or --vllm-python
         version = launcher.check_python(options.vllm_python)
         k = options.k if options.k is not None else vllm_common.best_k(report, draft)
         temperature = float(settings["temperature"])
@@ -271,6 +273,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
             for side, cfg, into in (("baseline", None, result.baseline),
                                     ("speculative", config, result.speculative)):
                 say(f"{side}: starting vLLM…")
+                assert options.vllm_python is not None  # checked above: --url or --vllm-python
                 with launcher.launch(options.vllm_python, model, cfg, dtype=dtype,
                                      start_timeout_s=options.start_timeout_s) as server:
                     server.client.timeout_s = timeout

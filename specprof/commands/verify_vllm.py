@@ -137,7 +137,7 @@ class VllmVerifyResult:
     draft: str
     temperature: float
     vllm_version: str | None = None
-    configs: dict[int, dict] = field(default_factory=dict)  # k → the server's --speculative-config (None: --url)
+    configs: dict[int, dict | None] = field(default_factory=dict)  # k → the server's --speculative-config (None: --url)
     prompts_done: dict[int, int] = field(default_factory=dict)  # k → prompts compared
     counters: list[CounterRow] = field(default_factory=list)
     continuations: list[ContinuationDiff] = field(default_factory=list)
@@ -235,6 +235,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
         check_ks(ks, settings)
         plan: list[tuple[int, dict | None]] = [(served_k, None)]
     else:
+        assert options.vllm_python is not None  # checked above: --url or --vllm-python
         result.vllm_version = launcher.check_python(options.vllm_python)
         ks = sorted(set(options.ks)) or [best_k(report, draft)]
         check_ks(ks, settings)
@@ -251,6 +252,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
                 _verify_k(client, k, report, draft, prompts, continuations, detok, predict, options, result, say)
                 continue
             say(f"k={k}: starting vLLM…")
+            assert options.vllm_python is not None  # a config is launched: --vllm-python was given
             with launcher.launch(options.vllm_python, model, config, dtype=dtype,
                                  start_timeout_s=options.start_timeout_s) as server:
                 server.client.timeout_s = options.timeout_s or REQUEST_TIMEOUT_S

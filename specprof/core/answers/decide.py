@@ -297,6 +297,7 @@ def gate(
                     raise SpecprofError(f"--domain {e.domain}: not in the baseline report {baseline.path}")
                 continue
             drop = old.alpha - e.alpha
+            assert max_alpha_drop is not None  # checked above: it goes with --baseline
             checks.append(Check(e.draft, e.domain, kk, "alpha_drop", "baseline − new", drop, max_alpha_drop,
                                 drop <= max_alpha_drop))
     return checks

@@ -40,7 +40,7 @@ class CounterCache:
 
     def __init__(self, analysis: Analysis, engine: Engine):
         self.analysis = analysis
-        self.engine = engine
+        self.engine: Engine = engine  # annotated: pyright widens an inferred Literal attribute to str
         self.records: dict[str, conventions.DraftRecords] = {}
         self.per_prompt: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -134,6 +134,7 @@ def choose(
             if p.enable and p.shared_k is not None:
                 kk = p.shared_k if k is None else k
                 speedup = p.shared_speedup if k is None else _plan_speedup(estimates, p, kk)
+                assert speedup is not None  # set with shared_k
                 options.append((float(speedup), p.draft, kk, p.enable))
     if not options:
         where = f"domain {', '.join(domains)}" if domains else "no domain"

@@ -40,9 +40,11 @@ class BlockProposer(Protocol):
 
     def propose(self, context: Sequence[int], k: int) -> list[int]:
         """Up to k tokens proposed after `context` (possibly none)."""
+        ...
 
     def propose_every_start(self, tokens: Sequence[int], start: int, k_max: int) -> list[list[int]]:
         """`propose(tokens[:t], k_max)` for every t in [start, len(tokens))."""
+        ...
 
 
 @dataclass(frozen=True)

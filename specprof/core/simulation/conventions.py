@@ -222,6 +222,7 @@ def prompt_counters(rec: DraftRecords, k: int, engine: Engine = VLLM) -> tuple[n
     rows = rec.runs.rows(rec.prompt_ids.tolist()) if rec.runs is not None else None
     for i, length in enumerate(rec.lengths.tolist()):
         if rec.runs is not None:
+            assert rows is not None  # read with the runs
             counts, unseen = _block_dependent(rec.runs, int(rows[i]), length, int(rec.recorded[i]), k, counting)
         else:
             counts, unseen = _prefix_dependent(rec, i, length, k, counting)
@@ -263,6 +264,7 @@ def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, recorded
     """One prompt's counters for a draft simulated from every block start (`blockdraft`)."""
     past_end = counting.past_end and runs.accepted_past_end is not None
     accepted_from = runs.accepted_past_end if past_end else runs.accepted
+    assert accepted_from is not None  # past_end is set only when the report has the past-end records
     per_pos = np.zeros(k, dtype=np.int64)
     drafts = drafted = accepted = 0
     unseen = False
