@@ -109,6 +109,9 @@ def recommend(
         "--k", help="With --engine or --emit: at this k instead of each best k.")] = None,
     emit: Annotated[str | None, typer.Option(
         "--emit", metavar="vllm|sglang", help="Print only the config to paste.")] = None,
+    draft_sampling: Annotated[str | None, typer.Option(
+        "--draft-sampling", metavar="greedy|probabilistic", help="Sampled reports with --engine vllm: vLLM's "
+        "draft_sample_method to predict (default greedy, vLLM's default).")] = None,
 ) -> None:
     from specprof.core.answers import decide
     from specprof.core.answers.analysis import load_analysis
@@ -136,9 +139,17 @@ def recommend(
         raise SpecprofError(f"--cost-ratio plans one stream with a flat verification cost; "
                             f"{'--concurrency' if requested else '--costs'} prices measured times: choose one")
     if emit is not None:
-        _emit(emit, report_path, draft or (), domain or (), k_max, k, cost_ratio, min_speedup, requested, costs_path)
+        _emit(emit, report_path, draft or (), domain or (), k_max, k, cost_ratio, min_speedup, requested, costs_path,
+              draft_sampling)
         return
     analysis = _with_costs(load_analysis(report_path, draft or (), domain or (), k_max, policies=True), costs_path)
+    if engine == "vllm" and not analysis.exact:  # sampled: vLLM's expected counters per draft_sample_method
+        from specprof.ui.sampled_commands import recommend_sampled
+
+        recommend_sampled(analysis, cost_ratio, domain or (), min_speedup, k, draft_sampling or "greedy", as_json)
+        return
+    if draft_sampling is not None:
+        raise SpecprofError("--draft-sampling goes with --engine vllm on a sampled report (T > 0)")
     _recommend(analysis, cost_ratio, domain or (), min_speedup, requested, costs_path, engine, k, as_json)
 
 
@@ -203,7 +214,7 @@ def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_s
 
 def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequence[str], k_max: int | None,
           k: int | None, cost_ratio: float | None, min_speedup: float, batch_sizes: Sequence[int],
-          costs_path: Path | None) -> None:
+          costs_path: Path | None, draft_sampling: str | None = None) -> None:
     """recommend --emit: print only the engine's configuration (notes on stderr), so $(…) pastes it."""
     from specprof.core.answers import decide, engineplan
     from specprof.core.answers.analysis import load_analysis
@@ -228,8 +239,13 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
         estimate = next(e for e in estimates if e.draft == choice.draft and e.domain == where)
         sizes = batchcost.choose_batch_sizes(analysis.timings, batch_sizes)
         schedule = batchcost.vllm_schedule(batchcost.batch_plans([estimate], analysis.timings, sizes)[0].points)
-    typer.echo(engineplan.vllm_config(choice, target, schedule) if engine == "vllm"
-               else engineplan.sglang_flags(choice, target))
+    config = engineplan.vllm_config(choice, target, schedule) if engine == "vllm" \
+        else engineplan.sglang_flags(choice, target)
+    if engine == "vllm" and not analysis.exact:  # sampled: the draft_sample_method that accepts more
+        from specprof.ui.sampled_commands import with_draft_sampling
+
+        config = with_draft_sampling(config, analysis, choice, domains, draft_sampling)
+    typer.echo(config)
 
 
 @command(help=GATE_HELP)

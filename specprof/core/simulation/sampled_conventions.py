@@ -59,7 +59,7 @@ SAMPLED_COLUMNS = ("proposal_target_p", "draft_q_untruncated", "accept_prob_untr
 MODEL_FREE = ("ngram", "vllm-ngram", "prompt-lookup")  # no draft probabilities: always vLLM's greedy rule
 EXACT_NOTE = (
     "expected counters at T > 0, exact in expectation (the engine's output is a sample of the target, "
-    "and the report's continuations are such samples); the interval is the spread over prompts"
+    "and the report's continuations are such samples), the interval the spread over prompts"
 )
 
 
