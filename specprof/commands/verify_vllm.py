@@ -14,8 +14,7 @@ For one draft of the report and each k:
      and why: a continuation that diverged (position, tokens, the target's own top-2 margin there,
      from vLLM's logprobs), or a prompt whose counters differ while its continuation is identical
      (the draft proposed something else: its near-ties, top-2 margin per position, float32);
-  5. at T > 0 outputs are sampled and not comparable token by token: the engine's first-position
-     acceptance rate is printed beside the report's α and its interval, flagged when outside.
+  5. at T > 0 (outputs not comparable token by token): per position against vLLM's expected rates (`verify_sampled`).
 A failure (server gone, timeout, wrong model, no speculation) stops the run with one line and keeps
 everything already compared in the result (`VllmVerifyResult.error`).
 What this module does not do: print (`ui.render_vllm`), parse flags (`ui.cli`), the conventions
@@ -31,6 +30,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from specprof.commands import verify_sampled
 from specprof.commands.vllm_common import (
     best_k,
     check_ks,
@@ -143,6 +143,7 @@ class VllmVerifyResult:
     prompt_mismatches: list[PromptMismatch] = field(default_factory=list)
     sampled: list[SampledRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # where the prediction is a bound, not exact (an old report)
+    positions: list = field(default_factory=list)  # T > 0: verify_sampled.PositionRow per k and position
     error: str | None = None  # what stopped the run (exit 2); everything above was compared before it
 
     @property
@@ -159,6 +160,7 @@ class VllmVerifyResult:
             "continuations": [d.as_dict() for d in self.continuations],
             "prompt_mismatches": [m.as_dict() for m in self.prompt_mismatches],
             "sampled": [s.as_dict() for s in self.sampled], "notes": list(self.notes),
+            "positions": [p.as_dict() for p in self.positions],
             "mismatch": self.mismatch, "error": self.error,
         })
 
@@ -215,8 +217,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
     tokens = tokens[tokens["draft"] == draft]
     continuations = report_continuations(tokens)
     detok = tokentext.load(report.run, fallback=auto_detokenizer)
-    predict = predict or default_predict()
-    result = VllmVerifyResult(draft, temperature)
+    predict, result = predict or default_predict(), VllmVerifyResult(draft, temperature)
     say = progress or (lambda _m: None)
 
     if options.url is not None:
@@ -231,6 +232,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
         plan: list[tuple[int, dict | None]] = [(served_k, None)]
     else:
         result.vllm_version = launcher.check_python(options.vllm_python)
+        verify_sampled.check_build(result, options.vllm_python, temperature)
         ks = sorted(set(options.ks)) or [best_k(report, draft)]
         check_ks(ks, settings)
         model = target_dir(report.run)
@@ -313,9 +315,9 @@ def _send(client: VllmClient, k: int, ids: list[str], prompts: pd.DataFrame, rep
 def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: dict[str, SpecCounters],
              engine_total: SpecCounters, predict: Predict, options: Options, result: VllmVerifyResult,
              temperature: float) -> None:
-    if temperature > 0:  # no exact counters to predict: acceptance beside the report's α interval
+    if temperature > 0:  # expected counters per position (verify_sampled), and acceptance beside α's interval
         result.sampled.append(_sampled_row(k, report, draft, engine_total))
-        return
+        return verify_sampled.compare(k, report, draft, done, per_prompt, result)
     prediction = predict(report, draft, k, prompt_ids=done, engine="vllm")
     if not getattr(prediction, "exact", True):
         result.notes.append(f"k={k}: {prediction.note}")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specprof.core.simulation import blockdraft
+from specprof.engines.vllm import cpu_probe
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
 
@@ -145,7 +146,7 @@ def launch(python: str, model: str, config: dict | None, *, dtype: str = "float3
     """A running server for the block's duration; stopped (process group) on exit, error or not."""
     port = port or free_port()
     log_path = Path(tempfile.mkstemp(prefix="specprof-vllm-", suffix=".log", dir=log_dir)[1])
-    env = dict(os.environ)
+    env = cpu_probe.vllm_env()  # ours, plus a test's patch directory on PYTHONPATH (cpu_probe.EXTRA_PATH_ENV)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on a CPU build (its default takes more)
     argv = command(python, model, config, port, dtype, extra)
     with open(log_path, "wb") as log:
