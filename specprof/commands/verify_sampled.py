@@ -52,7 +52,8 @@ def mode_of(config: dict | None, report: Report) -> str:
 
 
 def position_rows(k: int, report: Report, draft: str, done: list[str], per_prompt: dict, mode: str,
-                  broken: bool) -> list[PositionRow]:
+                  broken: bool, confidence: float = CONFIDENCE) -> list[PositionRow]:
+    """Per position: the engine's rate over `done` (its per-prompt counters `per_prompt`) against the expected."""
     rec = sc.load_sampled(report, draft, mode)
     table, _ = sc.prompt_expected(rec, k)
     index = {p: i for i, p in enumerate(rec.prompt_ids.tolist())}
@@ -67,7 +68,7 @@ def position_rows(k: int, report: Report, draft: str, done: list[str], per_promp
     pred_samples = stats.ratio_of_sums(weights, predicted[:, 3:], np.repeat(predicted[:, :1], k, axis=1))
     eng_samples = stats.ratio_of_sums(weights, engine[:, 1:], np.repeat(engine[:, :1], k, axis=1))
     lo, hi = stats.percentile_interval(pred_samples, point)
-    dlo, dhi = stats.percentile_interval(eng_samples - pred_samples, engine_rate - point, CONFIDENCE)
+    dlo, dhi = stats.percentile_interval(eng_samples - pred_samples, engine_rate - point, confidence)
     out = []
     for i in range(k):
         if broken:
