@@ -63,7 +63,10 @@ def test_model_free_draft_ignores_the_mode(cli, sampled_report):
 def test_draft_sampling_on_a_greedy_report_is_refused(cli, small_report):
     r = cli("recommend", small_report, "--engine", "vllm", "--draft-sampling", "greedy")
     assert r.exit_code == 2, r.output
-    assert "--draft-sampling goes with --engine vllm on a sampled report" in r.stderr
+    assert r.stderr.strip().endswith("--draft-sampling goes with --engine vllm or --emit vllm on a sampled report "
+                                     "(T > 0)")
+    r = cli("recommend", small_report, "--emit", "vllm", "--draft-sampling", "probabilistic")
+    assert r.exit_code == 2 and "--draft-sampling goes with" in r.stderr, r.output
 
 
 def test_broken_cpu_build_is_one_line_naming_the_function():

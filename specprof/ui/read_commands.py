@@ -20,6 +20,8 @@ from specprof.ui import inspectview, render
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
 from specprof.ui.options import DomainFilter, DraftFilter, Json, Report, Tokenizer
 
+SAMPLING_ONLY = "--draft-sampling goes with --engine vllm or --emit vllm on a sampled report (T > 0)"
+
 RECOMMEND_HELP = "\n\n".join([
     "Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.",
     "At each domain's best k:",
@@ -36,7 +38,8 @@ RECOMMEND_HELP = "\n\n".join([
     "num_drafts, num_draft_tokens, num_accepted_tokens, per position; mean acceptance length = 1 + accepted / "
     "drafts, per-position acceptance rate = accepted at i / drafts, draft acceptance rate = accepted / drafted. "
     "vLLM samples the first token in prefill, counts no draft where its proposer found nothing, and counts "
-    "acceptances past EOS / max_tokens. At each domain's best k, or at --k.",
+    "acceptances past EOS / max_tokens. At each domain's best k, or at --k. On a sampled report (T > 0): their "
+    "expected values with 95% intervals for --draft-sampling greedy (vLLM's default) or probabilistic.",
     "--emit vllm | sglang: print only the configuration to paste for the recommended draft and k (vLLM's "
     "--speculative-config JSON, SGLang's flags), or why no domain should enable speculation; --draft, --domain "
     "and --k choose. With one --draft and --k the config is printed even where it is not GO (a note on stderr "
@@ -149,7 +152,7 @@ def recommend(
         recommend_sampled(analysis, cost_ratio, domain or (), min_speedup, k, draft_sampling or "greedy", as_json)
         return
     if draft_sampling is not None:
-        raise SpecprofError("--draft-sampling goes with --engine vllm on a sampled report (T > 0)")
+        raise SpecprofError(SAMPLING_ONLY)
     _recommend(analysis, cost_ratio, domain or (), min_speedup, requested, costs_path, engine, k, as_json)
 
 
@@ -222,6 +225,8 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
     from specprof.core.vocabulary import ALL
 
     analysis = _with_costs(load_analysis(report_path, drafts, domains, k_max), costs_path)
+    if draft_sampling is not None and (engine != "vllm" or analysis.exact):
+        raise SpecprofError(SAMPLING_ONLY)
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
     choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k, forced=len(drafts) == 1)
     if choice.draft is None:
