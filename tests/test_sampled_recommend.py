@@ -82,3 +82,19 @@ def test_broken_cpu_build_is_one_line_naming_the_function():
     assert len(Result.notes) == 1
     assert "cpu_triton_utils.py::_expand_kernel_impl" in Result.notes[0] and "not specprof's error" in Result.notes[0]
     assert cpu_probe.broken_note("0.33.0", None) is None and cpu_probe.broken_note("0.33.0", False) is None
+
+
+def test_python_api_gives_what_the_cli_prints(cli, tiny, sampled_report):
+    from specprof import emit, load_report, recommend
+    from specprof.core.vocabulary import PROBABILISTIC, VLLM
+
+    result = recommend(load_report(sampled_report), engine=VLLM, k=2, draft_sampling=PROBABILISTIC)
+    assert result.draft_sampling == PROBABILISTIC and all(e.sampled is not None for e in result.entries)
+    printed = json.loads(cli("recommend", sampled_report, "--engine", "vllm", "--k", 2, "--draft-sampling",
+                             "probabilistic", "--json").stdout)
+    assert json.loads(json.dumps(result.to_json())) == printed
+    e = emit(load_report(sampled_report), VLLM, draft=str(tiny["close"]), k=2, draft_sampling=PROBABILISTIC)
+    assert e.draft_sample_method == PROBABILISTIC and json.loads(e.text)["draft_sample_method"] == PROBABILISTIC
+    r = cli("recommend", sampled_report, "--emit", "vllm", "--draft", tiny["close"], "--k", 2, "--draft-sampling",
+            "probabilistic")
+    assert r.stdout.strip().splitlines()[-1] == e.text and any("pays more on this traffic" in n for n in e.notes)

@@ -11,6 +11,7 @@ position of k with at most k%. Fewer than `stats.MIN_PROMPTS` prompts: "too few 
 
 On vLLM's broken CPU build (`engines/vllm/cpu_probe`) the engine's T > 0 counters are not meaningful:
 one line says so and nothing is flagged.
+Beside it, `sampled_row`: the engine's first-position acceptance against the report's α interval.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from specprof.core.jsonvalues import json_clean
 from specprof.core.pricing import stats
 from specprof.core.records.reportfiles import Report
 from specprof.core.simulation import sampled_conventions as sc
+from specprof.core.vocabulary import ALL, GREEDY
 from specprof.engines.vllm import cpu_probe
+from specprof.engines.vllm.client import SpecCounters
 
+FAR_FACTOR = 2.0  # at T > 0, an engine acceptance off by this factor from the report's interval is "far outside"
 CONFIDENCE = 0.99  # per position: a correct prediction is flagged with probability about 1 − CONFIDENCE
 
 
@@ -46,9 +50,48 @@ class PositionRow:
         return json_clean(dict(self.__dict__))
 
 
+@dataclass(frozen=True)
+class SampledRow:
+    """T > 0: the engine's acceptance beside the report's estimate (not compared token by token)."""
+
+    k: int
+    engine_first_position_rate: float  # num_accepted_tokens_per_pos[0] / num_drafts
+    engine_draft_acceptance_rate: float  # num_accepted_tokens / num_draft_tokens
+    engine_mean_acceptance_length: float  # 1 + num_accepted_tokens / num_drafts
+    report_draft_acceptance_rate: float  # the report's chain estimate (transformers' counting: k per iteration)
+    alpha: float  # the report's α for draft × ALL, and its 95% interval (or α ± 2 s.e. of the engine's count)
+    alpha_lo: float
+    alpha_hi: float
+    flag: str  # "" inside the interval, else how far outside
+
+    def as_dict(self) -> dict:
+        return json_clean(dict(self.__dict__))
+
+
+def sampled_row(k: int, report: Report, draft: str, engine: SpecCounters) -> SampledRow:
+    """T > 0: the engine's first-position acceptance beside the report's α interval, flagged when outside."""
+    summary = report.frame("summary")
+    row = summary[(summary["draft"] == draft) & (summary["domain"] == ALL) & (summary["k"] == k)]
+    alpha, lo, hi, rate_report = (float(row[c].iloc[0]) if len(row) else float("nan")
+                                  for c in ("alpha", "alpha_lo", "alpha_hi", "draft_acceptance_rate"))
+    nan = float("nan")
+    first = engine.num_accepted_tokens_per_pos[0] / engine.num_drafts if engine.num_drafts and engine.k else nan
+    rate = engine.num_accepted_tokens / engine.num_draft_tokens if engine.num_draft_tokens else nan
+    mal = 1 + engine.num_accepted_tokens / engine.num_drafts if engine.num_drafts else nan
+    if not lo < hi and alpha == alpha and engine.num_drafts:  # a point estimate (too few prompts for an interval):
+        se = (alpha * (1 - alpha) / engine.num_drafts) ** 0.5  # allow the engine's own sampling noise, 2 s.e.
+        lo, hi = alpha - 2 * se, alpha + 2 * se
+    flag = ""
+    if first == first and lo == lo and not lo <= first <= hi:
+        far = first < lo / FAR_FACTOR or first > hi * FAR_FACTOR
+        flag = (f"{'far ' if far else ''}outside the report's α range [{lo:.3f}, {hi:.3f}]: the engine accepted "
+                f"{first:.3f} at the first draft position")
+    return SampledRow(k, first, rate, mal, rate_report, alpha, lo, hi, flag)  # lo, hi: the range compared with
+
+
 def mode_of(config: dict | None, report: Report) -> str:
     """The draft-sampling mode the server runs: its config's, else vLLM's default (greedy)."""
-    return str((config or {}).get("draft_sample_method", "greedy"))
+    return str((config or {}).get("draft_sample_method", GREEDY))
 
 
 def position_rows(k: int, report: Report, draft: str, done: list[str], per_prompt: dict, mode: str,

@@ -46,8 +46,9 @@ from specprof.core.jsonvalues import json_clean
 from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import Report, load_report
 from specprof.core.records.sequences import first_difference, report_continuations
-from specprof.core.vocabulary import ALL
-from specprof.engines.hf.detokenize import auto_detokenizer
+from specprof.core.simulation import kinds
+from specprof.core.vocabulary import VLLM
+from specprof.engines.text import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, TopLogprobs, VllmClient
 from specprof.errors import SpecprofError
@@ -60,7 +61,6 @@ NEAR_TIE = {"float32": 1e-3, "float16": 0.1, "bfloat16": 0.5}
 # counters differ with an identical continuation (they are where another kernel could propose otherwise).
 DRAFT_NEAR_TIE_LISTED = 0.05
 REQUEST_TIMEOUT_S = 300.0  # one completion of max_new_tokens on a slow CPU server
-FAR_FACTOR = 2.0  # at T > 0, an engine acceptance off by this factor from the report's interval is "far outside"
 
 Predict = Callable[..., Any]  # engine_counters(report, draft, k, *, prompt_ids, engine) → EngineCounters
 
@@ -113,35 +113,17 @@ class PromptMismatch:
         return d
 
 
-@dataclass(frozen=True)
-class SampledRow:
-    """T > 0: the engine's acceptance beside the report's estimate (not compared token by token)."""
-
-    k: int
-    engine_first_position_rate: float  # num_accepted_tokens_per_pos[0] / num_drafts
-    engine_draft_acceptance_rate: float  # num_accepted_tokens / num_draft_tokens
-    engine_mean_acceptance_length: float  # 1 + num_accepted_tokens / num_drafts
-    report_draft_acceptance_rate: float  # the report's chain estimate (transformers' counting: k per iteration)
-    alpha: float  # the report's α for draft × ALL, and its 95% interval (or α ± 2 s.e. of the engine's count)
-    alpha_lo: float
-    alpha_hi: float
-    flag: str  # "" inside the interval, else how far outside
-
-    def as_dict(self) -> dict:
-        return json_clean(dict(self.__dict__))
-
-
 @dataclass
 class VllmVerifyResult:
     draft: str
     temperature: float
     vllm_version: str | None = None
-    configs: dict[int, dict] = field(default_factory=dict)  # k → the server's --speculative-config (None: --url)
+    configs: dict[int, dict | None] = field(default_factory=dict)  # k → the server's --speculative-config (None: --url)
     prompts_done: dict[int, int] = field(default_factory=dict)  # k → prompts compared
     counters: list[CounterRow] = field(default_factory=list)
     continuations: list[ContinuationDiff] = field(default_factory=list)
     prompt_mismatches: list[PromptMismatch] = field(default_factory=list)
-    sampled: list[SampledRow] = field(default_factory=list)
+    sampled: list[verify_sampled.SampledRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # where the prediction is a bound, not exact (an old report)
     positions: list = field(default_factory=list)  # T > 0: verify_sampled.PositionRow per k and position
     error: str | None = None  # what stopped the run (exit 2); everything above was compared before it
@@ -153,7 +135,7 @@ class VllmVerifyResult:
 
     def as_dict(self) -> dict:
         return json_clean({
-            "engine": "vllm", "draft": self.draft, "temperature": self.temperature,
+            "engine": VLLM, "draft": self.draft, "temperature": self.temperature,
             "vllm_version": self.vllm_version, "configs": {str(k): v for k, v in self.configs.items()},
             "prompts_done": {str(k): v for k, v in self.prompts_done.items()},
             "counters": [r.as_dict() for r in self.counters],
@@ -201,6 +183,10 @@ class Options:
     draft_model_dir: str | None = None
     timeout_s: float | None = None  # per request (default REQUEST_TIMEOUT_S)
     start_timeout_s: float = launcher.START_TIMEOUT_S
+    # (model source, prompt ids, continuation) → the draft's top-1 minus top-2 logit at each continuation
+    # position; explains a differing prompt. The caller passes a transformers one (engines/hf/margins: torch),
+    # so this command runs without torch. None: differing prompts stay unexplained.
+    top2_margins: Callable[[str, list[int], list[int]], list[float]] | None = None
 
 
 def run(report_path: str | Path, options: Options, predict: Predict | None = None,
@@ -231,6 +217,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
         check_ks(ks, settings)
         plan: list[tuple[int, dict | None]] = [(served_k, None)]
     else:
+        assert options.vllm_python is not None  # checked above: --url or --vllm-python
         result.vllm_version = launcher.check_python(options.vllm_python)
         verify_sampled.check_build(result, options.vllm_python, temperature)
         ks = sorted(set(options.ks)) or [best_k(report, draft)]
@@ -248,6 +235,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
                 _verify_k(client, k, report, draft, prompts, continuations, detok, predict, options, result, say)
                 continue
             say(f"k={k}: starting vLLM…")
+            assert options.vllm_python is not None  # a config is launched: --vllm-python was given
             with launcher.launch(options.vllm_python, model, config, dtype=dtype,
                                  start_timeout_s=options.start_timeout_s) as server:
                 server.client.timeout_s = options.timeout_s or REQUEST_TIMEOUT_S
@@ -316,9 +304,9 @@ def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: di
              engine_total: SpecCounters, predict: Predict, options: Options, result: VllmVerifyResult,
              temperature: float) -> None:
     if temperature > 0:  # expected counters per position (verify_sampled), and acceptance beside α's interval
-        result.sampled.append(_sampled_row(k, report, draft, engine_total))
+        result.sampled.append(verify_sampled.sampled_row(k, report, draft, engine_total))
         return verify_sampled.compare(k, report, draft, done, per_prompt, result)
-    prediction = predict(report, draft, k, prompt_ids=done, engine="vllm")
+    prediction = predict(report, draft, k, prompt_ids=done, engine=VLLM)
     if not getattr(prediction, "exact", True):
         result.notes.append(f"k={k}: {prediction.note}")
     predicted = as_counters(prediction)
@@ -329,31 +317,11 @@ def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: di
     for pid in done:
         if pid in diverged:
             continue
-        mine = as_counters(predict(report, draft, k, prompt_ids=[pid], engine="vllm"))
+        mine = as_counters(predict(report, draft, k, prompt_ids=[pid], engine=VLLM))
         if mine != per_prompt[pid]:
-            ties = draft_near_ties(report, draft, pid, options.draft_model_dir)
+            ties = draft_near_ties(report, draft, pid, options.draft_model_dir, options.top2_margins)
             result.prompt_mismatches.append(PromptMismatch(k, pid, mine.as_dict(), per_prompt[pid].as_dict(), ties,
                                                            "near-tie" if ties else "unexplained"))
-
-
-def _sampled_row(k: int, report: Report, draft: str, engine: SpecCounters) -> SampledRow:
-    summary = report.frame("summary")
-    row = summary[(summary["draft"] == draft) & (summary["domain"] == ALL) & (summary["k"] == k)]
-    alpha, lo, hi, rate_report = (float(row[c].iloc[0]) if len(row) else float("nan")
-                                  for c in ("alpha", "alpha_lo", "alpha_hi", "draft_acceptance_rate"))
-    nan = float("nan")
-    first = engine.num_accepted_tokens_per_pos[0] / engine.num_drafts if engine.num_drafts and engine.k else nan
-    rate = engine.num_accepted_tokens / engine.num_draft_tokens if engine.num_draft_tokens else nan
-    mal = 1 + engine.num_accepted_tokens / engine.num_drafts if engine.num_drafts else nan
-    if not lo < hi and alpha == alpha and engine.num_drafts:  # a point estimate (too few prompts for an interval):
-        se = (alpha * (1 - alpha) / engine.num_drafts) ** 0.5  # allow the engine's own sampling noise, 2 s.e.
-        lo, hi = alpha - 2 * se, alpha + 2 * se
-    flag = ""
-    if first == first and lo == lo and not lo <= first <= hi:
-        far = first < lo / FAR_FACTOR or first > hi * FAR_FACTOR
-        flag = (f"{'far ' if far else ''}outside the report's α range [{lo:.3f}, {hi:.3f}]: the engine accepted "
-                f"{first:.3f} at the first draft position")
-    return SampledRow(k, first, rate, mal, rate_report, alpha, lo, hi, flag)  # lo, hi: the range compared with
 
 
 def _add(a: SpecCounters, b: SpecCounters) -> SpecCounters:
@@ -381,19 +349,20 @@ def _compare_continuation(client: VllmClient, k: int, pid: str, prompt: list[int
     return ContinuationDiff(k, pid, j, a, b, margin, gap, "near-tie" if near else "diverged")
 
 
-def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str | None) -> list[tuple[int, float]]:
+def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str | None,
+                    top2_margins: Callable[[str, list[int], list[int]], list[float]] | None,
+                    ) -> list[tuple[int, float]]:
     """Positions where the draft's top-2 logits are within DRAFT_NEAR_TIE_LISTED (float32), smallest first.
 
     Model drafts only (an n-gram rule has no ties): the draft is re-run in float32 with transformers
     (imported here, only when a prompt needs explaining).
     """
     source = draft_model_dir or draft_source(report.run, draft)
-    if draft.startswith("vllm-ngram") or not source:
+    if kinds.parse(draft).kind.model_free or not source or top2_margins is None:
         return []
-    from specprof.engines.hf import margins
 
     prompts = report.frame("prompts").set_index("prompt_id")
     continuation = report_continuations(report.frame("tokens").query("draft == @draft")).get(pid, [])
     prompt = [int(t) for t in prompts.loc[pid, "prompt_tokens"]]
-    found = margins.top2_margins(source, prompt, continuation)
+    found = top2_margins(source, prompt, continuation)
     return sorted(((i, m) for i, m in enumerate(found) if m < DRAFT_NEAR_TIE_LISTED), key=lambda x: x[1])

@@ -6,25 +6,28 @@ num_drafts, num_draft_tokens, num_accepted_tokens and num_accepted_tokens_per_po
 the per-position acceptance rates and mean acceptance length as ratios of sums with 95% bootstrap
 intervals over prompts (`core/pricing/stats`, the same resamples as every other figure).
 `better_mode` says which of vLLM's `draft_sample_method`s accepts more on the user's traffic, and
-`emit_sampling` the key `--emit vllm` adds to the config when the choice matters.
+`with_draft_sampling` the key `--emit vllm` adds to the config when the choice matters.
 
 No torch here; nothing printed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from specprof.core.answers.decide import Analysis
+from specprof.core.answers.analysis import Analysis
+from specprof.core.answers.engineplan import Choice
 from specprof.core.jsonvalues import json_number
 from specprof.core.pricing import stats
 from specprof.core.pricing.estimate import Estimate
+from specprof.core.simulation import kinds
 from specprof.core.simulation import sampled_conventions as sc
-from specprof.core.vocabulary import ALL
+from specprof.core.vocabulary import ALL, DRAFT_SAMPLING
 from specprof.errors import SpecprofError
 
 
@@ -32,7 +35,7 @@ from specprof.errors import SpecprofError
 class SampledCounters:
     """vLLM's counters expected over the domain's prompts at T > 0, with 95% intervals over prompts."""
 
-    mode: str  # draft_sample_method ("greedy" for model-free drafts: they have no probabilities)
+    mode: str  # draft_sample_method (GREEDY for model-free drafts: they have no probabilities)
     n_prompts: int
     num_drafts: float
     num_draft_tokens: float
@@ -84,7 +87,7 @@ def summarize(table: np.ndarray, short: np.ndarray, mode: str, domain: str) -> S
 def sampled_entries(analysis: Analysis, estimates: Sequence[Estimate], mode: str,
                     k: int | None = None) -> list[tuple[int, SampledCounters]]:
     """(k, expected counters) for each estimate: at its best k, or at `k`."""
-    if mode not in sc.DRAFT_SAMPLING:
+    if mode not in DRAFT_SAMPLING:
         raise SpecprofError(f"--draft-sampling {mode}: unknown (use greedy or probabilistic)")
     if k is not None:
         k_max = min(t.blocks.k_max for t in analysis.traces)
@@ -98,8 +101,8 @@ def sampled_entries(analysis: Analysis, estimates: Sequence[Estimate], mode: str
 def better_mode(analysis: Analysis, draft: str, domain: str, k: int) -> tuple[str, dict[str, SampledCounters]]:
     """Which draft_sample_method gives the longer mean acceptance length for `draft` at k, and both figures."""
     cache = SampledCache(analysis)
-    both = {mode: cache.counters(draft, domain, k, mode) for mode in sc.DRAFT_SAMPLING}
-    best = max(sc.DRAFT_SAMPLING, key=lambda m: both[m].mean_acceptance_length[0])
+    both = {mode: cache.counters(draft, domain, k, mode) for mode in DRAFT_SAMPLING}
+    best = max(DRAFT_SAMPLING, key=lambda m: both[m].mean_acceptance_length[0])
     return best, both
 
 
@@ -119,7 +122,19 @@ def sampled_json(c: SampledCounters) -> dict[str, Any]:
     }
 
 
-def with_sampled(recommendations: list[dict[str, Any]],
-                 entries: Sequence[tuple[int, SampledCounters]]) -> list[dict[str, Any]]:
-    """`recommendations` (recommend --json entries, same order) with vLLM's expected figures added."""
-    return [{**r, "engine": "vllm", "engine_k": k, **sampled_json(c)} for r, (k, c) in zip(recommendations, entries)]
+def with_draft_sampling(config: str, analysis: Analysis, choice: Choice, domains: Sequence[str],
+                        asked: str | None) -> tuple[str, str | None, str | None]:
+    """`--emit vllm` at T > 0: the config with `draft_sample_method` when the draft has probabilities (a model
+    draft): the asked mode, else the one that accepts more on this traffic. Returns (config, the note comparing
+    both modes, the method written); a model-free draft's config is unchanged (vLLM's greedy rule whatever
+    the setting): (config, None, None)."""
+    if choice.draft is None or choice.k is None or kinds.kind(choice.kind).model_free:
+        return config, None, None
+    where = domains[0] if len(domains) == 1 else ALL
+    best, both = better_mode(analysis, choice.draft, where, choice.k)
+    figures = ", ".join(f"{m} {both[m].mean_acceptance_length[0]:.3f} "
+                        f"[{both[m].mean_acceptance_length[1]:.3f}, {both[m].mean_acceptance_length[2]:.3f}]"
+                        for m in both)
+    note = f"vLLM's mean acceptance length at T > 0, k = {choice.k}: {figures}; {best} pays more on this traffic"
+    method = asked or best
+    return json.dumps({**json.loads(config), "draft_sample_method": method}), note, method

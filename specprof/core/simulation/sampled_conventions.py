@@ -45,18 +45,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from specprof.core.records import reportfiles
-from specprof.core.simulation import conventions
+from specprof.core.simulation import conventions, kinds
+from specprof.core.vocabulary import DRAFT_SAMPLING, GREEDY, MODEL, PROBABILISTIC, VLLM
 from specprof.errors import SpecprofError
 
-DraftSampling = Literal["greedy", "probabilistic"]
-DRAFT_SAMPLING: tuple[str, ...] = ("greedy", "probabilistic")
 SAMPLED_COLUMNS = ("proposal_target_p", "draft_q_untruncated", "accept_prob_untruncated")
-MODEL_FREE = ("ngram", "vllm-ngram", "prompt-lookup")  # no draft probabilities: always vLLM's greedy rule
 EXACT_NOTE = (
     "expected counters at T > 0, exact in expectation (the engine's output is a sample of the target, "
     "and the report's continuations are such samples), the interval the spread over prompts"
@@ -80,7 +77,7 @@ class SampledRecords:
     k_max: int
 
 
-def load_sampled(report: str | Path | reportfiles.Report, draft: str, mode: str = "greedy") -> SampledRecords:
+def load_sampled(report: str | Path | reportfiles.Report, draft: str, mode: str = GREEDY) -> SampledRecords:
     """What the expected counters need about `draft` from a sampled report."""
     if mode not in DRAFT_SAMPLING:
         raise SpecprofError(f"--draft-sampling {mode}: unknown (use greedy or probabilistic)")
@@ -89,12 +86,12 @@ def load_sampled(report: str | Path | reportfiles.Report, draft: str, mode: str 
     if float(settings.get("temperature", 0.0)) == 0.0:
         raise SpecprofError(f"{rep.directory}: greedy report (T = 0): its engine counters are exact "
                             "(`conventions`), not expected values")
-    kinds = {d.get("name"): d.get("kind", "model") for d in rep.run.get("drafts") or []}
-    kind = kinds.get(draft, "model")
+    by_name = {d.get("name"): d.get("kind", MODEL) for d in rep.run.get("drafts") or []}
+    kind = by_name.get(draft, MODEL)
     rec = conventions.load_records(rep, draft, sampled=True)
-    if kind in MODEL_FREE:
+    if kinds.kind(kind).model_free:  # no draft probabilities: always vLLM's greedy rule
         zero = np.zeros_like(rec.match, dtype=np.float64)
-        return SampledRecords(draft, kind, "greedy", rec.prompt_ids, rec.domains, rec.lengths, rec.recorded,
+        return SampledRecords(draft, kind, GREEDY, rec.prompt_ids, rec.domains, rec.lengths, rec.recorded,
                               zero, zero, rec, rec.k_max)
     keep, expect = _acceptance(rep, draft, rec, mode, float(settings.get("top_p", 1.0)))
     return SampledRecords(draft, kind, mode, rec.prompt_ids, rec.domains, rec.lengths, rec.recorded,
@@ -108,7 +105,7 @@ def _acceptance(rep: reportfiles.Report, draft: str, rec: conventions.DraftRecor
 
     have = set(pq.ParquetFile(rep.path("tokens")).schema_arrow.names)
     new = all(c in have for c in SAMPLED_COLUMNS)
-    if mode == "probabilistic" and not new and top_p < 1.0:
+    if mode == PROBABILISTIC and not new and top_p < 1.0:
         raise SpecprofError(
             f"{rep.directory}: --draft-sampling probabilistic at top-p {top_p} needs the draft's probabilities "
             "without top-p (schema 3); re-profile with this specprof"
@@ -125,10 +122,10 @@ def _acceptance(rep: reportfiles.Report, draft: str, rec: conventions.DraftRecor
         rows = frame[frame["draft"] == draft]
         row = rows["prompt_id"].astype(str).map(index)
         pos = rows["position"].to_numpy(np.int64)
-        ok = row.notna().to_numpy() & (pos < keep.shape[1])
+        ok = row.notna().to_numpy() & (pos < rec.match.shape[1])
         r, c = row[ok].to_numpy(np.int64), pos[ok]
         take = {name: rows[name].to_numpy(np.float64)[ok] for name in columns[2:]}
-        if mode == "greedy":
+        if mode == GREEDY:
             keep[r, c] = take["match"]
             expect[r, c] = take["proposal_target_p"] if new else take["match"]
         else:
@@ -183,6 +180,6 @@ def prompt_expected(rec: SampledRecords, k: int) -> tuple[np.ndarray, np.ndarray
     if not 1 <= k <= rec.k_max:
         raise SpecprofError(f"--k {k}: the report covers k = 1..{rec.k_max}")
     if rec.greedy_records is not None:  # deterministic given y: the T = 0 count along the sample
-        table, short = conventions.prompt_counters(rec.greedy_records, k, "vllm")
+        table, short = conventions.prompt_counters(rec.greedy_records, k, VLLM)
         return table.astype(np.float64), short
     return expected_counts(rec.keep, rec.expect, rec.lengths, rec.recorded, k)
