@@ -37,6 +37,7 @@ from specprof.commands.diagnose import Divergence, diagnose
 from specprof.core.jsonvalues import json_clean
 from specprof.core.pricing import costmodel
 from specprof.core.pricing.estimate import pool, priced
+from specprof.core.pricing.stats import MIN_PROMPTS
 from specprof.core.pricing.timings import Timings, costs_for
 from specprof.core.records.reportfiles import load_report
 from specprof.core.records.sequences import report_continuations
@@ -347,10 +348,12 @@ def _row(draft: str, domain: str, k: int, t: DraftTrace, mask: np.ndarray, ids: 
             check = f"tokens/iter {measured_tpi:.6g} ≠ report {predicted_tpi:.6g}"
     else:
         lo, hi = alpha_lo, alpha_hi
-        if not lo < hi:  # the report holds a point estimate: allow the live estimate's own noise (2 s.e.)
+        if len(ids) < MIN_PROMPTS:  # a bootstrap of so few prompts is degenerate: say so, flag nothing
+            check = f"too few prompts ({len(ids)} < {MIN_PROMPTS}) for an interval: not checked"
+        elif not lo < hi:  # the report holds a point estimate: allow the live estimate's own noise (2 s.e.)
             se = float(np.sqrt(max(measured_alpha * (1 - measured_alpha), 1e-12) / max(tested, 1)))
             lo, hi = p.alpha - 2 * se, p.alpha + 2 * se
-        if not lo <= measured_alpha <= hi:
+        if not check and not lo <= measured_alpha <= hi:
             check = f"measured α {measured_alpha:.3f} outside [{lo:.3f}, {hi:.3f}]"
     relative_error = (measured_speedup - predicted_speedup) / predicted_speedup if predicted_speedup else float("nan")
     return VerifyRow(

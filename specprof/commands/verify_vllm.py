@@ -14,8 +14,7 @@ For one draft of the report and each k:
      and why: a continuation that diverged (position, tokens, the target's own top-2 margin there,
      from vLLM's logprobs), or a prompt whose counters differ while its continuation is identical
      (the draft proposed something else: its near-ties, top-2 margin per position, float32);
-  5. at T > 0 outputs are sampled and not comparable token by token: the engine's first-position
-     acceptance rate is printed beside the report's α and its interval, flagged when outside.
+  5. at T > 0 (outputs not comparable token by token): per position against vLLM's expected rates (`verify_sampled`).
 A failure (server gone, timeout, wrong model, no speculation) stops the run with one line and keeps
 everything already compared in the result (`VllmVerifyResult.error`).
 What this module does not do: print (`ui.render_vllm`), parse flags (`ui.cli`), the conventions
@@ -31,6 +30,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from specprof.commands import verify_sampled
 from specprof.commands.vllm_common import (
     best_k,
     check_ks,
@@ -47,7 +47,7 @@ from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import Report, load_report
 from specprof.core.records.sequences import first_difference, report_continuations
 from specprof.core.simulation import kinds
-from specprof.core.vocabulary import ALL, VLLM
+from specprof.core.vocabulary import VLLM
 from specprof.engines.text import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, TopLogprobs, VllmClient
@@ -61,7 +61,6 @@ NEAR_TIE = {"float32": 1e-3, "float16": 0.1, "bfloat16": 0.5}
 # counters differ with an identical continuation (they are where another kernel could propose otherwise).
 DRAFT_NEAR_TIE_LISTED = 0.05
 REQUEST_TIMEOUT_S = 300.0  # one completion of max_new_tokens on a slow CPU server
-FAR_FACTOR = 2.0  # at T > 0, an engine acceptance off by this factor from the report's interval is "far outside"
 
 Predict = Callable[..., Any]  # engine_counters(report, draft, k, *, prompt_ids, engine) → EngineCounters
 
@@ -114,24 +113,6 @@ class PromptMismatch:
         return d
 
 
-@dataclass(frozen=True)
-class SampledRow:
-    """T > 0: the engine's acceptance beside the report's estimate (not compared token by token)."""
-
-    k: int
-    engine_first_position_rate: float  # num_accepted_tokens_per_pos[0] / num_drafts
-    engine_draft_acceptance_rate: float  # num_accepted_tokens / num_draft_tokens
-    engine_mean_acceptance_length: float  # 1 + num_accepted_tokens / num_drafts
-    report_draft_acceptance_rate: float  # the report's chain estimate (transformers' counting: k per iteration)
-    alpha: float  # the report's α for draft × ALL, and its 95% interval (or α ± 2 s.e. of the engine's count)
-    alpha_lo: float
-    alpha_hi: float
-    flag: str  # "" inside the interval, else how far outside
-
-    def as_dict(self) -> dict:
-        return json_clean(dict(self.__dict__))
-
-
 @dataclass
 class VllmVerifyResult:
     draft: str
@@ -142,8 +123,9 @@ class VllmVerifyResult:
     counters: list[CounterRow] = field(default_factory=list)
     continuations: list[ContinuationDiff] = field(default_factory=list)
     prompt_mismatches: list[PromptMismatch] = field(default_factory=list)
-    sampled: list[SampledRow] = field(default_factory=list)
+    sampled: list[verify_sampled.SampledRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # where the prediction is a bound, not exact (an old report)
+    positions: list = field(default_factory=list)  # T > 0: verify_sampled.PositionRow per k and position
     error: str | None = None  # what stopped the run (exit 2); everything above was compared before it
 
     @property
@@ -160,6 +142,7 @@ class VllmVerifyResult:
             "continuations": [d.as_dict() for d in self.continuations],
             "prompt_mismatches": [m.as_dict() for m in self.prompt_mismatches],
             "sampled": [s.as_dict() for s in self.sampled], "notes": list(self.notes),
+            "positions": [p.as_dict() for p in self.positions],
             "mismatch": self.mismatch, "error": self.error,
         })
 
@@ -220,8 +203,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
     tokens = tokens[tokens["draft"] == draft]
     continuations = report_continuations(tokens)
     detok = tokentext.load(report.run, fallback=auto_detokenizer)
-    predict = predict or default_predict()
-    result = VllmVerifyResult(draft, temperature)
+    predict, result = predict or default_predict(), VllmVerifyResult(draft, temperature)
     say = progress or (lambda _m: None)
 
     if options.url is not None:
@@ -237,6 +219,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
     else:
         assert options.vllm_python is not None  # checked above: --url or --vllm-python
         result.vllm_version = launcher.check_python(options.vllm_python)
+        verify_sampled.check_build(result, options.vllm_python, temperature)
         ks = sorted(set(options.ks)) or [best_k(report, draft)]
         check_ks(ks, settings)
         model = target_dir(report.run)
@@ -320,9 +303,9 @@ def _send(client: VllmClient, k: int, ids: list[str], prompts: pd.DataFrame, rep
 def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: dict[str, SpecCounters],
              engine_total: SpecCounters, predict: Predict, options: Options, result: VllmVerifyResult,
              temperature: float) -> None:
-    if temperature > 0:  # no exact counters to predict: acceptance beside the report's α interval
-        result.sampled.append(_sampled_row(k, report, draft, engine_total))
-        return
+    if temperature > 0:  # expected counters per position (verify_sampled), and acceptance beside α's interval
+        result.sampled.append(verify_sampled.sampled_row(k, report, draft, engine_total))
+        return verify_sampled.compare(k, report, draft, done, per_prompt, result)
     prediction = predict(report, draft, k, prompt_ids=done, engine=VLLM)
     if not getattr(prediction, "exact", True):
         result.notes.append(f"k={k}: {prediction.note}")
@@ -339,26 +322,6 @@ def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: di
             ties = draft_near_ties(report, draft, pid, options.draft_model_dir, options.top2_margins)
             result.prompt_mismatches.append(PromptMismatch(k, pid, mine.as_dict(), per_prompt[pid].as_dict(), ties,
                                                            "near-tie" if ties else "unexplained"))
-
-
-def _sampled_row(k: int, report: Report, draft: str, engine: SpecCounters) -> SampledRow:
-    summary = report.frame("summary")
-    row = summary[(summary["draft"] == draft) & (summary["domain"] == ALL) & (summary["k"] == k)]
-    alpha, lo, hi, rate_report = (float(row[c].iloc[0]) if len(row) else float("nan")
-                                  for c in ("alpha", "alpha_lo", "alpha_hi", "draft_acceptance_rate"))
-    nan = float("nan")
-    first = engine.num_accepted_tokens_per_pos[0] / engine.num_drafts if engine.num_drafts and engine.k else nan
-    rate = engine.num_accepted_tokens / engine.num_draft_tokens if engine.num_draft_tokens else nan
-    mal = 1 + engine.num_accepted_tokens / engine.num_drafts if engine.num_drafts else nan
-    if not lo < hi and alpha == alpha and engine.num_drafts:  # a point estimate (too few prompts for an interval):
-        se = (alpha * (1 - alpha) / engine.num_drafts) ** 0.5  # allow the engine's own sampling noise, 2 s.e.
-        lo, hi = alpha - 2 * se, alpha + 2 * se
-    flag = ""
-    if first == first and lo == lo and not lo <= first <= hi:
-        far = first < lo / FAR_FACTOR or first > hi * FAR_FACTOR
-        flag = (f"{'far ' if far else ''}outside the report's α range [{lo:.3f}, {hi:.3f}]: the engine accepted "
-                f"{first:.3f} at the first draft position")
-    return SampledRow(k, first, rate, mal, rate_report, alpha, lo, hi, flag)  # lo, hi: the range compared with
 
 
 def _add(a: SpecCounters, b: SpecCounters) -> SpecCounters:

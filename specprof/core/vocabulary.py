@@ -31,6 +31,12 @@ NGRAM = "ngram"  # specprof's own prompt lookup
 VLLM_NGRAM = "vllm-ngram"  # vLLM's n-gram proposer
 PROMPT_LOOKUP = "prompt-lookup"  # transformers' prompt lookup
 
+# vLLM's draft_sample_method: how a model draft proposes at T > 0 (docs/sampling.md).
+DraftSampling = Literal["greedy", "probabilistic"]
+GREEDY: DraftSampling = "greedy"  # the draft's argmax, accepted with the target's probability (vLLM's default)
+PROBABILISTIC: DraftSampling = "probabilistic"  # sampled from the draft, accepted with min(1, p / q)
+DRAFT_SAMPLING: tuple[DraftSampling, ...] = (GREEDY, PROBABILISTIC)
+
 
 def engine_named(name: str) -> Engine | None:
     """The engine a command-line value names (`hf` is `transformers`), None when it names none."""

@@ -38,7 +38,8 @@ RECOMMEND_HELP = "\n\n".join([
     "num_drafts, num_draft_tokens, num_accepted_tokens, per position; mean acceptance length = 1 + accepted / "
     "drafts, per-position acceptance rate = accepted at i / drafts, draft acceptance rate = accepted / drafted. "
     "vLLM samples the first token in prefill, counts no draft where its proposer found nothing, and counts "
-    "acceptances past EOS / max_tokens. At each domain's best k, or at --k.",
+    "acceptances past EOS / max_tokens. At each domain's best k, or at --k. On a sampled report (T > 0): their "
+    "expected values with 95% intervals for --draft-sampling greedy (vLLM's default) or probabilistic.",
     "--emit vllm | sglang: print only the configuration to paste for the recommended draft and k (vLLM's "
     "--speculative-config JSON, SGLang's flags), or why no domain should enable speculation; --draft, --domain "
     "and --k choose. With one --draft and --k the config is printed even where it is not GO (a note on stderr "
@@ -111,6 +112,9 @@ def recommend(
         "--k", help="With --engine or --emit: at this k instead of each best k.")] = None,
     emit: Annotated[str | None, typer.Option(
         "--emit", metavar="vllm|sglang", help="Print only the config to paste.")] = None,
+    draft_sampling: Annotated[str | None, typer.Option(
+        "--draft-sampling", metavar="greedy|probabilistic", help="Sampled reports with --engine vllm: vLLM's "
+        "draft_sample_method to predict (default greedy, vLLM's default).")] = None,
 ) -> None:
     from specprof.core.answers import decide
     from specprof.core.answers import recommend as answers
@@ -136,9 +140,10 @@ def recommend(
     pricing = {"cost_ratio": cost_ratio, "min_speedup": min_speedup, "draft": draft or (), "domain": domain or (),
                "k_max": k_max, "k": k, "concurrency": concurrency or (), "costs": costs_path}
     if emit is not None:
-        _show_emission(answers.emit(report_path, emit, **pricing))
+        _show_emission(answers.emit(report_path, emit, draft_sampling=draft_sampling, **pricing))
         return
-    result = answers.recommend(report_path, engine=engine, **pricing)
+    result = answers.recommend(report_path, engine=engine, draft_sampling=draft_sampling,
+                                **pricing)
     print_json(result.to_json()) if as_json else _show_recommendation(result)
 
 
@@ -146,6 +151,12 @@ def _show_recommendation(result: Recommendation) -> None:
     """recommend's tables: the engine's counters (--engine), or the decisions, plans and batch sizes."""
     from specprof.core.pricing import policy_estimate
 
+    if result.draft_sampling is not None:  # a sampled report: vLLM's expected counters for one mode
+        from specprof.ui.sampledview import sampled_view
+
+        entries = [(e.sampled.k, e.sampled.counters) for e in result.entries if e.sampled is not None]
+        stdout.print(sampled_view(result.estimates, entries, result.engine_k is not None))
+        return
     if result.engine is not None:
         from specprof.ui import engineview
 

@@ -54,6 +54,8 @@ def lines(result) -> list[str]:
         out.append(f"[red]error:[/] k={m.k}, prompt {m.prompt_id}: identical continuation, counters differ "
                    f"({diff}); {why}")
     out += [f"note: {n}" for n in result.notes]
+    out += [f"k={r.k} position {r.position} ({r.mode}): vLLM {r.engine_rate:.3f}, expected {r.predicted:.3f} "
+            f"[{r.predicted_lo:.3f}, {r.predicted_hi:.3f}]: {r.verdict}" for r in getattr(result, "positions", ())]
     for s in result.sampled:
         if s.flag:
             out.append(f"[yellow]flag:[/] k={s.k}: {s.flag} (see README: vLLM's CPU build at T > 0)")

@@ -98,7 +98,8 @@ def verify(
             stdout.print(f"[red]error:[/] {render.divergence_line(d)}", highlight=False)
         for r in result.rows:
             if r.check and result.temperature > 0:
-                stdout.print(f"[yellow]flag:[/] draft {r.draft}, {r.domain}, k={r.k}: {r.check}", highlight=False)
+                kind = "note:" if r.check.startswith("too few prompts") else "[yellow]flag:[/]"
+                stdout.print(f"{kind} draft {r.draft}, {r.domain}, k={r.k}: {r.check}", highlight=False)
         stdout.print(f"device {result.device}, dtype {result.dtype}; "
                      + ("identical outputs" if result.temperature == 0 and result.identical_outputs else
                         "outputs differ" if result.temperature == 0 else "sampled (outputs are not compared)"))

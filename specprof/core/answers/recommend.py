@@ -3,7 +3,8 @@
 `recommend(report, ...)` is what `specprof recommend REPORT` computes and what a notebook calls
 (`from specprof import load_report, recommend`): per draft × domain (ALL included) the estimate at
 every k with its verdict, the best confidence-threshold policy beside it, the figures per serving
-batch size when they are priced, and an engine's own counters when one is named; per draft the
+batch size when they are priced, and an engine's own counters when one is named (on a sampled
+report, vLLM's expected counters for one `draft_sampling` mode: `SampledEngineFigures`); per draft the
 plan (which domains to enable, one shared k). `Recommendation.to_json()` is the `--json` document,
 key for key. `emit(report, engine, ...)` is `recommend --emit`: the configuration to paste and the
 notes to print beside it.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from specprof.core.answers import decide, engineplan
+from specprof.core.answers import decide, engineplan, sampled_plan
 from specprof.core.answers.analysis import Analysis, load_analysis
 from specprof.core.answers.decide import DraftPlan
 from specprof.core.flags import check_range
@@ -31,8 +32,10 @@ from specprof.core.pricing import batchcost, policy_estimate, stats
 from specprof.core.pricing.estimate import Estimate
 from specprof.core.records.reportfiles import Report
 from specprof.core.simulation import conventions
-from specprof.core.vocabulary import ALL, EMIT_TARGETS, VLLM, engine_named
+from specprof.core.vocabulary import ALL, EMIT_TARGETS, GREEDY, VLLM, engine_named
 from specprof.errors import SpecprofError
+
+SAMPLING_ONLY = "--draft-sampling goes with --engine vllm or --emit vllm on a sampled report (T > 0)"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,18 @@ class EngineFigures:
 
 
 @dataclass(frozen=True)
+class SampledEngineFigures:
+    """On a sampled report (T > 0): what vLLM's metrics will say in expectation for one entry, at `k`."""
+
+    engine: str
+    k: int
+    counters: sampled_plan.SampledCounters  # for one draft_sample_method (`counters.mode`), with intervals
+
+    def to_json(self) -> dict[str, Any]:
+        return {"engine": self.engine, "engine_k": self.k, **sampled_plan.sampled_json(self.counters)}
+
+
+@dataclass(frozen=True)
 class Entry:
     """One draft × domain of the answer: its estimate and the optional sections asked for."""
 
@@ -55,6 +70,7 @@ class Entry:
     policy: policy_estimate.PolicyEstimate | None = None  # best confidence-threshold policy (T = 0, model drafts)
     batch: batchcost.BatchPlan | None = None  # per serving batch size (when batch sizes are priced)
     engine: EngineFigures | None = None  # --engine
+    sampled: SampledEngineFigures | None = None  # --engine vllm on a sampled report
 
     def to_json(self) -> dict[str, Any]:
         p = self.policy
@@ -64,6 +80,8 @@ class Entry:
             out.update(batchcost.batch_json(self.batch))
         if self.engine is not None:
             out.update(self.engine.to_json())
+        if self.sampled is not None:
+            out.update(self.sampled.to_json())
         return out
 
 
@@ -82,6 +100,9 @@ class Recommendation:
     batch_sizes: tuple[int, ...] | None = None  # the serving batch sizes priced; None: one stream only
     engine: str | None = None  # --engine
     engine_k: int | None = None  # --k with --engine (None: each entry's best k)
+    # --engine vllm on a sampled report: the draft_sample_method predicted. Its document is the estimates
+    # with vLLM's expected counters only (no plans, policies or batch sizes).
+    draft_sampling: str | None = None
 
     @property
     def estimates(self) -> list[Estimate]:
@@ -97,6 +118,9 @@ class Recommendation:
 
     def to_json(self) -> dict[str, Any]:
         """The `recommend --json` document."""
+        if self.draft_sampling is not None:
+            return {"report": str(self.report), "min_speedup": self.min_speedup, "exact": self.exact,
+                    "draft_sampling": self.draft_sampling, "recommendations": [e.to_json() for e in self.entries]}
         return {
             "report": str(self.report),
             "min_speedup": self.min_speedup,
@@ -122,8 +146,12 @@ def recommend(
     costs: str | Path | None = None,
     engine: str | None = None,
     k: int | None = None,
+    draft_sampling: str | None = None,
 ) -> Recommendation:
-    """`specprof recommend REPORT` with the same flags (`draft`/`domain`: one name or several)."""
+    """`specprof recommend REPORT` with the same flags (`draft`/`domain`: one name or several).
+
+    `draft_sampling` (GREEDY, PROBABILISTIC; default GREEDY): with `engine="vllm"` on a sampled report, the
+    vLLM draft_sample_method whose expected counters each entry gets (`Entry.sampled`)."""
     drafts, domains = _names(draft), _names(domain)
     check_range("--min-speedup", min_speedup, 0, lo_open=True)
     _check_engine(engine)
@@ -133,6 +161,10 @@ def recommend(
     requested = _batch_sizes(cost_ratio, concurrency, costs)
     costs_path = Path(costs) if costs is not None else None
     analysis = with_costs(load_analysis(report, drafts, domains, k_max, policies=True), costs_path)
+    if engine == VLLM and not analysis.exact:
+        return _sampled(analysis, cost_ratio, domains, min_speedup, k, draft_sampling or GREEDY)
+    if draft_sampling is not None:
+        raise SpecprofError(SAMPLING_ONLY)
     by_batch = cost_ratio is None and (bool(requested) or bool(analysis.timings and analysis.timings.by_batch_size))
     sizes = batchcost.choose_batch_sizes(analysis.timings, requested) if by_batch else ()
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
@@ -152,6 +184,19 @@ def recommend(
     )
 
 
+def _sampled(analysis: Analysis, cost_ratio: float | None, domains: Sequence[str], min_speedup: float,
+             k: int | None, mode: str) -> Recommendation:
+    """`--engine vllm` on a sampled report: each estimate with vLLM's expected counters for `mode`."""
+    estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
+    sampled = sampled_plan.sampled_entries(analysis, estimates, mode, k)
+    return Recommendation(
+        report=analysis.path, min_speedup=min_speedup, exact=analysis.exact,
+        entries=tuple(Entry(e, sampled=SampledEngineFigures(VLLM, ek, c)) for e, (ek, c) in zip(estimates, sampled)),
+        plans=tuple(decide.plans(estimates)), threshold_policy=decide.policy_grid_json(analysis),
+        no_policy=analysis.no_policy, engine=VLLM, engine_k=k, draft_sampling=mode,
+    )
+
+
 @dataclass(frozen=True)
 class Emission:
     """`recommend --emit`'s answer: the engine's configuration for the chosen draft and k, or why none."""
@@ -160,6 +205,7 @@ class Emission:
     choice: engineplan.Choice  # what to turn on (`choice.none` says why nothing, when `config` is None)
     config: str | None  # vLLM's --speculative-config JSON or SGLang's flags
     notes: tuple[str, ...]  # what to know beside it (the UI prints them on stderr)
+    draft_sample_method: str | None = None  # vLLM at T > 0, a model draft: the mode written into `config`
 
     @property
     def text(self) -> str:
@@ -179,14 +225,20 @@ def emit(
     k: int | None = None,
     concurrency: Sequence[int | str] = (),
     costs: str | Path | None = None,
+    draft_sampling: str | None = None,
 ) -> Emission:
-    """`specprof recommend REPORT --emit ENGINE`: with one `draft` and `k` the config is given even if not GO."""
+    """`specprof recommend REPORT --emit ENGINE`: with one `draft` and `k` the config is given even if not GO.
+
+    On a sampled report `--emit vllm` writes `draft_sample_method` for a model draft: `draft_sampling`, else
+    the mode with the longer expected mean acceptance length (a note compares both)."""
     drafts, domains = _names(draft), _names(domain)
     check_range("--min-speedup", min_speedup, 0, lo_open=True)
     if engine not in EMIT_TARGETS:
         raise SpecprofError(f"--emit {engine}: unknown engine (use {' or '.join(EMIT_TARGETS)})")
     batch_sizes = _batch_sizes(cost_ratio, concurrency, costs)
     analysis = with_costs(load_analysis(report, drafts, domains, k_max), Path(costs) if costs is not None else None)
+    if draft_sampling is not None and (engine != VLLM or analysis.exact):
+        raise SpecprofError(SAMPLING_ONLY)
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
     choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k, forced=len(drafts) == 1)
     if choice.draft is None:
@@ -203,6 +255,9 @@ def emit(
         sizes = batchcost.choose_batch_sizes(analysis.timings, batch_sizes)
         schedule = batchcost.vllm_schedule(batchcost.batch_plans([estimate], analysis.timings, sizes)[0].points)
     config = engineplan.emit_config(choice, target, engine, schedule)
+    if engine == VLLM and not analysis.exact:  # sampled: the draft_sample_method that accepts more
+        config, note, method = sampled_plan.with_draft_sampling(config, analysis, choice, domains, draft_sampling)
+        return Emission(engine, choice, config, notes + ((note,) if note else ()), method)
     return Emission(engine, choice, config, notes)
 
 

@@ -103,7 +103,7 @@ def read_table(
     except Exception as e:
         raise SpecprofError(f"{path}: not a readable parquet file ({e})") from None
     schema.check_version(file.schema_arrow.metadata, str(path))
-    expected = schema.TABLES[name].names
+    expected = [c for c in schema.TABLES[name].names if c not in schema.ADDED_IN_3]  # older versions lack them
     missing = [c for c in (columns or expected) if c not in file.schema_arrow.names]
     if missing:
         raise SpecprofError(f"{path}: missing column {missing[0]!r}; not a specprof {name} table")

@@ -22,6 +22,14 @@ Schema 2 adds two tables; every figure of schema 1 keeps its meaning and its row
                      k_max tokens, from a block starting at each position of the continuation.
 Readers accept schema 1 reports, which lack both (`conventions` says what that leaves inexact).
 
+Schema 3 adds three tokens/past_end columns for vLLM's sampled acceptance
+(`core/simulation/sampled_conventions`); nothing else changes:
+  proposal_target_p        the target's processed probability of draft_token (= match at T = 0)
+  draft_q_untruncated      the draft's probability of the target's token at the temperature alone
+                           (no top-p: vLLM's probabilistic draft)
+  accept_prob_untruncated  Σ_v min(p(v), q(v)) with top-p on the target only (= match at T = 0)
+Readers accept schema 1 and 2 files without them (`ADDED_IN_3`).
+
 No torch here; the parquet files open with plain pandas and pyarrow.
 """
 
@@ -31,7 +39,7 @@ import pyarrow as pa
 
 from specprof.errors import SpecprofError
 
-SCHEMA_VERSION = 2  # 2: past_end.parquet and proposals.parquet added
+SCHEMA_VERSION = 3  # 2: past_end.parquet and proposals.parquet added; 3: the sampled-acceptance columns
 VERSION_KEY = b"specprof.schema_version"
 
 TOKENS = pa.schema(
@@ -48,8 +56,12 @@ TOKENS = pa.schema(
         ("draft_q", pa.float32()),
         ("target_entropy", pa.float32()),
         ("draft_top1_p", pa.float32()),
+        ("proposal_target_p", pa.float32()),
+        ("draft_q_untruncated", pa.float32()),
+        ("accept_prob_untruncated", pa.float32()),
     ]
 )
+ADDED_IN_3 = ("proposal_target_p", "draft_q_untruncated", "accept_prob_untruncated")  # absent before schema 3
 
 SUMMARY = pa.schema(
     [

@@ -137,11 +137,13 @@ class DraftRecords:
     k_max: int
 
 
-def load_records(report: str | Path | reportfiles.Report, draft: str) -> DraftRecords:
-    """Read what the conventions need about `draft` from a report (its directory or a file in it)."""
+def load_records(report: str | Path | reportfiles.Report, draft: str, sampled: bool = False) -> DraftRecords:
+    """Read what the conventions need about `draft` from a report (its directory or a file in it).
+
+    `sampled`: accept a T > 0 report (`sampled_conventions` counts along its sampled continuations)."""
     rep = report if isinstance(report, reportfiles.Report) else reportfiles.load_report(report)
     settings = rep.run.get("settings") or {}
-    if float(settings.get("temperature", 0.0)) != 0.0:
+    if float(settings.get("temperature", 0.0)) != 0.0 and not sampled:
         raise SpecprofError(
             f"{rep.directory}: engine counters are exact at temperature 0 only; this report was sampled at "
             f"T = {settings.get('temperature')} (compare acceptance rates with `verify` instead)"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from specprof.engines.hf import sampling
+from specprof.engines.hf import sampled_records, sampling
 from specprof.engines.hf.drafts import BlockDraft, ModelDraft, NgramDraft
 from specprof.engines.hf.generation import Generation
 from specprof.errors import SpecprofError
@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the profile's settings; profiler imports this module
     from specprof.engines.hf.profiler import Settings
     from specprof.engines.text import Encoded
 
+SAMPLED_COLUMNS = ("proposal_target_p", "draft_q_untruncated", "accept_prob_untruncated")  # schema 3
 STAT_CHUNK_ROWS = 4  # rows per float32 [rows, T, V] probability block, to bound memory
 
 
@@ -43,11 +44,13 @@ def score_model_draft(draft: ModelDraft, gen: Generation, settings: Settings) ->
         mask = gen.attention_mask[:, : gen.prompt_width + width - 1]
         logits = draft.logits(inputs, mask, keep=width)
     target_tokens = gen.continuation
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("draft_token", "draft_q", "draft_top1_p", "accept_prob")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("draft_token", "draft_q", "draft_top1_p", "accept_prob",
+                                                          *SAMPLED_COLUMNS)}
     for lo in range(0, logits.shape[0], STAT_CHUNK_ROWS):
         rows = slice(lo, lo + STAT_CHUNK_ROWS)
         q = sampling.probabilities(logits[rows], settings.temperature, settings.top_p)
         y = target_tokens[rows]
+        p = None
         if settings.temperature == 0:
             proposal = logits[rows].float().argmax(dim=-1)
             accept = (proposal == y).float()
@@ -55,8 +58,13 @@ def score_model_draft(draft: ModelDraft, gen: Generation, settings: Settings) ->
             proposal = q.argmax(dim=-1)
             p = sampling.probabilities(gen.logits[rows], settings.temperature, settings.top_p)
             accept = torch.minimum(p, q).sum(dim=-1).clamp(max=1.0)
+        draft_q = q.gather(-1, y[..., None]).squeeze(-1)
+        extra = sampled_records.model_draft_columns(logits[rows], p, proposal, y, (proposal == y).float(), draft_q,
+                                                    settings.temperature)
+        for name, values in extra.items():
+            out[name].append(values)
         out["draft_token"].append(proposal)
-        out["draft_q"].append(q.gather(-1, y[..., None]).squeeze(-1))
+        out["draft_q"].append(draft_q)
         out["draft_top1_p"].append(q.max(dim=-1).values)
         out["accept_prob"].append(accept)
     return {k: torch.cat(v).cpu() for k, v in out.items()}
@@ -107,7 +115,8 @@ def _point_mass_stats(proposal: torch.Tensor, gen: Generation, settings: Setting
             rows = slice(lo, lo + STAT_CHUNK_ROWS)
             p = sampling.probabilities(gen.logits[rows], settings.temperature, settings.top_p).cpu()
             accept[rows] = p.gather(-1, proposal[rows].clamp(min=0)[..., None]).squeeze(-1) * has[rows]
-    return {"draft_token": proposal, "draft_q": match, "draft_top1_p": has, "accept_prob": accept}
+    return {"draft_token": proposal, "draft_q": match, "draft_top1_p": has, "accept_prob": accept,
+            **sampled_records.point_mass_columns(accept, match)}
 
 
 def token_rows(
@@ -136,6 +145,7 @@ def token_rows(
             "draft_q": take(stats["draft_q"]).astype(np.float32),
             "target_entropy": take(gen.target_entropy).astype(np.float32),
             "draft_top1_p": take(stats["draft_top1_p"]).astype(np.float32),
+            **{name: take(stats[name]).astype(np.float32) for name in SAMPLED_COLUMNS if name in stats},
         }
     )
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specprof.core.simulation import kinds
-from specprof.core.vocabulary import EARLY_EXIT, MODEL, PROMPT_LOOKUP
+from specprof.core.vocabulary import EARLY_EXIT, MODEL, PROBABILISTIC, PROMPT_LOOKUP
+from specprof.engines.vllm import cpu_probe
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
 
@@ -66,7 +67,7 @@ def speculative_config(draft: str, k: int, draft_model_dir: str | None = None, s
                             "first L layers with save_pretrained and pass --draft-model-dir DIR")
     config = kinds.kind(MODEL).vllm_config(draft, {"source": draft_model_dir}, k)
     if sampled:
-        config["draft_sample_method"] = "probabilistic"
+        config["draft_sample_method"] = PROBABILISTIC
     return config
 
 
@@ -140,7 +141,7 @@ def launch(python: str, model: str, config: dict | None, *, dtype: str = "float3
     """A running server for the block's duration; stopped (process group) on exit, error or not."""
     port = port or free_port()
     log_path = Path(tempfile.mkstemp(prefix="specprof-vllm-", suffix=".log", dir=log_dir)[1])
-    env = dict(os.environ)
+    env = cpu_probe.vllm_env()  # ours, plus a test's patch directory on PYTHONPATH (cpu_probe.EXTRA_PATH_ENV)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on a CPU build (its default takes more)
     argv = command(python, model, config, port, dtype, extra)
     with open(log_path, "wb") as log:
