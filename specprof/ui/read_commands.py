@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from specprof.core import glossary
+from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 from specprof.ui import inspectview, render
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
@@ -37,6 +38,14 @@ RECOMMEND_HELP = "\n\n".join([
     "drafts, per-position acceptance rate = accepted at i / drafts, draft acceptance rate = accepted / drafted. "
     "vLLM samples the first token in prefill, counts no draft where its proposer found nothing, and counts "
     "acceptances past EOS / max_tokens. At each domain's best k, or at --k.",
+    "--emit vllm-synthetic | sglang-synthetic | trtllm-synthetic: the engine's synthetic-acceptance setting at the "
+    "acceptance of these prompts (vLLM: rejection_sample_method synthetic with synthetic_acceptance_rates, the "
+    "per-position rates under vLLM's counting; SGLang: SGLANG_SIMULATE_ACC_LEN = mean acceptance length; "
+    "TensorRT-LLM: TLLM_SPEC_DECODE_FORCE_NUM_ACCEPTED_TOKENS = mean acceptance length − 1), over --domain or the "
+    "whole corpus, at the recommended draft and k (or --draft and --k): benchmark serving at your acceptance.",
+    "The text output ends with the spread over requests (median, p10, p90 of tokens/iter; how many requests lose "
+    "under the cost model) and whether acceptance falls with context length or position; --json --per-request "
+    "adds them as per_request and context.",
     "--emit vllm | sglang: print only the configuration to paste for the recommended draft and k (vLLM's "
     "--speculative-config JSON, SGLang's flags), or why no domain should enable speculation; --draft, --domain "
     "and --k choose. With one --draft and --k the config is printed even where it is not GO (a note on stderr "
@@ -108,7 +117,11 @@ def recommend(
     k: Annotated[int | None, typer.Option(
         "--k", help="With --engine or --emit: at this k instead of each best k.")] = None,
     emit: Annotated[str | None, typer.Option(
-        "--emit", metavar="vllm|sglang", help="Print only the config to paste.")] = None,
+        "--emit", metavar="vllm|sglang|vllm-synthetic|sglang-synthetic|trtllm-synthetic",
+        help="Print only the config to paste.")] = None,
+    per_request: Annotated[bool, typer.Option(
+        "--per-request", help="With --json: add the per-request spreads and the acceptance-by-context buckets "
+        "(the text output always ends with them).")] = False,
 ) -> None:
     from specprof.core.answers import decide
     from specprof.core.answers.analysis import load_analysis
@@ -127,8 +140,9 @@ def recommend(
         raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
     if engine is not None and engine not in ("vllm", "transformers"):
         raise SpecprofError(f"--engine {engine}: unknown engine (use vllm, or transformers for specprof's own)")
-    if emit is not None and emit not in ("vllm", "sglang"):
-        raise SpecprofError(f"--emit {emit}: unknown engine (use vllm or sglang)")
+    if emit is not None and emit not in ("vllm", "sglang", "vllm-synthetic", "sglang-synthetic", "trtllm-synthetic"):
+        raise SpecprofError(f"--emit {emit}: unknown engine (use vllm, sglang, vllm-synthetic, sglang-synthetic "
+                            "or trtllm-synthetic)")
     if k is not None and engine is None and emit is None:
         raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
     requested = batchcost.parse_batch_sizes(concurrency or ())
@@ -139,7 +153,8 @@ def recommend(
         _emit(emit, report_path, draft or (), domain or (), k_max, k, cost_ratio, min_speedup, requested, costs_path)
         return
     analysis = _with_costs(load_analysis(report_path, draft or (), domain or (), k_max, policies=True), costs_path)
-    _recommend(analysis, cost_ratio, domain or (), min_speedup, requested, costs_path, engine, k, as_json)
+    _recommend(analysis, cost_ratio, domain or (), min_speedup, requested, costs_path, engine, k, as_json,
+               per_request or not as_json)
 
 
 def _with_costs(analysis, costs_path: Path | None):
@@ -154,7 +169,7 @@ def _with_costs(analysis, costs_path: Path | None):
 
 def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_speedup: float,
                requested: Sequence[int], costs_path: Path | None, engine: str | None, k: int | None,
-               as_json: bool) -> None:
+               as_json: bool, per_request: bool = False) -> None:
     """recommend on a report: estimates, plans, policies, per batch size and engine counters when asked."""
     from specprof.core.answers import decide, engineplan
     from specprof.core.pricing import batchcost, policy_estimate
@@ -165,7 +180,9 @@ def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_s
     plans = decide.plans(estimates)
     policies = decide.policy_estimates(analysis, estimates, cost_ratio)
     batch_plans = batchcost.batch_plans(estimates, analysis.timings, sizes) if by_batch else []
-    entries = engineplan.engine_entries(analysis, estimates, engine, k) if engine is not None else None
+    counters = engineplan.CounterCache(analysis, engine) if engine is not None else None
+    entries = engineplan.engine_entries(analysis, estimates, engine, k, counters) if engine is not None else None
+    by_request = _by_request(analysis, estimates, k, counters) if per_request else None
     if as_json:
         recommendations = decide.recommendations_json(estimates, policies)
         for entry, bp in zip(recommendations, batch_plans):
@@ -181,12 +198,14 @@ def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_s
             "threshold_policy": decide.policy_grid_json(analysis),
             **({"costs": str(costs_path)} if costs_path is not None else {}),
             **({"batch_sizes": list(sizes), "batch_cost_model": batchcost.IGNORES} if by_batch else {}),
+            **(_by_request_json(*by_request) if by_request else {}),
         })
         return
     if entries is not None:
         from specprof.ui import engineview
 
         stdout.print(engineview.engine_view(estimates, entries, engine, k is not None))
+        _print_by_request(*by_request)
         return
     stdout.print(render.recommend_view(estimates, plans, min_speedup, policies, analysis.no_policy))
     if by_batch:
@@ -199,6 +218,42 @@ def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_s
     if not analysis.exact:
         stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
         stdout.print(f"note: {policy_estimate.SAMPLED_NOTE}")
+    _print_by_request(*by_request)
+
+
+# --- request by request and by context (core/answers/perrequest.py, context.py) ---------------------
+
+
+def _by_request(analysis, estimates, k: int | None, counters) -> tuple[list, list]:
+    """Per-request spreads (with vLLM's per-request figures when its counters were asked for) and context buckets."""
+    from specprof.core.answers import context, perrequest
+
+    rows = perrequest.per_request(analysis, estimates, k)
+    if counters is not None:
+        for draft, kk in {(r.draft, r.k) for r in rows}:
+            counters.counters(draft, ALL, kk)  # fills the per-prompt table
+        rows = perrequest.with_engine(rows, {key: (counters.records[key[0]].prompt_ids, None, table)
+                                             for key, (table, _) in counters.per_prompt.items()})
+    return rows, context.context_buckets(analysis, estimates, k)
+
+
+def _by_request_json(rows, buckets) -> dict:
+    from specprof.core.answers import context, perrequest
+
+    return {"per_request": perrequest.per_request_json(rows), "per_request_note": perrequest.per_request_note(),
+            "context": context.buckets_json(buckets)}
+
+
+def _print_by_request(rows, buckets) -> None:
+    from specprof.core.answers import context
+
+    stdout.print()
+    stdout.print("Request by request (at each entry's k):", highlight=False)
+    for r in rows:
+        stdout.print(f"  {r.line()}", highlight=False, markup=False)
+    stdout.print("Acceptance against context:", highlight=False)
+    for line in context.summary_lines(buckets):
+        stdout.print(f"  {line}", highlight=False, markup=False)
 
 
 def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequence[str], k_max: int | None,
@@ -208,7 +263,6 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
     from specprof.core.answers import decide, engineplan
     from specprof.core.answers.analysis import load_analysis
     from specprof.core.pricing import batchcost
-    from specprof.core.vocabulary import ALL
 
     analysis = _with_costs(load_analysis(report_path, drafts, domains, k_max), costs_path)
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
@@ -217,6 +271,11 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
         typer.echo(choice.none)
         return
     target = str((analysis.run.get("target") or {}).get("name", "TARGET"))
+    if engine.endswith("-synthetic"):
+        if batch_sizes:
+            raise SpecprofError("--concurrency with a synthetic --emit: the acceptance does not depend on the batch")
+        typer.echo(_synthetic(engine, analysis, choice, domains, target))
+        return
     for note in engineplan.notes(choice, target, engine):
         stderr.print(f"note: {note}")
     schedule = None
@@ -230,6 +289,25 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
         schedule = batchcost.vllm_schedule(batchcost.batch_plans([estimate], analysis.timings, sizes)[0].points)
     typer.echo(engineplan.vllm_config(choice, target, schedule) if engine == "vllm"
                else engineplan.sglang_flags(choice, target))
+
+
+def _synthetic(engine: str, analysis, choice, domains: Sequence[str], target: str) -> str:
+    """recommend --emit *-synthetic: the engine's forced acceptance at the chosen draft and k, over the
+    --domain mix (default ALL: the whole corpus) under vLLM's counting (core/answers/synthetic.py)."""
+    import numpy as np
+
+    from specprof.core.answers import synthetic
+    from specprof.core.simulation import conventions
+
+    rec = conventions.load_records(analysis.path, choice.draft)
+    mask = np.isin(rec.domains, list(domains)) if domains and ALL not in domains else None
+    counters = conventions.counters_of(rec, choice.k, "vllm", mask)
+    where = ", ".join(domains) if mask is not None else "the whole corpus (ALL)"
+    for note in [choice.warning] if choice.warning else []:
+        stderr.print(f"note: {note}")
+    for note in synthetic.notes(choice, counters, where):
+        stderr.print(f"note: {note}")
+    return synthetic.emit(engine, choice, target, counters)
 
 
 @command(help=GATE_HELP)

@@ -1,0 +1,258 @@
+"""Acceptance against context: α and tokens/iter by position in the continuation and by context length.
+
+A draft trained on short contexts (or an n-gram lookup whose matches thin out) accepts less as the
+context grows, and a pooled figure hides it. Each token of a continuation sits at a position t
+(0 = the first generated token) and a context length = the prompt's tokens (prompts.parquet, chat
+template applied) + t, the tokens the target had seen before it. Both are cut into fixed buckets:
+
+- α in a bucket: Σ accept_prob / tokens over the tokens in it (the match rate at T = 0);
+- tokens/iter in a bucket (T = 0 only): Σ emitted / blocks over the blocks at k that *start* in it,
+  the blocks being the report's exact trace at k (`block_walk`: the same blocks as
+  `trace.count_blocks_exact`, walked one by one to know where each starts).
+
+Intervals are the bootstrap over prompts (`stats`: per-prompt sums per bucket, the domain's resample
+weights). "Falls with context": tokens/iter (α at T > 0) in a later bucket is below that of the
+first bucket with data by more than the paired bootstrap allows (the 95% interval of later − first
+lies below 0), both buckets holding at least `stats.MIN_PROMPTS` prompts.
+
+Example, k = 1, one prompt of 10 tokens, continuation matches 1 1 0 (tokens at positions 0, 1, 2, contexts
+10, 11, 12): blocks start at 0 (accepts 1, emits 2) and 2 (accepts 0, emits 1); with buckets cut at
+11, α is 1/1 below 11 and 1/2 from 11, tokens/iter 2/1 below and 1/1 from 11.
+
+No torch, no pandas; nothing printed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from specprof.core.answers.analysis import Analysis
+from specprof.core.jsonvalues import json_number
+from specprof.core.pricing import stats
+from specprof.core.pricing.estimate import Estimate
+from specprof.core.records import reportfiles
+from specprof.core.simulation import trace
+from specprof.core.simulation.traces import DraftRows, domain_groups, to_numpy
+from specprof.core.vocabulary import ALL
+
+# Lower edges of the buckets, in tokens.
+CONTEXT_EDGES = (0, 512, 2048, 8192)
+CONTEXT_LABELS = ("< 512", "512–2k", "2k–8k", "≥ 8k")
+POSITION_EDGES = (0, 16, 64, 256, 1024)
+POSITION_LABELS = ("0–15", "16–63", "64–255", "256–1023", "≥ 1024")
+AXES = {"context": (CONTEXT_EDGES, CONTEXT_LABELS), "position": (POSITION_EDGES, POSITION_LABELS)}
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """One draft × domain along one axis ("context" or "position"): figures per bucket (nan where empty)."""
+
+    draft: str
+    domain: str
+    k: int
+    axis: str
+    labels: tuple[str, ...]
+    n_prompts: np.ndarray  # [B] prompts with a token in the bucket
+    n_tokens: np.ndarray  # [B]
+    alpha: np.ndarray  # [B]
+    alpha_lo: np.ndarray
+    alpha_hi: np.ndarray
+    tokens_per_iter: np.ndarray  # [B] nan at T > 0 (no exact blocks)
+    tokens_per_iter_lo: np.ndarray
+    tokens_per_iter_hi: np.ndarray
+    fall: Fall | None  # the largest significant fall from the first bucket with data, or None
+
+
+@dataclass(frozen=True)
+class Fall:
+    figure: str  # "tokens/iter" or "α"
+    first: int  # bucket indices
+    later: int
+    first_value: float
+    later_value: float
+    diff_lo: float  # 95% interval of later − first
+    diff_hi: float
+
+
+def prompt_lengths(analysis: Analysis, prompt_ids: np.ndarray) -> np.ndarray | None:
+    """[n] prompt tokens of each prompt (prompts.parquet), or None when the report has no such records."""
+    rep = reportfiles.Report(analysis.path, analysis.run)
+    if not rep.path("prompts").exists():
+        return None
+    table = rep.table("prompts", ["prompt_id", "prompt_tokens"])
+    column = table.column("prompt_tokens").combine_chunks()
+    if isinstance(column, pa.ChunkedArray):  # an empty table
+        return None
+    offsets = to_numpy(column.offsets, np.int64)
+    lengths = np.diff(offsets)
+    index = {p: i for i, p in enumerate(table.column("prompt_id").to_pylist())}
+    at = [index.get(str(p), -1) for p in prompt_ids.tolist()]
+    if min(at, default=0) < 0:
+        return None
+    return lengths[np.asarray(at, dtype=np.int64)]
+
+
+def block_walk(start_accepted: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Every block at k: (prompt row, start, accepted, emitted) arrays, walked vectorised over prompts.
+
+    `start_accepted[p, s]` is how many proposals a block starting at s gets accepted (the run of
+    matches from s for a prefix-dependent draft, `trace.run_lengths`; `blockdraft.StartRuns.accepted`
+    for a block-dependent one); the block accepts min(k, it) and emits one more, fewer at the end.
+    """
+    width = start_accepted.shape[1]
+    rows = np.flatnonzero(lengths > 0)
+    start = np.zeros(len(rows), dtype=np.int64)
+    seen: list[tuple[np.ndarray, ...]] = []
+    while rows.size:
+        take = np.minimum(start_accepted[rows, np.minimum(start, width - 1)], k)
+        emitted = np.minimum(take + 1, lengths[rows] - start)
+        seen.append((rows, start, take, emitted))
+        start = start + take + 1
+        going = start < lengths[rows]
+        rows, start = rows[going], start[going]
+    if not seen:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    return tuple(np.concatenate(parts) for parts in zip(*seen))
+
+
+def _start_accepted(analysis: Analysis, d: DraftRows, match: np.ndarray) -> np.ndarray:
+    if d.draft in analysis.runs:
+        r = analysis.runs[d.draft]
+        accepted = r.accepted[r.rows([str(p) for p in d.prompt_ids])]
+        out = np.zeros(match.shape, dtype=np.int64)
+        w = min(out.shape[1], accepted.shape[1])
+        out[:, :w] = accepted[:, :w]
+        return out
+    return trace.run_lengths(match)[:, : match.shape[1]]
+
+
+def bucket_sums(analysis: Analysis, d: DraftRows, k: int, offsets: np.ndarray, edges: Sequence[int]) -> np.ndarray:
+    """[n_prompts, 4·B]: per prompt and bucket Σ accept_prob, tokens, Σ emitted, blocks (blocks at T = 0 only).
+    A token at position t sits at offsets[p] + t (offsets: the prompt lengths, or 0 for positions)."""
+    n, n_b = len(d.prompt_ids), len(edges)
+    column = "match" if analysis.exact else "accept_prob"
+    value = to_numpy(analysis.tokens.column(column), np.float64)[d.rows]
+    where = np.searchsorted(edges, offsets[d.prompt] + d.position, side="right") - 1
+    cell = d.prompt * n_b + where
+    out = np.zeros((n, 4 * n_b))
+    out[:, :n_b] = np.bincount(cell, value, minlength=n * n_b).reshape(n, n_b)
+    out[:, n_b: 2 * n_b] = np.bincount(cell, minlength=n * n_b).reshape(n, n_b)
+    if analysis.exact:
+        match = d.grid(to_numpy(analysis.tokens.column("match"), np.float64))
+        rows, start, _, emitted = block_walk(_start_accepted(analysis, d, match), d.n_tokens, k)
+        bucket = np.searchsorted(edges, offsets[rows] + start, side="right") - 1
+        cell = rows * n_b + bucket
+        out[:, 2 * n_b: 3 * n_b] = np.bincount(cell, emitted, minlength=n * n_b).reshape(n, n_b)
+        out[:, 3 * n_b:] = np.bincount(cell, minlength=n * n_b).reshape(n, n_b)
+    return out
+
+
+def context_buckets(analysis: Analysis, estimates: Sequence[Estimate], k: int | None = None) -> list[Buckets]:
+    """`Buckets` along both axes for each estimate (draft × domain, ALL included), at its best k or `k`.
+    Without prompts.parquet only the position axis is given."""
+    by_draft = {d.draft: d for d in analysis.index}
+    out: list[Buckets] = []
+    cache: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
+    lengths: dict[str, np.ndarray | None] = {}
+    for e in estimates:
+        d = by_draft[e.draft]
+        kk = e.best_k if k is None else k
+        if e.draft not in lengths:
+            lengths[e.draft] = prompt_lengths(analysis, d.prompt_ids)
+        t = analysis.trace(e.draft)
+        groups = domain_groups(t, ())
+        for axis, (edges, labels) in AXES.items():
+            offsets = np.zeros(len(d.prompt_ids), dtype=np.int64) if axis == "position" else lengths[e.draft]
+            if offsets is None:
+                continue
+            key = (e.draft, axis, kk)
+            if key not in cache:
+                values = bucket_sums(analysis, d, kk, offsets, edges)
+                cache[key] = {"values": values, **stats.stratified_sums(values, groups, ALL)}
+            mask = next(m for name, m in groups if name == e.domain)
+            out.append(_figures(e.draft, e.domain, kk, axis, labels, cache[key]["values"][mask], cache[key][e.domain],
+                                analysis.exact))
+    return out
+
+
+def _figures(draft: str, domain: str, k: int, axis: str, labels: Sequence[str], values: np.ndarray,
+             resampled: np.ndarray, exact: bool) -> Buckets:
+    n_b = len(labels)
+    point = values.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alpha, tpi = point[:n_b] / point[n_b: 2 * n_b], point[2 * n_b: 3 * n_b] / point[3 * n_b:]
+        alpha_s = resampled[:, :n_b] / resampled[:, n_b: 2 * n_b]
+        tpi_s = resampled[:, 2 * n_b: 3 * n_b] / resampled[:, 3 * n_b:]
+    with warnings.catch_warnings():  # empty buckets: all-nan columns, nan bounds
+        warnings.simplefilter("ignore", RuntimeWarning)
+        a_lo, a_hi = stats.percentile_interval(alpha_s, alpha)
+        t_lo, t_hi = stats.percentile_interval(tpi_s, tpi)
+    n_prompts = (values[:, n_b: 2 * n_b] > 0).sum(axis=0)
+    if not exact:
+        tpi = t_lo = t_hi = np.full(n_b, np.nan)
+    fall = _fall("tokens/iter", tpi, tpi_s, n_prompts) if exact else _fall("α", alpha, alpha_s, n_prompts)
+    return Buckets(draft, domain, k, axis, tuple(labels), n_prompts, point[n_b: 2 * n_b].astype(np.int64),
+                   alpha, a_lo, a_hi, tpi, t_lo, t_hi, fall)
+
+
+def _fall(figure: str, point: np.ndarray, samples: np.ndarray, n_prompts: np.ndarray) -> Fall | None:
+    """The largest fall from the first bucket with enough prompts whose 95% interval excludes 0."""
+    usable = np.flatnonzero((n_prompts >= stats.MIN_PROMPTS) & np.isfinite(point))
+    if len(usable) < 2:
+        return None
+    first = int(usable[0])
+    best = None
+    for later in usable[1:].tolist():
+        diff = samples[:, later] - samples[:, first]
+        lo, hi = stats.percentile_interval(diff[np.isfinite(diff)], np.asarray(point[later] - point[first]))
+        if hi < 0 and (best is None or point[later] < best.later_value):
+            best = Fall(figure, first, later, float(point[first]), float(point[later]), float(lo), float(hi))
+    return best
+
+
+def fall_line(b: Buckets) -> str:
+    f = b.fall
+    assert f is not None
+    what = f"{f.figure} at k={b.k}" if f.figure == "tokens/iter" else "α"
+    unit = " tokens" if b.axis == "context" else ""
+    where = "context" if b.axis == "context" else "position in the continuation"
+    return (f"{b.draft}  {b.domain}: {what} falls with {where} from {f.first_value:.2f} at {b.labels[f.first]}"
+            f"{unit} to {f.later_value:.2f} at {b.labels[f.later]}{unit} (95% interval of the change "
+            f"{f.diff_lo:+.2f} to {f.diff_hi:+.2f})")
+
+
+def summary_lines(buckets: Sequence[Buckets]) -> list[str]:
+    """What recommend prints: each draft × domain whose acceptance falls with context or position, or that none does."""
+    falls = [fall_line(b) for b in buckets if b.fall is not None]
+    if falls:
+        return falls
+    axes = sorted({b.axis for b in buckets})
+    where = " or ".join("context length" if a == "context" else "position in the continuation" for a in axes)
+    return [f"acceptance does not fall with {where} beyond its 95% interval in any draft × domain "
+            f"(buckets with {stats.MIN_PROMPTS}+ prompts)"]
+
+
+def buckets_json(buckets: Sequence[Buckets]) -> list[dict[str, Any]]:
+    out = []
+    for b in buckets:
+        rows = [{"bucket": label, "n_prompts": int(b.n_prompts[i]), "n_tokens": int(b.n_tokens[i]),
+                 "alpha": json_number(b.alpha[i]), "alpha_lo": json_number(b.alpha_lo[i]),
+                 "alpha_hi": json_number(b.alpha_hi[i]), "tokens_per_iter": json_number(b.tokens_per_iter[i]),
+                 "tokens_per_iter_lo": json_number(b.tokens_per_iter_lo[i]),
+                 "tokens_per_iter_hi": json_number(b.tokens_per_iter_hi[i])}
+                for i, label in enumerate(b.labels)]
+        fall = None
+        if b.fall is not None:
+            f = b.fall
+            fall = {"figure": f.figure, "from": b.labels[f.first], "to": b.labels[f.later],
+                    "from_value": f.first_value, "to_value": f.later_value, "diff_lo": f.diff_lo,
+                    "diff_hi": f.diff_hi}
+        out.append({"draft": b.draft, "domain": b.domain, "k": b.k, "axis": b.axis, "buckets": rows, "falls": fall})
+    return out
