@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from specprof.commands import verify_steps
 from specprof.commands.vllm_common import (
     best_k,
     check_ks,
@@ -144,11 +145,16 @@ class VllmVerifyResult:
     sampled: list[SampledRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # where the prediction is a bound, not exact (an old report)
     error: str | None = None  # what stopped the run (exit 2); everything above was compared before it
+    # request by request (verify_steps): k → requests whose per-step arrays were compared; the first differing steps
+    steps_compared: dict[int, int] = field(default_factory=dict)
+    step_diffs: list[verify_steps.StepDiff] = field(default_factory=list)
+    step_predict: verify_steps.StepPredict | None = field(default=None, repr=False)
 
     @property
     def mismatch(self) -> bool:
         """At T = 0 a counter or a continuation differs (exit 1)."""
-        return self.temperature == 0 and (any(not r.equal for r in self.counters) or bool(self.continuations))
+        return self.temperature == 0 and (any(not r.equal for r in self.counters) or bool(self.continuations)
+                                          or bool(self.step_diffs))
 
     def as_dict(self) -> dict:
         return json_clean({
@@ -160,6 +166,8 @@ class VllmVerifyResult:
             "prompt_mismatches": [m.as_dict() for m in self.prompt_mismatches],
             "sampled": [s.as_dict() for s in self.sampled], "notes": list(self.notes),
             "mismatch": self.mismatch, "error": self.error,
+            "per_request_steps": {"compared": {str(k): v for k, v in self.steps_compared.items()},
+                                  "first_differences": [d.as_dict() for d in self.step_diffs]},
         })
 
 
@@ -246,8 +254,9 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
                 _verify_k(client, k, report, draft, prompts, continuations, detok, predict, options, result, say)
                 continue
             say(f"k={k}: starting vLLM…")
+            extra = verify_steps.PER_REQUEST_FLAG if verify_steps.supports_per_request(result.vllm_version) else ()
             with launcher.launch(options.vllm_python, model, config, dtype=dtype,
-                                 start_timeout_s=options.start_timeout_s) as server:
+                                 start_timeout_s=options.start_timeout_s, extra=extra) as server:
                 server.client.timeout_s = options.timeout_s or REQUEST_TIMEOUT_S
                 _verify_k(server.client, k, report, draft, prompts, continuations, detok, predict, options, result,
                           say)
@@ -308,6 +317,8 @@ def _send(client: VllmClient, k: int, ids: list[str], prompts: pd.DataFrame, rep
                                          str(report.run.get("dtype", "float32")))
             if diff:
                 result.continuations.append(diff)
+            else:
+                verify_steps.compare_request(client, k, pid, prompt, out, report, result)
 
 
 def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: dict[str, SpecCounters],

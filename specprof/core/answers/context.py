@@ -133,25 +133,42 @@ def _start_accepted(analysis: Analysis, d: DraftRows, match: np.ndarray) -> np.n
     return trace.run_lengths(match)[:, : match.shape[1]]
 
 
-def bucket_sums(analysis: Analysis, d: DraftRows, k: int, offsets: np.ndarray, edges: Sequence[int]) -> np.ndarray:
-    """[n_prompts, 4·B]: per prompt and bucket Σ accept_prob, tokens, Σ emitted, blocks (blocks at T = 0 only).
-    A token at position t sits at offsets[p] + t (offsets: the prompt lengths, or 0 for positions)."""
-    n, n_b = len(d.prompt_ids), len(edges)
-    column = "match" if analysis.exact else "accept_prob"
-    value = to_numpy(analysis.tokens.column(column), np.float64)[d.rows]
-    where = np.searchsorted(edges, offsets[d.prompt] + d.position, side="right") - 1
-    cell = d.prompt * n_b + where
-    out = np.zeros((n, 4 * n_b))
-    out[:, :n_b] = np.bincount(cell, value, minlength=n * n_b).reshape(n, n_b)
-    out[:, n_b: 2 * n_b] = np.bincount(cell, minlength=n * n_b).reshape(n, n_b)
-    if analysis.exact:
-        match = d.grid(to_numpy(analysis.tokens.column("match"), np.float64))
-        rows, start, _, emitted = block_walk(_start_accepted(analysis, d, match), d.n_tokens, k)
-        bucket = np.searchsorted(edges, offsets[rows] + start, side="right") - 1
-        cell = rows * n_b + bucket
-        out[:, 2 * n_b: 3 * n_b] = np.bincount(cell, emitted, minlength=n * n_b).reshape(n, n_b)
-        out[:, 3 * n_b:] = np.bincount(cell, minlength=n * n_b).reshape(n, n_b)
-    return out
+class DraftSums:
+    """One draft's per-prompt bucket sums, each part computed once: the tokens' (per axis) and the blocks'
+    (per k, one walk serving both axes)."""
+
+    def __init__(self, analysis: Analysis, d: DraftRows, offsets: dict[str, np.ndarray]):
+        self.analysis, self.d, self.offsets = analysis, d, offsets
+        self.walks: dict[int, tuple[np.ndarray, ...]] = {}
+        self.tokens: dict[str, np.ndarray] = {}
+        self.start_accepted: np.ndarray | None = None
+
+    def _cells(self, axis: str, rows: np.ndarray, at: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        edges = AXES[axis][0]
+        n, n_b = len(self.d.prompt_ids), len(edges)
+        bucket = np.searchsorted(edges, self.offsets[axis][rows] + at, side="right") - 1
+        return np.bincount(rows * n_b + bucket, weights, minlength=n * n_b).reshape(n, n_b)
+
+    def sums(self, axis: str, k: int) -> np.ndarray:
+        """[n_prompts, 4·B]: per prompt and bucket Σ accept_prob, tokens, Σ emitted, blocks (blocks at T = 0 only).
+        A token at position t sits at offsets[p] + t (offsets: the prompt lengths, or 0 for positions)."""
+        a, d = self.analysis, self.d
+        if axis not in self.tokens:
+            value = to_numpy(a.tokens.column("match" if a.exact else "accept_prob"), np.float64)[d.rows]
+            self.tokens[axis] = np.hstack([self._cells(axis, d.prompt, d.position, value),
+                                           self._cells(axis, d.prompt, d.position, None)])
+        n_b = len(AXES[axis][0])
+        blocks = np.full((len(d.prompt_ids), 2 * n_b), 0.0)
+        if a.exact:
+            if k not in self.walks:
+                if self.start_accepted is None:
+                    match = d.grid(to_numpy(a.tokens.column("match"), np.float64))
+                    self.start_accepted = _start_accepted(a, d, match)
+                self.walks[k] = block_walk(self.start_accepted, d.n_tokens, k)
+            rows, start, _, emitted = self.walks[k]
+            blocks = np.hstack([self._cells(axis, rows, start, emitted.astype(np.float64)),
+                                self._cells(axis, rows, start, None)])
+        return np.hstack([self.tokens[axis], blocks])
 
 
 def context_buckets(analysis: Analysis, estimates: Sequence[Estimate], k: int | None = None) -> list[Buckets]:
@@ -160,25 +177,32 @@ def context_buckets(analysis: Analysis, estimates: Sequence[Estimate], k: int | 
     by_draft = {d.draft: d for d in analysis.index}
     out: list[Buckets] = []
     cache: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
-    lengths: dict[str, np.ndarray | None] = {}
+    drafts: dict[str, DraftSums] = {}
+    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
+    lengths: dict[tuple[str, ...], np.ndarray | None] = {}
     for e in estimates:
         d = by_draft[e.draft]
         kk = e.best_k if k is None else k
-        if e.draft not in lengths:
-            lengths[e.draft] = prompt_lengths(analysis, d.prompt_ids)
-        t = analysis.trace(e.draft)
-        groups = domain_groups(t, ())
-        for axis, (edges, labels) in AXES.items():
-            offsets = np.zeros(len(d.prompt_ids), dtype=np.int64) if axis == "position" else lengths[e.draft]
-            if offsets is None:
+        if e.draft not in drafts:
+            key = tuple(d.prompt_ids.tolist())
+            if key not in lengths:  # drafts profiled on the same prompts read prompts.parquet once
+                lengths[key] = prompt_lengths(analysis, d.prompt_ids)
+            offsets = {"position": np.zeros(len(d.prompt_ids), dtype=np.int64)}
+            if lengths[key] is not None:
+                offsets["context"] = lengths[key]
+            drafts[e.draft] = DraftSums(analysis, d, offsets)
+            groups[e.draft] = domain_groups(analysis.trace(e.draft), ())
+        sums = drafts[e.draft]
+        for axis in ("context", "position"):
+            if axis not in sums.offsets:
                 continue
-            key = (e.draft, axis, kk)
-            if key not in cache:
-                values = bucket_sums(analysis, d, kk, offsets, edges)
-                cache[key] = {"values": values, **stats.stratified_sums(values, groups, ALL)}
-            mask = next(m for name, m in groups if name == e.domain)
-            out.append(_figures(e.draft, e.domain, kk, axis, labels, cache[key]["values"][mask], cache[key][e.domain],
-                                analysis.exact))
+            key3 = (e.draft, axis, kk)
+            if key3 not in cache:
+                values = sums.sums(axis, kk)
+                cache[key3] = {"values": values, **stats.stratified_sums(values, groups[e.draft], ALL)}
+            mask = next(m for name, m in groups[e.draft] if name == e.domain)
+            out.append(_figures(e.draft, e.domain, kk, axis, AXES[axis][1], cache[key3]["values"][mask],
+                                cache[key3][e.domain], analysis.exact))
     return out
 
 
@@ -190,16 +214,25 @@ def _figures(draft: str, domain: str, k: int, axis: str, labels: Sequence[str], 
         alpha, tpi = point[:n_b] / point[n_b: 2 * n_b], point[2 * n_b: 3 * n_b] / point[3 * n_b:]
         alpha_s = resampled[:, :n_b] / resampled[:, n_b: 2 * n_b]
         tpi_s = resampled[:, 2 * n_b: 3 * n_b] / resampled[:, 3 * n_b:]
-    with warnings.catch_warnings():  # empty buckets: all-nan columns, nan bounds
-        warnings.simplefilter("ignore", RuntimeWarning)
-        a_lo, a_hi = stats.percentile_interval(alpha_s, alpha)
-        t_lo, t_hi = stats.percentile_interval(tpi_s, tpi)
+    a_lo, a_hi = _interval(alpha_s, alpha)
+    t_lo, t_hi = _interval(tpi_s, tpi)
     n_prompts = (values[:, n_b: 2 * n_b] > 0).sum(axis=0)
     if not exact:
         tpi = t_lo = t_hi = np.full(n_b, np.nan)
     fall = _fall("tokens/iter", tpi, tpi_s, n_prompts) if exact else _fall("α", alpha, alpha_s, n_prompts)
     return Buckets(draft, domain, k, axis, tuple(labels), n_prompts, point[n_b: 2 * n_b].astype(np.int64),
                    alpha, a_lo, a_hi, tpi, t_lo, t_hi, fall)
+
+
+def _interval(samples: np.ndarray, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`stats.percentile_interval` of the buckets that hold something; nan bounds for the empty ones."""
+    lo, hi = np.full(len(point), np.nan), np.full(len(point), np.nan)
+    full = np.flatnonzero(np.isfinite(point))
+    if len(full):
+        with warnings.catch_warnings():  # a resample may miss every prompt of a bucket: nan there
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo[full], hi[full] = stats.percentile_interval(samples[:, full], point[full])
+    return lo, hi
 
 
 def _fall(figure: str, point: np.ndarray, samples: np.ndarray, n_prompts: np.ndarray) -> Fall | None:

@@ -212,8 +212,24 @@ def prompt_counters(rec: DraftRecords, k: int, engine: str = "vllm") -> tuple[np
     return out, short
 
 
-def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, engine: str) -> tuple[tuple, bool]:
-    """One prompt's counters for a draft whose proposal depends on the target prefix alone."""
+def prompt_steps(rec: DraftRecords, k: int, prompt_id: str, engine: str = "vllm") -> list[tuple[int, int, int]]:
+    """One prompt's draft steps in order, (block start, tokens drafted, tokens accepted) each: what vLLM's
+    `--per-request-spec-decode-metrics detailed` lists as per_step_drafted / per_step_accepted."""
+    i = rec.prompt_ids.tolist().index(str(prompt_id))
+    steps: list[tuple[int, int, int]] = []
+    length = int(rec.lengths[i])
+    if rec.runs is not None:
+        row = int(rec.runs.rows([str(prompt_id)])[0])
+        _block_dependent(rec.runs, row, length, int(rec.recorded[i]), k, engine, steps)
+    else:
+        _prefix_dependent(rec, i, length, k, engine, steps)
+    return steps
+
+
+def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, engine: str,
+                      steps: list | None = None) -> tuple[tuple, bool]:
+    """One prompt's counters for a draft whose proposal depends on the target prefix alone (`steps`: each
+    draft step's (start, drafted, accepted) appended)."""
     match = rec.match[i] if engine == "vllm" else np.concatenate([rec.match[i, :length], [False] * (k + 1)])
     stopped = rec.no_proposal[i]
     per_pos = np.zeros(k, dtype=np.int64)
@@ -232,6 +248,8 @@ def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, engine: st
         else:
             proposed = k
         unseen |= n < proposed and start + n >= rec.recorded[i]
+        if steps is not None:
+            steps.append((start, proposed, n))
         drafts, drafted, accepted = drafts + 1, drafted + proposed, accepted + n
         per_pos[:n] += 1
         start += n + 1
@@ -239,7 +257,7 @@ def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, engine: st
 
 
 def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, recorded: int, k: int,
-                     engine: str) -> tuple[tuple, bool]:
+                     engine: str, steps: list | None = None) -> tuple[tuple, bool]:
     """One prompt's counters for a draft simulated from every block start (`blockdraft`)."""
     vllm = engine == "vllm"
     accepted_from = runs.accepted_past_end if vllm and runs.accepted_past_end is not None else runs.accepted
@@ -254,6 +272,8 @@ def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, recorded
             continue
         n = min(proposed, int(accepted_from[row, start]))
         unseen |= n < proposed and start + n >= recorded
+        if steps is not None:
+            steps.append((start, proposed if vllm else k, n))
         drafts, drafted, accepted = drafts + 1, drafted + (proposed if vllm else k), accepted + n
         per_pos[:n] += 1
         start += n + 1
