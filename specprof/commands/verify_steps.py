@@ -19,7 +19,7 @@ What this module does not do: send the requests (`verify_vllm`), print (`ui.rend
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from specprof.core.jsonvalues import json_clean
 
@@ -47,6 +47,19 @@ class StepDiff:
                            "engine": list(self.engine) if self.engine else None, "target_margin": self.margin})
 
 
+@dataclass
+class Steps:
+    """A verify run's request-by-request comparison: requests compared per k, their first differing steps."""
+
+    compared: dict[int, int] = field(default_factory=dict)
+    diffs: list[StepDiff] = field(default_factory=list)
+    predict: StepPredict | None = field(default=None, repr=False)  # made on the first request that has steps
+
+    def as_dict(self) -> dict:
+        return {"compared": {str(k): v for k, v in self.compared.items()},
+                "first_differences": [d.as_dict() for d in self.diffs]}
+
+
 def engine_steps(spec_decode: dict | None) -> list[tuple[int, int]] | None:
     """vLLM's (drafted, accepted) per verify step from a response's metrics.speculative_decoding, or None."""
     if not spec_decode or spec_decode.get("per_step_drafted") is None:
@@ -70,25 +83,33 @@ def first_difference(k: int, prompt_id: str, predicted: Sequence[tuple[int, int,
     return None
 
 
-def compare_request(client, k: int, pid: str, prompt: list[int], out, report, result) -> None:
+def compare_request(client, k: int, pid: str, prompt: list[int], out, report, result, diverged: bool = False) -> None:
     """Request by request (T = 0, identical continuation): the response's per-step arrays against the simulated
     steps (`verify_steps`); a server without them is noted once and compared on its totals."""
+    if diverged:  # the continuation differs: its steps are not comparable after it (named as a continuation diff)
+        return
     engine = engine_steps(out.spec_decode)
     if engine is None:
         if NO_STEPS not in result.notes:
             result.notes.append(NO_STEPS)
         return
-    if result.step_predict is None:
-        result.step_predict = default_step_predict(report, result.draft)
-    result.steps_compared[k] = result.steps_compared.get(k, 0) + 1
+    steps = result.steps
+    if steps.predict is None:
+        steps.predict = default_step_predict(report, result.draft)
+    steps.compared[k] = steps.compared.get(k, 0) + 1
 
     def margin_at(position: int) -> float:
         _, tops = client.complete(prompt + out.token_ids[:position], 1, logprobs=5)
         return tops[0].margin() if tops else float("nan")
 
-    diff = first_difference(k, pid, result.step_predict(pid, k), engine, margin_at)
+    diff = first_difference(k, pid, steps.predict(pid, k), engine, margin_at)
     if diff is not None:
-        result.step_diffs.append(diff)
+        steps.diffs.append(diff)
+
+
+def launch_flags(version: str | None) -> tuple[str, ...]:
+    """What `--launch` adds to vLLM's command line for the per-step arrays (nothing for a vLLM without them)."""
+    return PER_REQUEST_FLAG if supports_per_request(version) else ()
 
 
 def supports_per_request(version: str | None) -> bool:

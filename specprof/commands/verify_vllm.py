@@ -145,16 +145,13 @@ class VllmVerifyResult:
     sampled: list[SampledRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # where the prediction is a bound, not exact (an old report)
     error: str | None = None  # what stopped the run (exit 2); everything above was compared before it
-    # request by request (verify_steps): k → requests whose per-step arrays were compared; the first differing steps
-    steps_compared: dict[int, int] = field(default_factory=dict)
-    step_diffs: list[verify_steps.StepDiff] = field(default_factory=list)
-    step_predict: verify_steps.StepPredict | None = field(default=None, repr=False)
+    steps: verify_steps.Steps = field(default_factory=verify_steps.Steps)  # request by request (verify_steps)
 
     @property
     def mismatch(self) -> bool:
         """At T = 0 a counter or a continuation differs (exit 1)."""
-        return self.temperature == 0 and (any(not r.equal for r in self.counters) or bool(self.continuations)
-                                          or bool(self.step_diffs))
+        differs = any(not r.equal for r in self.counters) or bool(self.continuations) or bool(self.steps.diffs)
+        return self.temperature == 0 and differs
 
     def as_dict(self) -> dict:
         return json_clean({
@@ -165,9 +162,7 @@ class VllmVerifyResult:
             "continuations": [d.as_dict() for d in self.continuations],
             "prompt_mismatches": [m.as_dict() for m in self.prompt_mismatches],
             "sampled": [s.as_dict() for s in self.sampled], "notes": list(self.notes),
-            "mismatch": self.mismatch, "error": self.error,
-            "per_request_steps": {"compared": {str(k): v for k, v in self.steps_compared.items()},
-                                  "first_differences": [d.as_dict() for d in self.step_diffs]},
+            "mismatch": self.mismatch, "error": self.error, "per_request_steps": self.steps.as_dict(),
         })
 
 
@@ -254,9 +249,9 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
                 _verify_k(client, k, report, draft, prompts, continuations, detok, predict, options, result, say)
                 continue
             say(f"k={k}: starting vLLM…")
-            extra = verify_steps.PER_REQUEST_FLAG if verify_steps.supports_per_request(result.vllm_version) else ()
             with launcher.launch(options.vllm_python, model, config, dtype=dtype,
-                                 start_timeout_s=options.start_timeout_s, extra=extra) as server:
+                                 start_timeout_s=options.start_timeout_s,
+                                 extra=verify_steps.launch_flags(result.vllm_version)) as server:
                 server.client.timeout_s = options.timeout_s or REQUEST_TIMEOUT_S
                 _verify_k(server.client, k, report, draft, prompts, continuations, detok, predict, options, result,
                           say)
@@ -317,8 +312,7 @@ def _send(client: VllmClient, k: int, ids: list[str], prompts: pd.DataFrame, rep
                                          str(report.run.get("dtype", "float32")))
             if diff:
                 result.continuations.append(diff)
-            else:
-                verify_steps.compare_request(client, k, pid, prompt, out, report, result)
+            verify_steps.compare_request(client, k, pid, prompt, out, report, result, diverged=bool(diff))
 
 
 def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: dict[str, SpecCounters],

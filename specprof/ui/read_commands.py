@@ -17,7 +17,7 @@ import typer
 from specprof.core import glossary
 from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
-from specprof.ui import inspectview, render
+from specprof.ui import inspectview, render, requestview
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
 from specprof.ui.options import DomainFilter, DraftFilter, Json, Report, Tokenizer
 
@@ -182,7 +182,7 @@ def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_s
     batch_plans = batchcost.batch_plans(estimates, analysis.timings, sizes) if by_batch else []
     counters = engineplan.CounterCache(analysis, engine) if engine is not None else None
     entries = engineplan.engine_entries(analysis, estimates, engine, k, counters) if engine is not None else None
-    by_request = _by_request(analysis, estimates, k, counters) if per_request else None
+    by_request = requestview.by_request(analysis, estimates, k, counters) if per_request else None
     if as_json:
         recommendations = decide.recommendations_json(estimates, policies)
         for entry, bp in zip(recommendations, batch_plans):
@@ -198,14 +198,14 @@ def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_s
             "threshold_policy": decide.policy_grid_json(analysis),
             **({"costs": str(costs_path)} if costs_path is not None else {}),
             **({"batch_sizes": list(sizes), "batch_cost_model": batchcost.IGNORES} if by_batch else {}),
-            **(_by_request_json(*by_request) if by_request else {}),
+            **(requestview.by_request_json(*by_request) if by_request else {}),
         })
         return
     if entries is not None:
         from specprof.ui import engineview
 
         stdout.print(engineview.engine_view(estimates, entries, engine, k is not None))
-        _print_by_request(*by_request)
+        requestview.print_by_request(*by_request)
         return
     stdout.print(render.recommend_view(estimates, plans, min_speedup, policies, analysis.no_policy))
     if by_batch:
@@ -218,42 +218,7 @@ def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_s
     if not analysis.exact:
         stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
         stdout.print(f"note: {policy_estimate.SAMPLED_NOTE}")
-    _print_by_request(*by_request)
-
-
-# --- request by request and by context (core/answers/perrequest.py, context.py) ---------------------
-
-
-def _by_request(analysis, estimates, k: int | None, counters) -> tuple[list, list]:
-    """Per-request spreads (with vLLM's per-request figures when its counters were asked for) and context buckets."""
-    from specprof.core.answers import context, perrequest
-
-    rows = perrequest.per_request(analysis, estimates, k)
-    if counters is not None:
-        for draft, kk in {(r.draft, r.k) for r in rows}:
-            counters.counters(draft, ALL, kk)  # fills the per-prompt table
-        rows = perrequest.with_engine(rows, {key: (counters.records[key[0]].prompt_ids, None, table)
-                                             for key, (table, _) in counters.per_prompt.items()})
-    return rows, context.context_buckets(analysis, estimates, k)
-
-
-def _by_request_json(rows, buckets) -> dict:
-    from specprof.core.answers import context, perrequest
-
-    return {"per_request": perrequest.per_request_json(rows), "per_request_note": perrequest.per_request_note(),
-            "context": context.buckets_json(buckets)}
-
-
-def _print_by_request(rows, buckets) -> None:
-    from specprof.core.answers import context
-
-    stdout.print()
-    stdout.print("Request by request (at each entry's k):", highlight=False)
-    for r in rows:
-        stdout.print(f"  {r.line()}", highlight=False, markup=False)
-    stdout.print("Acceptance against context:", highlight=False)
-    for line in context.summary_lines(buckets):
-        stdout.print(f"  {line}", highlight=False, markup=False)
+    requestview.print_by_request(*by_request)
 
 
 def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequence[str], k_max: int | None,
@@ -274,7 +239,7 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
     if engine.endswith("-synthetic"):
         if batch_sizes:
             raise SpecprofError("--concurrency with a synthetic --emit: the acceptance does not depend on the batch")
-        typer.echo(_synthetic(engine, analysis, choice, domains, target))
+        typer.echo(requestview.synthetic(engine, analysis, choice, domains, target))
         return
     for note in engineplan.notes(choice, target, engine):
         stderr.print(f"note: {note}")
@@ -289,25 +254,6 @@ def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequen
         schedule = batchcost.vllm_schedule(batchcost.batch_plans([estimate], analysis.timings, sizes)[0].points)
     typer.echo(engineplan.vllm_config(choice, target, schedule) if engine == "vllm"
                else engineplan.sglang_flags(choice, target))
-
-
-def _synthetic(engine: str, analysis, choice, domains: Sequence[str], target: str) -> str:
-    """recommend --emit *-synthetic: the engine's forced acceptance at the chosen draft and k, over the
-    --domain mix (default ALL: the whole corpus) under vLLM's counting (core/answers/synthetic.py)."""
-    import numpy as np
-
-    from specprof.core.answers import synthetic
-    from specprof.core.simulation import conventions
-
-    rec = conventions.load_records(analysis.path, choice.draft)
-    mask = np.isin(rec.domains, list(domains)) if domains and ALL not in domains else None
-    counters = conventions.counters_of(rec, choice.k, "vllm", mask)
-    where = ", ".join(domains) if mask is not None else "the whole corpus (ALL)"
-    for note in [choice.warning] if choice.warning else []:
-        stderr.print(f"note: {note}")
-    for note in synthetic.notes(choice, counters, where):
-        stderr.print(f"note: {note}")
-    return synthetic.emit(engine, choice, target, counters)
 
 
 @command(help=GATE_HELP)

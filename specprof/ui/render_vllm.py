@@ -53,12 +53,13 @@ def lines(result) -> list[str]:
                "no draft near-tie found: a real difference between vLLM's proposer and specprof's model of it")
         out.append(f"[red]error:[/] k={m.k}, prompt {m.prompt_id}: identical continuation, counters differ "
                    f"({diff}); {why}")
-    for d in getattr(result, "step_diffs", ()):
+    steps = getattr(result, "steps", None)
+    for d in steps.diffs if steps else ():
         side = lambda v: "no step" if v is None else f"drafted {v[0]}, accepted {v[1]}"  # noqa: E731
         out.append(f"[red]error:[/] k={d.k}, prompt {d.prompt_id}: per-request steps differ first at step {d.step} "
                    f"(block from position {d.start}): specprof {side(d.predicted)}, vLLM {side(d.engine)}; the "
                    f"target's top-2 margin at the disputed token {_f(d.margin, 5)}")
-    for k, n in sorted(getattr(result, "steps_compared", {}).items()):
+    for k, n in sorted(steps.compared.items() if steps else ()):
         out.append(f"note: k={k}: {n} requests compared step by step (per_step_drafted / per_step_accepted)")
     out += [f"note: {n}" for n in result.notes]
     for s in result.sampled:
