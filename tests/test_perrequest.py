@@ -200,6 +200,30 @@ def test_recommend_prints_and_emits_the_request_figures(small_report, cli):
     assert all("vllm_mean_acceptance_length" in e for e in with_engine["per_request"])
 
 
+def test_the_python_api_gives_the_request_figures_the_cli_prints(cli):
+    """recommend(per_request=True) and emit(report, "*-synthetic") equal `--json --per-request` and `--emit`, without
+    torch (test_public_api's harness), on the bundled sample report; without per_request the keys are absent."""
+    from test_public_api import REPORT, api, cli_json
+
+    report = str(REPORT)
+    plain, full, engine, emitted = api(
+        ("recommend", [report], {}),
+        ("recommend", [report], {"per_request": True}),
+        ("recommend", [report], {"engine": "vllm", "draft": ["vllm-ngram"], "k": 3, "per_request": True}),
+        ("emit", [report, "vllm-synthetic"], {"draft": ["vllm-ngram"], "k": 3}),
+    )
+    assert not {"per_request", "per_request_note", "context"} & set(plain)
+    assert full == cli_json(cli, "recommend", report, "--per-request")
+    assert len(full["per_request"]) == len(full["recommendations"]) and full["context"]
+    assert engine == cli_json(cli, "recommend", report, "--engine", "vllm", "--draft", "vllm-ngram", "--k", "3",
+                              "--per-request")
+    assert all("vllm_mean_acceptance_length" in e for e in engine["per_request"])
+    r = cli("recommend", report, "--emit", "vllm-synthetic", "--draft", "vllm-ngram", "--k", "3")
+    assert r.exit_code == 0, r.output
+    assert emitted["text"] + "\n" == r.stdout and json.loads(r.stdout)["rejection_sample_method"] == "synthetic"
+    assert [f"note: {n}" for n in emitted["notes"]] == r.stderr.splitlines()
+
+
 @pytest.mark.vllm
 def test_vllm_accepts_the_emitted_synthetic_config():
     """vLLM 0.32.0's own SpeculativeConfig validates the emitted JSON (and refuses increasing rates)."""

@@ -72,8 +72,8 @@ def first_difference(k: int, prompt_id: str, predicted: Sequence[tuple[int, int,
     """The first step where the two sides differ (None: equal), with the target's margin at the first
     disputed token, `margin_at(position in the continuation)`."""
     for i in range(max(len(predicted), len(engine))):
-        p = tuple(predicted[i][1:]) if i < len(predicted) else None
-        e = tuple(engine[i]) if i < len(engine) else None
+        p = (predicted[i][1], predicted[i][2]) if i < len(predicted) else None
+        e = (engine[i][0], engine[i][1]) if i < len(engine) else None
         if p == e:
             continue
         start = predicted[i][0] if i < len(predicted) else -1

@@ -127,7 +127,7 @@ def _start_accepted(analysis: Analysis, d: DraftRows, match: np.ndarray) -> np.n
         r = analysis.runs[d.draft]
         accepted = r.accepted[r.rows([str(p) for p in d.prompt_ids])]
         out = np.zeros(match.shape, dtype=np.int64)
-        w = min(out.shape[1], accepted.shape[1])
+        w = min(match.shape[1], accepted.shape[1])
         out[:, :w] = accepted[:, :w]
         return out
     return trace.run_lengths(match)[:, : match.shape[1]]
@@ -153,6 +153,7 @@ class DraftSums:
         """[n_prompts, 4·B]: per prompt and bucket Σ accept_prob, tokens, Σ emitted, blocks (blocks at T = 0 only).
         A token at position t sits at offsets[p] + t (offsets: the prompt lengths, or 0 for positions)."""
         a, d = self.analysis, self.d
+        assert a.tokens is not None  # load_analysis keeps the token records
         if axis not in self.tokens:
             value = to_numpy(a.tokens.column("match" if a.exact else "accept_prob"), np.float64)[d.rows]
             self.tokens[axis] = np.hstack([self._cells(axis, d.prompt, d.position, value),
@@ -188,8 +189,9 @@ def context_buckets(analysis: Analysis, estimates: Sequence[Estimate], k: int | 
             if key not in lengths:  # drafts profiled on the same prompts read prompts.parquet once
                 lengths[key] = prompt_lengths(analysis, d.prompt_ids)
             offsets = {"position": np.zeros(len(d.prompt_ids), dtype=np.int64)}
-            if lengths[key] is not None:
-                offsets["context"] = lengths[key]
+            length = lengths[key]
+            if length is not None:
+                offsets["context"] = length
             drafts[e.draft] = DraftSums(analysis, d, offsets)
             groups[e.draft] = domain_groups(analysis.trace(e.draft), ())
         sums = drafts[e.draft]

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from specprof.core.answers.analysis import Analysis
+from specprof.core.answers.engineplan import CounterCache
 from specprof.core.jsonvalues import json_number
 from specprof.core.pricing import costmodel
 from specprof.core.pricing.estimate import Estimate
@@ -127,13 +128,13 @@ def per_request(analysis: Analysis, estimates: Sequence[Estimate], k: int | None
     return out
 
 
-def with_engine(rows: Sequence[PerRequest], per_prompt: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+def with_engine(rows: Sequence[PerRequest], per_prompt: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]
                 ) -> list[PerRequest]:
-    """`rows` with vLLM's per-request mean acceptance length added; `per_prompt[draft]` is (prompt ids,
-    domains, `conventions.prompt_counters` table) at the row's k."""
+    """`rows` with vLLM's per-request mean acceptance length added; `per_prompt[(draft, k)]` is (prompt ids,
+    `conventions.prompt_counters` table) at the row's k."""
     out = []
     for r in rows:
-        ids, _, table = per_prompt[(r.draft, r.k)]
+        ids, table = per_prompt[(r.draft, r.k)]
         index = {p: i for i, p in enumerate(ids.tolist())}
         at = np.array([index[str(p)] for p in r.prompt_ids.tolist()], dtype=np.int64)
         drafts, accepted = table[at, 0].astype(np.float64), table[at, 2].astype(np.float64)
@@ -141,6 +142,19 @@ def with_engine(rows: Sequence[PerRequest], per_prompt: dict[str, tuple[np.ndarr
             mal = np.where(drafts > 0, 1.0 + accepted / drafts, np.nan)
         out.append(PerRequest(r.draft, r.domain, r.k, r.prompt_ids, r.tokens_per_iter, r.speedup, mal))
     return out
+
+
+def by_request(analysis: Analysis, estimates: Sequence[Estimate], k: int | None = None,
+               counters: CounterCache | None = None) -> list[PerRequest]:
+    """`per_request`, with vLLM's per-request mean acceptance length added when its counters were asked for
+    (`counters`: recommend --engine's cache, whose per-prompt tables it fills and reads)."""
+    rows = per_request(analysis, estimates, k)
+    if counters is None:
+        return rows
+    for draft, kk in {(r.draft, r.k) for r in rows}:
+        counters.counters(draft, ALL, kk)  # fills the per-prompt table
+    return with_engine(rows, {key: (counters.records[key[0]].prompt_ids, table)
+                              for key, (table, _) in counters.per_prompt.items()})
 
 
 def per_request_json(rows: Sequence[PerRequest]) -> list[dict[str, Any]]:

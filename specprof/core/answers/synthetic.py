@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
+
+import numpy as np
 
 from specprof.core.answers import engineplan
+from specprof.core.answers.analysis import Analysis
 from specprof.core.simulation import conventions
+from specprof.core.vocabulary import ALL, SGLANG_SYNTHETIC, VLLM, VLLM_SYNTHETIC, SyntheticTarget
 
-EMIT_TARGETS = ("vllm-synthetic", "sglang-synthetic", "trtllm-synthetic")
 CONVENTION_NOTE = ("rates under vLLM's counting: first token from prefill (no draft), steps whose proposer "
                    "returned nothing are not drafts, acceptances past EOS / max_tokens counted")
 
@@ -73,12 +77,25 @@ def trtllm_synthetic(counters: conventions.EngineCounters) -> str:
     return f"TLLM_SPEC_DECODE_FORCE_NUM_ACCEPTED_TOKENS={forced:.4g}  # integer-only releases: {round(forced)}"
 
 
-def emit(engine: str, choice: engineplan.Choice, target: str, counters: conventions.EngineCounters) -> str:
-    if engine == "vllm-synthetic":
+def emit(engine: SyntheticTarget, choice: engineplan.Choice, target: str, counters: conventions.EngineCounters) -> str:
+    if engine == VLLM_SYNTHETIC:
         return vllm_synthetic(choice, target, counters)
-    if engine == "sglang-synthetic":
+    if engine == SGLANG_SYNTHETIC:
         return sglang_synthetic(choice, target, counters)
     return trtllm_synthetic(counters)
+
+
+def emission(engine: SyntheticTarget, analysis: Analysis, choice: engineplan.Choice, domains: Sequence[str],
+             target: str) -> tuple[str, list[str]]:
+    """The setting and its notes at the chosen draft and k, over the --domain mix (default ALL: the whole corpus)
+    under vLLM's counting."""
+    assert choice.draft is not None and choice.k is not None
+    rec = conventions.load_records(analysis.path, choice.draft)
+    mask = np.isin(rec.domains, list(domains)) if domains and ALL not in domains else None
+    counters = conventions.counters_of(rec, choice.k, VLLM, mask)
+    where = ", ".join(domains) if mask is not None else "the whole corpus (ALL)"
+    warning = [choice.warning] if choice.warning else []
+    return emit(engine, choice, target, counters), warning + notes(choice, counters, where)
 
 
 def notes(choice: engineplan.Choice, counters: conventions.EngineCounters, where: str) -> list[str]:
