@@ -4,7 +4,8 @@ Builds a synthetic greedy report of ~1M token rows (2 drafts × 4,000 prompts ×
 domains; each prompt's match rate drawn from Beta(3, 2), the draft's top-1 probability from Beta(5, 2)
 where it matches and Beta(2, 5) where not), then times, in fresh processes as a CI
 job would run them, each once per round (interleaved: load from other jobs hits them alike):
-`specprof recommend --json`, `specprof gate`, `specprof compare`, and as the
+`specprof recommend --json` (and with `--per-request`: the spreads over requests and the acceptance by
+context, issue 24), `specprof gate`, `specprof compare`, and as the
 baseline `python -c "pandas.read_parquet(tokens.parquet)"` (Python start-up + imports + reading the
 same file), and Python start-up with specprof's imports. Also the in-process time of load + trace +
 bootstrap. No torch involved. Timings on a busy shared machine are unreliable: compare the ratios.
@@ -67,6 +68,14 @@ def build_report(directory: Path, n_prompts: int, n_positions: int, seed: int = 
         }))
     tokens = pd.concat(frames, ignore_index=True)
     reportfiles.write_table(directory / "tokens.parquet", tokens, "tokens")
+    # prompts of 20..2,000 tokens: `recommend --per-request` reads their lengths for acceptance by context
+    reportfiles.write_table(directory / "prompts.parquet", pd.DataFrame({
+        "prompt_id": [f"p{i:06d}" for i in range(n_prompts)],
+        "domain": [DOMAINS[i % len(DOMAINS)] for i in range(n_prompts)],
+        "prompt": "x", "messages": None,
+        "prompt_tokens": [np.ones(n, dtype=np.int32) for n in rng.integers(20, 2000, n_prompts)],
+        "n_generated": n_positions, "finish_reason": "length", "min_margin": 1.0,
+    }), "prompts")
     reportfiles.write_json(directory / "run.json", {
         "schema_version": schema.SCHEMA_VERSION,
         "target": {"name": "synthetic", "fingerprint": "synthetic"},
@@ -98,6 +107,7 @@ def main() -> None:
             "baseline": [sys.executable, "-c", read],
             "startup": [sys.executable, "-c", "import specprof.ui.cli, specprof.core.answers.decide"],
             "recommend": [*cli, "recommend", str(path), "--json"],
+            "recommend_per_request": [*cli, "recommend", str(path), "--json", "--per-request"],
             "gate": [*cli, "gate", str(path), "--min-speedup", "1.0"],
             "compare": [*cli, "compare", str(path), str(path)],
         }, args.repeats)
@@ -126,6 +136,8 @@ def main() -> None:
         ("baseline: python + read tokens.parquet", f"{baseline:.2f} s"),
         ("python + import specprof.ui.cli, decide", f"{startup:.2f} s"),
         ("specprof recommend --json", f"{recommend:.2f} s ({ratio['recommend']:.2f}× baseline), exit {rc_r}"),
+        ("specprof recommend --json --per-request", f"{median['recommend_per_request']:.2f} s "
+         f"({ratio['recommend_per_request']:.2f}× baseline), exit {timed['recommend_per_request'][1]}"),
         ("specprof gate --min-speedup 1.0", f"{gate:.2f} s ({ratio['gate']:.2f}× baseline), exit {rc_g}"),
         ("specprof compare A A", f"{compare:.2f} s ({ratio['compare']:.2f}× baseline), exit {rc_c}"),
         ("in-process load + trace + bootstrap", f"{inproc:.2f} s"),

@@ -3,7 +3,8 @@
 It answers a completion for a prompt it knows with the continuation it was given for that prompt,
 and adds that prompt's counters to its /metrics, in vLLM 0.32.0's exposition format. Knobs plant
 each failure `verify` must report: no speculation, an old vLLM, another tokenizer, a server that
-dies or hangs after n requests.
+dies or hangs after n requests. With `steps` it returns each request's per-step drafted / accepted
+arrays, as vLLM 0.32.0 started with `--per-request-spec-decode-metrics detailed` does.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class FakeVllm:
     # fake generates greedily (ignore_eos, logprobs) and answers prompt_logprobs as vLLM 0.32.0 does.
     model: object = None
     max_model_len: int | None = None  # reported by /v1/models
+    # prompt ids → (per_step_drafted, per_step_accepted): answered in metrics.speculative_decoding, as vLLM 0.32.0
+    # started with --per-request-spec-decode-metrics detailed does; empty: a server without the option
+    steps: dict[tuple[int, ...], tuple[list[int], list[int]]] = field(default_factory=dict)
     totals: list[int] = field(default_factory=lambda: [0, 0, 0])
     per_pos: list[int] = field(default_factory=list)
     completions: int = 0
@@ -87,7 +91,17 @@ class FakeVllm:
             self.totals = [self.totals[0] + drafts, self.totals[1] + draft_tokens, self.totals[2] + accepted]
             self.per_pos = [a + b for a, b in zip(self.per_pos or [0] * self.k, per_pos)]
         out = self.continuations[prompt][: body["max_tokens"]]
-        return {"choices": [{"index": 0, "text": "", "token_ids": out, "finish_reason": "length"}]}
+        response = {"choices": [{"index": 0, "text": "", "token_ids": out, "finish_reason": "length"}]}
+        if prompt in self.steps:
+            drafted, accepted = self.steps[prompt]
+            histogram = [accepted.count(j) for j in range(self.k + 1)]
+            response["metrics"] = {"speculative_decoding": {
+                "mean_acceptance_length": 1 + sum(accepted) / len(accepted) if accepted else 1.0,
+                "draft_acceptance_rate": sum(accepted) / sum(drafted) if sum(drafted) else 0.0,
+                "acceptance_histogram": histogram, "num_spec_steps": len(accepted),
+                "num_accepted_draft_tokens": sum(accepted), "num_draft_tokens": sum(drafted),
+                "num_spec_tokens": self.k, "per_step_accepted": list(accepted), "per_step_drafted": list(drafted)}}
+        return response
 
     def model_complete(self, body: dict) -> dict:
         """Greedy generation and prompt_logprobs from `model`, in vLLM 0.32.0's response shapes."""

@@ -14,7 +14,9 @@ from specprof.core.records import schema
 TYPES = {
     "tokens": {"draft": "string", "prompt_id": "string", "domain": "string", "position": "int32",
                "target_token": "int32", "draft_token": "int32", "match": "bool", "accept_prob": "float",
-               "target_p": "float", "draft_q": "float", "target_entropy": "float", "draft_top1_p": "float"},
+               "target_p": "float", "draft_q": "float", "target_entropy": "float", "draft_top1_p": "float",
+               # schema 3 (sampled traffic as vLLM samples it)
+               "proposal_target_p": "float", "draft_q_untruncated": "float", "accept_prob_untruncated": "float"},
     "summary": {"draft": "string", "domain": "string", "k": "int32", "n_prompts": "int32", "n_tokens": "int64",
                 "alpha": "double", "alpha_lo": "double", "alpha_hi": "double", "tokens_per_iter": "double",
                 "draft_acceptance_rate": "double", "speedup_iid": "double", "speedup": "double",

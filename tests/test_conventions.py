@@ -402,7 +402,8 @@ def test_recommend_engine_on_a_schema_1_report(cli, monkeypatch):
 def test_recommend_engine_and_emit_refuse_bad_input(report, cli):
     for args, line in [
         (["--engine", "sglang"], "--engine sglang: unknown engine (use vllm, or transformers for specprof's own)"),
-        (["--emit", "tgi"], "--emit tgi: unknown engine (use vllm or sglang)"),
+        (["--emit", "tgi"], "--emit tgi: unknown engine (use vllm, sglang, vllm-synthetic, sglang-synthetic or "
+                            "trtllm-synthetic)"),
         (["--engine", "vllm", "--k", 9], "--k 9: the report covers k = 1..8"),
     ]:
         r = cli("recommend", report, *args)

@@ -49,7 +49,8 @@ def page(small_report, tmp_path_factory):
 
 def expected_plots(recommend) -> list[str]:
     drafts = [d["draft"] for d in recommend["drafts"]]
-    return ["alpha"] + [f"{kind}-{plots.slug(d)}" for d in drafts for kind in ("speedup", "positions", "accepted")]
+    return ["alpha"] + [f"{kind}-{plots.slug(d)}" for d in drafts for kind in ("speedup", "positions", "accepted",
+                                                                             "requests", "context")]
 
 
 FIGURES_JS = """JSON.stringify([...document.querySelectorAll('figure.plot')].map(f => {

@@ -370,3 +370,52 @@ def test_limit_sends_the_first_prompts_of_each_domain(cli, served):
     assert [b["prompt"] for b in served.fake.requests if "max_tokens" in b] == [list(served.ids[p]) for p in first]
     drafts = {c["counter"]: c["engine"] for c in out["counters"]}["num_drafts"]
     assert drafts == sum(prompt_counters(served.index[p])[0] for p in first)
+
+
+# --- request by request (issue 24): per-step drafted / accepted arrays ------------------------------------------
+
+
+def simulated_steps(served, k: int = K) -> dict[str, list[tuple[int, int, int]]]:
+    from specprof.core.simulation import conventions
+
+    rec = conventions.load_records(served.report, served.draft)
+    return {pid: conventions.prompt_steps(rec, k, pid) for pid in served.ids}
+
+
+def test_per_request_steps_equal_the_simulated_steps(cli, served):
+    steps = simulated_steps(served)
+    assert any(len(s) > 1 for s in steps.values())
+    served.fake.steps = {served.ids[p]: ([d for _, d, _ in s], [a for _, _, a in s]) for p, s in steps.items()}
+    r = verify(cli, served)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["per_request_steps"] == {"compared": {"3": len(served.ids)}, "first_differences": []}
+    assert out["notes"] == []
+
+
+def test_first_differing_step_is_named_with_the_targets_margin(cli, served):
+    steps = simulated_steps(served)
+    pid = max(steps, key=lambda p: len(steps[p]))
+    served.fake.steps = {served.ids[p]: ([d for _, d, _ in s], [a for _, _, a in s]) for p, s in steps.items()}
+    start, drafted, accepted = steps[pid][1]
+    changed = accepted - 1 if accepted else 1  # vLLM accepted one token fewer (or one more) at step 1
+    served.fake.steps[served.ids[pid]][1][1] = changed
+    y = served.continuations[pid]
+    disputed = start + min(accepted, changed)
+    served.fake.logprobs[served.ids[pid] + tuple(y[:disputed])] = {y[disputed]: -0.1, 7: -2.6}
+    r = verify(cli, served)
+    assert r.exit_code == 1, r.output
+    [d] = json.loads(r.stdout)["per_request_steps"]["first_differences"]
+    assert (d["prompt_id"], d["step"], d["start"]) == (pid, 1, start)
+    assert d["predicted"] == [drafted, accepted] and d["engine"] == [drafted, changed]
+    assert d["target_margin"] == pytest.approx(2.5)
+    text = cli("verify", served.report, "--engine", "vllm", "--url", served.url)
+    assert f"prompt {pid}: per-request steps differ first at step 1" in text.stdout
+
+
+def test_server_without_per_request_metrics_falls_back_to_totals(cli, served):
+    r = verify(cli, served)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["notes"] == [verify_vllm.verify_steps.NO_STEPS]
+    assert out["per_request_steps"]["compared"] == {}

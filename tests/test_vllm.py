@@ -8,6 +8,8 @@ server is started apart and verified through `--url`):
     proposes): every counter exact, or each prompt that differs explained as a near-tie;
   - `profile --engine vllm` against the k = 3 server (the target) and a plain server of that directory
     (the draft): the transformers engine's match columns.
+  - request by request (issue 24): every server runs with --per-request-spec-decode-metrics detailed and
+    each response's per-step drafted / accepted arrays are compared with the simulated steps;
   - `recommend --emit vllm --draft vllm-ngram:1:3 --k 3 --concurrency 1,4` (the report is timed at batch
     sizes 1 and 4): vLLM starts with that exact JSON, batch-size schedule included, and serves a completion
     (one more server, about 40–100 s).
@@ -96,12 +98,13 @@ def ngram3_server(vllm_python, report):
     """The target served with vLLM's n-gram proposer at k = 3, started as a user would (the same launcher,
     outside specprof's run): `verify --url` checks its counters, and `profile --engine vllm` uses it as the
     target's server (speculation is lossless at T = 0); the profile test stops it when done."""
+    from specprof.commands import verify_steps
     from specprof.core.records import reportfiles
     from specprof.engines.vllm import launcher
 
     config = launcher.speculative_config("vllm-ngram:1:3", 3)
     target = reportfiles.load_report(report).run["target"]["source"]
-    with launcher.launch(vllm_python, target, config) as server:
+    with launcher.launch(vllm_python, target, config, extra=verify_steps.PER_REQUEST_FLAG) as server:
         yield server
 
 
@@ -132,6 +135,10 @@ def test_vllm_ngram_counters_equal_vllm_metrics(cli, report, vllm_python, ngram3
         assert o["continuations"] == []  # vLLM's greedy output is the report's continuation, token for token
         assert [c for c in o["counters"] if not c["equal"]] == []
     assert out["prompts_done"] == {k: len(PROMPTS) for k in ("1", "2", "4")} and out3["prompts_done"] == {"3": 4}
+    # issue 24: request by request, every verify step's drafted and accepted counts equal the simulated steps
+    assert out3["per_request_steps"] == {"compared": {"3": len(PROMPTS)}, "first_differences": []}
+    assert out["per_request_steps"] == {"compared": {k: len(PROMPTS) for k in ("1", "2", "4")},
+                                        "first_differences": []}
     assert code == code3 == 0
     counters = out["counters"] + out3["counters"]
     assert len(counters) == sum(3 + k for k in (1, 2, 3, 4))
@@ -183,6 +190,11 @@ def test_model_draft_counters_equal_vllm_metrics_or_near_ties(cli, report, vllm_
         assert all(c["equal"] for c in out["counters"])
     else:  # every prompt whose counters differ is explained by a near-tie of the draft, with its margin
         assert out["prompt_mismatches"] and all(m["verdict"] == "near-tie" for m in out["prompt_mismatches"])
+    # issue 24: request by request; a request whose steps differ is one of the near-tie prompts above
+    steps = out["per_request_steps"]
+    assert steps["compared"] == {k: len(PROMPTS) for k in KS}
+    near_ties = {(m["k"], m["prompt_id"]) for m in out["prompt_mismatches"] if m["verdict"] == "near-tie"}
+    assert {(d["k"], d["prompt_id"]) for d in steps["first_differences"]} <= near_ties
 
 
 def test_emitted_config_with_a_batch_size_schedule_is_accepted_by_vllm(cli, report, vllm_python):

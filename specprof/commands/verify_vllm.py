@@ -30,12 +30,13 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from specprof.commands import verify_sampled
+from specprof.commands import verify_sampled, verify_steps
 from specprof.commands.vllm_common import (
     best_k,
     check_ks,
     check_tokenizer,
     choose_draft,
+    draft_near_ties,
     draft_source,
     select_prompts,
     server_k,
@@ -46,7 +47,6 @@ from specprof.core.jsonvalues import json_clean
 from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import Report, load_report
 from specprof.core.records.sequences import first_difference, report_continuations
-from specprof.core.simulation import kinds
 from specprof.core.vocabulary import VLLM
 from specprof.engines.text import auto_detokenizer
 from specprof.engines.vllm import launcher
@@ -57,9 +57,6 @@ COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 # Two tokens whose float32 log-probabilities differ by less than this are a near-tie: vLLM's CPU kernels
 # and PyTorch's may order them either way (the same bound `verify`'s transformers engine uses at float32).
 NEAR_TIE = {"float32": 1e-3, "float16": 0.1, "bfloat16": 0.5}
-# Draft positions whose top-2 margin is below this are listed as candidate near-ties when a prompt's
-# counters differ with an identical continuation (they are where another kernel could propose otherwise).
-DRAFT_NEAR_TIE_LISTED = 0.05
 REQUEST_TIMEOUT_S = 300.0  # one completion of max_new_tokens on a slow CPU server
 
 Predict = Callable[..., Any]  # engine_counters(report, draft, k, *, prompt_ids, engine) → EngineCounters
@@ -127,11 +124,13 @@ class VllmVerifyResult:
     notes: list[str] = field(default_factory=list)  # where the prediction is a bound, not exact (an old report)
     positions: list = field(default_factory=list)  # T > 0: verify_sampled.PositionRow per k and position
     error: str | None = None  # what stopped the run (exit 2); everything above was compared before it
+    steps: verify_steps.Steps = field(default_factory=verify_steps.Steps)  # request by request (verify_steps)
 
     @property
     def mismatch(self) -> bool:
         """At T = 0 a counter or a continuation differs (exit 1)."""
-        return self.temperature == 0 and (any(not r.equal for r in self.counters) or bool(self.continuations))
+        differs = any(not r.equal for r in self.counters) or bool(self.continuations) or bool(self.steps.diffs)
+        return self.temperature == 0 and differs
 
     def as_dict(self) -> dict:
         return json_clean({
@@ -143,7 +142,7 @@ class VllmVerifyResult:
             "prompt_mismatches": [m.as_dict() for m in self.prompt_mismatches],
             "sampled": [s.as_dict() for s in self.sampled], "notes": list(self.notes),
             "positions": [p.as_dict() for p in self.positions],
-            "mismatch": self.mismatch, "error": self.error,
+            "mismatch": self.mismatch, "error": self.error, "per_request_steps": self.steps.as_dict(),
         })
 
 
@@ -237,7 +236,8 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
             say(f"k={k}: starting vLLM…")
             assert options.vllm_python is not None  # a config is launched: --vllm-python was given
             with launcher.launch(options.vllm_python, model, config, dtype=dtype,
-                                 start_timeout_s=options.start_timeout_s) as server:
+                                 start_timeout_s=options.start_timeout_s,
+                                 extra=verify_steps.launch_flags(result.vllm_version)) as server:
                 server.client.timeout_s = options.timeout_s or REQUEST_TIMEOUT_S
                 _verify_k(server.client, k, report, draft, prompts, continuations, detok, predict, options, result,
                           say)
@@ -298,6 +298,7 @@ def _send(client: VllmClient, k: int, ids: list[str], prompts: pd.DataFrame, rep
                                          str(report.run.get("dtype", "float32")))
             if diff:
                 result.continuations.append(diff)
+            verify_steps.compare_request(client, k, pid, prompt, out, report, result, diverged=bool(diff))
 
 
 def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: dict[str, SpecCounters],
@@ -348,21 +349,3 @@ def _compare_continuation(client: VllmClient, k: int, pid: str, prompt: list[int
     near = gap == gap and gap <= NEAR_TIE.get(dtype, 1e-3)
     return ContinuationDiff(k, pid, j, a, b, margin, gap, "near-tie" if near else "diverged")
 
-
-def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str | None,
-                    top2_margins: Callable[[str, list[int], list[int]], list[float]] | None,
-                    ) -> list[tuple[int, float]]:
-    """Positions where the draft's top-2 logits are within DRAFT_NEAR_TIE_LISTED (float32), smallest first.
-
-    Model drafts only (an n-gram rule has no ties): the draft is re-run in float32 with transformers
-    (imported here, only when a prompt needs explaining).
-    """
-    source = draft_model_dir or draft_source(report.run, draft)
-    if kinds.parse(draft).kind.model_free or not source or top2_margins is None:
-        return []
-
-    prompts = report.frame("prompts").set_index("prompt_id")
-    continuation = report_continuations(report.frame("tokens").query("draft == @draft")).get(pid, [])
-    prompt = [int(t) for t in prompts.loc[pid, "prompt_tokens"]]
-    found = top2_margins(source, prompt, continuation)
-    return sorted(((i, m) for i, m in enumerate(found) if m < DRAFT_NEAR_TIE_LISTED), key=lambda x: x[1])

@@ -1,5 +1,6 @@
 """What the vLLM commands share: a server's spec-decode counters and k, the tokenizer check, and the
-report lookups (which draft, which prompts, which k, the model directories to serve).
+report lookups (which draft, which prompts, which k, the model directories to serve), and the draft's near-ties that
+explain a prompt whose counters differ.
 
 `verify_vllm` (counters against the prediction) and `verify_concurrency` (throughput at batch sizes)
 both use them. No torch here.
@@ -8,7 +9,7 @@ both use them. No torch here.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +17,15 @@ import pandas as pd
 from specprof.core.pricing import costmodel
 from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import Report
+from specprof.core.records.sequences import report_continuations
 from specprof.core.simulation import kinds
 from specprof.core.vocabulary import ALL
 from specprof.engines.vllm.client import SpecCounters, VllmClient
 from specprof.errors import SpecprofError
+
+# Draft positions whose top-2 margin is below this are listed as candidate near-ties when a prompt's
+# counters differ with an identical continuation (they are where another kernel could propose otherwise).
+DRAFT_NEAR_TIE_LISTED = 0.05
 
 
 def settled_metrics(client: VllmClient, wait_s: float = 2.0) -> SpecCounters:
@@ -120,3 +126,22 @@ def draft_source(run: dict, draft: str) -> str | None:
             if source and Path(str(source)).exists():
                 return str(source)
     return None
+
+
+def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str | None,
+                    top2_margins: Callable[[str, list[int], list[int]], list[float]] | None,
+                    ) -> list[tuple[int, float]]:
+    """Positions where the draft's top-2 logits are within DRAFT_NEAR_TIE_LISTED (float32), smallest first.
+
+    Model drafts only (an n-gram rule has no ties): the draft is re-run in float32 with transformers
+    (imported here, only when a prompt needs explaining).
+    """
+    source = draft_model_dir or draft_source(report.run, draft)
+    if kinds.parse(draft).kind.model_free or not source or top2_margins is None:
+        return []
+
+    prompts = report.frame("prompts").set_index("prompt_id")
+    continuation = report_continuations(report.frame("tokens").query("draft == @draft")).get(pid, [])
+    prompt = [int(t) for t in prompts.loc[pid, "prompt_tokens"]]
+    found = top2_margins(source, prompt, continuation)
+    return sorted(((i, m) for i, m in enumerate(found) if m < DRAFT_NEAR_TIE_LISTED), key=lambda x: x[1])

@@ -23,6 +23,12 @@ ENGINE_ALIASES: dict[str, Engine] = {"hf": TRANSFORMERS}  # accepted on the comm
 EmitTarget = Literal["vllm", "sglang"]
 SGLANG: EmitTarget = "sglang"
 EMIT_TARGETS: tuple[EmitTarget, ...] = (VLLM, SGLANG)
+# The settings `recommend --emit` writes to benchmark a serving engine at a report's acceptance (synthetic acceptance).
+SyntheticTarget = Literal["vllm-synthetic", "sglang-synthetic", "trtllm-synthetic"]
+VLLM_SYNTHETIC: SyntheticTarget = "vllm-synthetic"
+SGLANG_SYNTHETIC: SyntheticTarget = "sglang-synthetic"
+TRTLLM_SYNTHETIC: SyntheticTarget = "trtllm-synthetic"
+SYNTHETIC_TARGETS: tuple[SyntheticTarget, ...] = (VLLM_SYNTHETIC, SGLANG_SYNTHETIC, TRTLLM_SYNTHETIC)
 
 # The draft kinds, as run.json records them (`kinds.py` says what each one is).
 MODEL = "model"  # a separate model (a directory, hub id or .gguf)

@@ -82,6 +82,9 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
     for d in drafts:
         by_draft[d] = plots.draft_plots([e for e in estimates if e.draft == d])
         all_plots += by_draft[d]
+    by_request = _request_plots(analysis, estimates)  # draft → (requests plot, context plot)
+    for d in drafts:
+        all_plots += by_request[d]
     by_batch = {}  # draft → plot of speedup against batch size, when the costs were measured at several
     if analysis.timings is not None and analysis.timings.by_batch_size:
         sizes = batchcost.measured_batch_sizes(analysis.timings)
@@ -114,6 +117,11 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
                             "and Leviathan et al.'s i.i.d. model at the same α and costs; above 1 speculation pays."),
             figure(positions, f"Blocks of k = k_max. r_i: {glossary.PER_POSITION}"),
             figure(accepted, "How many of the k proposals each block accepted (whole corpus)."),
+            figure(by_request[p.draft][0], "Tokens/iter of each request at its domain's best k: the spread the "
+                   "pooled figure hides; the label says the share of requests on which speculation loses "
+                   "(their speedup under the cost model is below 1)."),
+            figure(by_request[p.draft][1], "Tokens/iter (α at T > 0) by context length (prompt + generated "
+                   "tokens) and by position in the continuation, with 95% bootstrap intervals over prompts."),
             *([figure(by_batch[p.draft], "Speedup at the best k of each serving batch size b (costs t_T(n; b), "
                       "t_D(b) measured for b sequences at once; the acceptance is the same at every b), with its "
                       f"95% interval; below 1 speculation loses. Not modelled: {batchcost.IGNORED}.")]
@@ -135,6 +143,18 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
         + "\n</body>\n</html>\n"
     )
     return page, all_plots
+
+
+def _request_plots(analysis, estimates: Sequence[Estimate]) -> dict[str, list[plots.Plot]]:
+    """Per draft: the request-by-request and the context plots (issue 24)."""
+    from specprof.core.answers import context, perrequest
+    from specprof.ui import requestplots
+
+    rows = perrequest.per_request(analysis, estimates)
+    buckets = context.context_buckets(analysis, estimates)
+    drafts = dict.fromkeys(e.draft for e in estimates)
+    return {d: [requestplots.requests_plot([r for r in rows if r.draft == d]),
+                requestplots.context_plot([b for b in buckets if b.draft == d])] for d in drafts}
 
 
 def write(path: str | Path, html_path: str | Path, png_dir: str | Path | None = None,

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from specprof.core import glossary
-from specprof.core.vocabulary import EMIT_TARGETS, engine_named
+from specprof.core.vocabulary import engine_named
 from specprof.errors import SpecprofError
-from specprof.ui import inspectview, render
+from specprof.ui import inspectview, render, requestview
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
 from specprof.ui.options import DomainFilter, DraftFilter, Json, Report, Tokenizer
 
@@ -40,6 +40,14 @@ RECOMMEND_HELP = "\n\n".join([
     "vLLM samples the first token in prefill, counts no draft where its proposer found nothing, and counts "
     "acceptances past EOS / max_tokens. At each domain's best k, or at --k. On a sampled report (T > 0): their "
     "expected values with 95% intervals for --draft-sampling greedy (vLLM's default) or probabilistic.",
+    "--emit vllm-synthetic | sglang-synthetic | trtllm-synthetic: the engine's synthetic-acceptance setting at the "
+    "acceptance of these prompts (vLLM: rejection_sample_method synthetic with synthetic_acceptance_rates, the "
+    "per-position rates under vLLM's counting; SGLang: SGLANG_SIMULATE_ACC_LEN = mean acceptance length; "
+    "TensorRT-LLM: TLLM_SPEC_DECODE_FORCE_NUM_ACCEPTED_TOKENS = mean acceptance length − 1), over --domain or the "
+    "whole corpus, at the recommended draft and k (or --draft and --k): benchmark serving at your acceptance.",
+    "The text output ends with the spread over requests (median, p10, p90 of tokens/iter; how many requests lose "
+    "under the cost model) and whether acceptance falls with context length or position; --json --per-request "
+    "adds them as per_request and context.",
     "--emit vllm | sglang: print only the configuration to paste for the recommended draft and k (vLLM's "
     "--speculative-config JSON, SGLang's flags), or why no domain should enable speculation; --draft, --domain "
     "and --k choose. With one --draft and --k the config is printed even where it is not GO (a note on stderr "
@@ -111,10 +119,14 @@ def recommend(
     k: Annotated[int | None, typer.Option(
         "--k", help="With --engine or --emit: at this k instead of each best k.")] = None,
     emit: Annotated[str | None, typer.Option(
-        "--emit", metavar="vllm|sglang", help="Print only the config to paste.")] = None,
+        "--emit", metavar="vllm|sglang|vllm-synthetic|sglang-synthetic|trtllm-synthetic",
+        help="Print only the config to paste.")] = None,
     draft_sampling: Annotated[str | None, typer.Option(
         "--draft-sampling", metavar="greedy|probabilistic", help="Sampled reports with --engine vllm: vLLM's "
         "draft_sample_method to predict (default greedy, vLLM's default).")] = None,
+    per_request: Annotated[bool, typer.Option(
+        "--per-request", help="With --json: add the per-request spreads and the acceptance-by-context buckets "
+        "(the text output always ends with them).")] = False,
 ) -> None:
     from specprof.core.answers import decide
     from specprof.core.answers import recommend as answers
@@ -133,8 +145,6 @@ def recommend(
     if engine is not None and engine_named(engine) is None:
         raise SpecprofError(f"--engine {engine}: unknown engine (use vllm, or transformers for specprof's own)")
     engine = engine_named(engine) if engine is not None else None  # hf is transformers
-    if emit is not None and emit not in EMIT_TARGETS:
-        raise SpecprofError(f"--emit {emit}: unknown engine (use vllm or sglang)")
     if k is not None and engine is None and emit is None:
         raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
     pricing = {"cost_ratio": cost_ratio, "min_speedup": min_speedup, "draft": draft or (), "domain": domain or (),
@@ -142,8 +152,9 @@ def recommend(
     if emit is not None:
         _show_emission(answers.emit(report_path, emit, draft_sampling=draft_sampling, **pricing))
         return
+    # The text output always ends with the request-by-request figures; the JSON has them with --per-request.
     result = answers.recommend(report_path, engine=engine, draft_sampling=draft_sampling,
-                                **pricing)
+                                per_request=per_request or not as_json, **pricing)
     print_json(result.to_json()) if as_json else _show_recommendation(result)
 
 
@@ -162,6 +173,7 @@ def _show_recommendation(result: Recommendation) -> None:
 
         entries = [(e.engine.k, e.engine.counters) for e in result.entries if e.engine is not None]
         stdout.print(engineview.engine_view(result.estimates, entries, result.engine, result.engine_k is not None))
+        requestview.print_by_request(result.per_request, result.context)
         return
     stdout.print(render.recommend_view(result.estimates, list(result.plans), result.min_speedup, result.policies,
                                        result.no_policy))
@@ -175,6 +187,7 @@ def _show_recommendation(result: Recommendation) -> None:
     if not result.exact:
         stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
         stdout.print(f"note: {policy_estimate.SAMPLED_NOTE}")
+    requestview.print_by_request(result.per_request, result.context)
 
 
 def _show_emission(emission: Emission) -> None:

@@ -53,6 +53,14 @@ def lines(result) -> list[str]:
                "no draft near-tie found: a real difference between vLLM's proposer and specprof's model of it")
         out.append(f"[red]error:[/] k={m.k}, prompt {m.prompt_id}: identical continuation, counters differ "
                    f"({diff}); {why}")
+    steps = getattr(result, "steps", None)
+    for d in steps.diffs if steps else ():
+        side = lambda v: "no step" if v is None else f"drafted {v[0]}, accepted {v[1]}"  # noqa: E731
+        out.append(f"[red]error:[/] k={d.k}, prompt {d.prompt_id}: per-request steps differ first at step {d.step} "
+                   f"(block from position {d.start}): specprof {side(d.predicted)}, vLLM {side(d.engine)}; the "
+                   f"target's top-2 margin at the disputed token {_f(d.margin, 5)}")
+    for k, n in sorted(steps.compared.items() if steps else ()):
+        out.append(f"note: k={k}: {n} requests compared step by step (per_step_drafted / per_step_accepted)")
     out += [f"note: {n}" for n in result.notes]
     out += [f"k={r.k} position {r.position} ({r.mode}): vLLM {r.engine_rate:.3f}, expected {r.predicted:.3f} "
             f"[{r.predicted_lo:.3f}, {r.predicted_hi:.3f}]: {r.verdict}" for r in getattr(result, "positions", ())]

@@ -13,11 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from specprof.core.pricing.timings import Timings
 from specprof.core.records import reportfiles
 from specprof.core.simulation import blockdraft, kinds
 from specprof.core.simulation.policy import PolicyCounts
-from specprof.core.simulation.traces import DraftTrace, first_seen_codes, index_drafts, is_in, trace_drafts
+from specprof.core.simulation.traces import (
+    DraftRows,
+    DraftTrace,
+    first_seen_codes,
+    index_drafts,
+    is_in,
+    trace_drafts,
+)
 from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
@@ -39,6 +48,10 @@ class Analysis:
     policies: dict[str, PolicyCounts] = field(default_factory=dict)
     # drafts without a confidence to threshold (n-gram lookups propose with probability 1 or not at all)
     no_policy: tuple[str, ...] = ()
+    # The token records behind the traces, for figures by request and by context (`perrequest`, `context`)
+    tokens: pa.Table | None = None
+    index: tuple[DraftRows, ...] = ()  # `traces.index_drafts(tokens)`
+    runs: dict[str, blockdraft.StartRuns] = field(default_factory=dict)  # block-dependent drafts at T = 0
 
     def trace(self, draft: str) -> DraftTrace:
         return next(t for t in self.traces if t.draft == draft)
@@ -88,4 +101,4 @@ def load_analysis(
 
         simulated = policy_estimate.trace_policies(table, index, [t for t in traces if t.draft not in no_policy])
     return Analysis(rep.directory, rep.run, traces, timings, exact, all_domains, simulated,
-                    tuple(t.draft for t in traces if t.draft in no_policy))
+                    tuple(t.draft for t in traces if t.draft in no_policy), table, tuple(index), runs)

@@ -75,16 +75,17 @@ def counters_json(c: conventions.EngineCounters) -> dict[str, Any]:
 
 
 def engine_entries(
-    analysis: Analysis, estimates: Sequence[Estimate], engine: Engine, k: int | None = None
+    analysis: Analysis, estimates: Sequence[Estimate], engine: Engine, k: int | None = None,
+    cache: CounterCache | None = None,
 ) -> list[tuple[int, conventions.EngineCounters]]:
-    """(k, counters) for each estimate: at its best k, or at `k`."""
+    """(k, counters) for each estimate: at its best k, or at `k` (`cache`: keep the per-prompt counters)."""
     if not analysis.exact:
         raise SpecprofError(
             f"--engine {engine}: engine counters are exact at temperature 0 only; this report was sampled "
             "(compare acceptance with `verify` instead)"
         )
     check_k(analysis, k)
-    cache = CounterCache(analysis, engine)
+    cache = CounterCache(analysis, engine) if cache is None else cache
     out = []
     for e in estimates:
         kk = e.best_k if k is None else k

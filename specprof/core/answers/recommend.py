@@ -9,9 +9,10 @@ plan (which domains to enable, one shared k). `Recommendation.to_json()` is the 
 key for key. `emit(report, engine, ...)` is `recommend --emit`: the configuration to paste and the
 notes to print beside it.
 
-A later section (per-request figures, another engine's config) is one more optional field on
-`Entry` or `Recommendation` plus its keys in `to_json`; the computations stay in `decide`,
-`engineplan`, `batchcost` and `policy_estimate`.
+A later section is one more optional field on `Entry` or `Recommendation` plus its keys in
+`to_json`; the computations stay in `decide`, `engineplan`, `batchcost` and `policy_estimate`
+(request by request: `perrequest` and `context`, asked with `per_request=True`; the synthetic
+acceptance settings of `emit`: `synthetic`).
 
 No torch, no pandas on this path (engine counters load pandas), nothing printed: the UI renders.
 """
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from specprof.core.answers import decide, engineplan, sampled_plan
+from specprof.core.answers import context as contexts
+from specprof.core.answers import decide, engineplan, perrequest, sampled_plan, synthetic
 from specprof.core.answers.analysis import Analysis, load_analysis
 from specprof.core.answers.decide import DraftPlan
 from specprof.core.flags import check_range
@@ -32,7 +34,7 @@ from specprof.core.pricing import batchcost, policy_estimate, stats
 from specprof.core.pricing.estimate import Estimate
 from specprof.core.records.reportfiles import Report
 from specprof.core.simulation import conventions
-from specprof.core.vocabulary import ALL, EMIT_TARGETS, GREEDY, VLLM, engine_named
+from specprof.core.vocabulary import ALL, EMIT_TARGETS, GREEDY, SYNTHETIC_TARGETS, VLLM, engine_named
 from specprof.errors import SpecprofError
 
 SAMPLING_ONLY = "--draft-sampling goes with --engine vllm or --emit vllm on a sampled report (T > 0)"
@@ -103,6 +105,9 @@ class Recommendation:
     # --engine vllm on a sampled report: the draft_sample_method predicted. Its document is the estimates
     # with vLLM's expected counters only (no plans, policies or batch sizes).
     draft_sampling: str | None = None
+    # --per-request: each draft × domain's spread over requests, and acceptance by context and position
+    per_request: tuple[perrequest.PerRequest, ...] | None = None
+    context: tuple[contexts.Buckets, ...] | None = None
 
     @property
     def estimates(self) -> list[Estimate]:
@@ -131,6 +136,9 @@ class Recommendation:
             **({"costs": str(self.costs)} if self.costs is not None else {}),
             **({"batch_sizes": list(self.batch_sizes), "batch_cost_model": batchcost.IGNORES}
                if self.batch_sizes is not None else {}),
+            **({"per_request": perrequest.per_request_json(self.per_request),
+                "per_request_note": perrequest.per_request_note()} if self.per_request is not None else {}),
+            **({"context": contexts.buckets_json(self.context)} if self.context is not None else {}),
         }
 
 
@@ -147,8 +155,10 @@ def recommend(
     engine: str | None = None,
     k: int | None = None,
     draft_sampling: str | None = None,
+    per_request: bool = False,
 ) -> Recommendation:
-    """`specprof recommend REPORT` with the same flags (`draft`/`domain`: one name or several).
+    """`specprof recommend REPORT` with the same flags (`draft`/`domain`: one name or several; `per_request`:
+    the request-by-request figures, which the text output always ends with).
 
     `draft_sampling` (GREEDY, PROBABILISTIC; default GREEDY): with `engine="vllm"` on a sampled report, the
     vLLM draft_sample_method whose expected counters each entry gets (`Entry.sampled`)."""
@@ -162,7 +172,7 @@ def recommend(
     costs_path = Path(costs) if costs is not None else None
     analysis = with_costs(load_analysis(report, drafts, domains, k_max, policies=True), costs_path)
     if engine == VLLM and not analysis.exact:
-        return _sampled(analysis, cost_ratio, domains, min_speedup, k, draft_sampling or GREEDY)
+        return _sampled(analysis, cost_ratio, domains, min_speedup, k, draft_sampling or GREEDY, per_request)
     if draft_sampling is not None:
         raise SpecprofError(SAMPLING_ONLY)
     by_batch = cost_ratio is None and (bool(requested) or bool(analysis.timings and analysis.timings.by_batch_size))
@@ -170,7 +180,8 @@ def recommend(
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
     policies = {(p.draft, p.domain): p for p in decide.policy_estimates(analysis, estimates, cost_ratio)}
     batch_plans = batchcost.batch_plans(estimates, analysis.timings, sizes) if by_batch else [None] * len(estimates)
-    counters = engineplan.engine_entries(analysis, estimates, engine, k) if engine is not None else None
+    cache = engineplan.CounterCache(analysis, engine) if engine is not None else None
+    counters = engineplan.engine_entries(analysis, estimates, engine, k, cache) if engine is not None else None
     entries = tuple(
         Entry(e, policies.get((e.draft, e.domain)), bp,
               EngineFigures(engine, counters[i][0], counters[i][1]) if engine is not None and counters else None)
@@ -181,12 +192,15 @@ def recommend(
         plans=tuple(decide.plans(estimates)), threshold_policy=decide.policy_grid_json(analysis),
         no_policy=analysis.no_policy, costs=costs_path, batch_sizes=tuple(sizes) if by_batch else None,
         engine=engine, engine_k=k,
+        per_request=tuple(perrequest.by_request(analysis, estimates, k, cache)) if per_request else None,
+        context=tuple(contexts.context_buckets(analysis, estimates, k)) if per_request else None,
     )
 
 
 def _sampled(analysis: Analysis, cost_ratio: float | None, domains: Sequence[str], min_speedup: float,
-             k: int | None, mode: str) -> Recommendation:
-    """`--engine vllm` on a sampled report: each estimate with vLLM's expected counters for `mode`."""
+             k: int | None, mode: str, per_request: bool) -> Recommendation:
+    """`--engine vllm` on a sampled report: each estimate with vLLM's expected counters for `mode` (the
+    per-request spreads along the target's own samples, without engine counters)."""
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
     sampled = sampled_plan.sampled_entries(analysis, estimates, mode, k)
     return Recommendation(
@@ -194,6 +208,8 @@ def _sampled(analysis: Analysis, cost_ratio: float | None, domains: Sequence[str
         entries=tuple(Entry(e, sampled=SampledEngineFigures(VLLM, ek, c)) for e, (ek, c) in zip(estimates, sampled)),
         plans=tuple(decide.plans(estimates)), threshold_policy=decide.policy_grid_json(analysis),
         no_policy=analysis.no_policy, engine=VLLM, engine_k=k, draft_sampling=mode,
+        per_request=tuple(perrequest.by_request(analysis, estimates, k)) if per_request else None,
+        context=tuple(contexts.context_buckets(analysis, estimates, k)) if per_request else None,
     )
 
 
@@ -201,9 +217,9 @@ def _sampled(analysis: Analysis, cost_ratio: float | None, domains: Sequence[str
 class Emission:
     """`recommend --emit`'s answer: the engine's configuration for the chosen draft and k, or why none."""
 
-    engine: str  # the engine the configuration is for (vllm, sglang)
+    engine: str  # the engine the configuration is for (vllm, sglang, or a synthetic-acceptance target)
     choice: engineplan.Choice  # what to turn on (`choice.none` says why nothing, when `config` is None)
-    config: str | None  # vLLM's --speculative-config JSON or SGLang's flags
+    config: str | None  # vLLM's --speculative-config JSON, SGLang's flags, or the synthetic acceptance setting
     notes: tuple[str, ...]  # what to know beside it (the UI prints them on stderr)
     draft_sample_method: str | None = None  # vLLM at T > 0, a model draft: the mode written into `config`
 
@@ -230,11 +246,14 @@ def emit(
     """`specprof recommend REPORT --emit ENGINE`: with one `draft` and `k` the config is given even if not GO.
 
     On a sampled report `--emit vllm` writes `draft_sample_method` for a model draft: `draft_sampling`, else
-    the mode with the longer expected mean acceptance length (a note compares both)."""
+    the mode with the longer expected mean acceptance length (a note compares both). `vllm-synthetic`,
+    `sglang-synthetic`, `trtllm-synthetic`: the engine's synthetic acceptance set to the report's acceptance at
+    that draft and k (`synthetic`), over the --domain mix (default the whole corpus)."""
     drafts, domains = _names(draft), _names(domain)
     check_range("--min-speedup", min_speedup, 0, lo_open=True)
-    if engine not in EMIT_TARGETS:
-        raise SpecprofError(f"--emit {engine}: unknown engine (use {' or '.join(EMIT_TARGETS)})")
+    if engine not in EMIT_TARGETS + SYNTHETIC_TARGETS:
+        *names, last = EMIT_TARGETS + SYNTHETIC_TARGETS
+        raise SpecprofError(f"--emit {engine}: unknown engine (use {', '.join(names)} or {last})")
     batch_sizes = _batch_sizes(cost_ratio, concurrency, costs)
     analysis = with_costs(load_analysis(report, drafts, domains, k_max), Path(costs) if costs is not None else None)
     if draft_sampling is not None and (engine != VLLM or analysis.exact):
@@ -244,6 +263,12 @@ def emit(
     if choice.draft is None:
         return Emission(engine, choice, None, ())
     target = str((analysis.run.get("target") or {}).get("name", "TARGET"))
+    if engine in SYNTHETIC_TARGETS:
+        if batch_sizes:
+            raise SpecprofError("--concurrency with a synthetic --emit: the acceptance does not depend on the batch")
+        text, notes = synthetic.emission(engine, analysis, choice, domains, target)
+        return Emission(engine, choice, text, tuple(notes))
+    assert engine in EMIT_TARGETS  # checked above (narrows the type)
     notes = tuple(engineplan.notes(choice, target, engine))
     schedule = None
     if batch_sizes:

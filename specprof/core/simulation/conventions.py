@@ -234,8 +234,25 @@ def prompt_counters(rec: DraftRecords, k: int, engine: Engine = VLLM) -> tuple[n
     return out, short
 
 
-def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, counting: Counting) -> tuple[tuple, bool]:
-    """One prompt's counters for a draft whose proposal depends on the target prefix alone."""
+def prompt_steps(rec: DraftRecords, k: int, prompt_id: str, engine: Engine = VLLM) -> list[tuple[int, int, int]]:
+    """One prompt's draft steps in order, (block start, tokens drafted, tokens accepted) each: what vLLM's
+    `--per-request-spec-decode-metrics detailed` lists as per_step_drafted / per_step_accepted."""
+    counting = COUNTING[engine]
+    i = rec.prompt_ids.tolist().index(str(prompt_id))
+    steps: list[tuple[int, int, int]] = []
+    length = int(rec.lengths[i])
+    if rec.runs is not None:
+        row = int(rec.runs.rows([str(prompt_id)])[0])
+        _block_dependent(rec.runs, row, length, int(rec.recorded[i]), k, counting, steps)
+    else:
+        _prefix_dependent(rec, i, length, k, counting, steps)
+    return steps
+
+
+def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, counting: Counting,
+                      steps: list[tuple[int, int, int]] | None = None) -> tuple[tuple, bool]:
+    """One prompt's counters for a draft whose proposal depends on the target prefix alone (`steps`: each
+    draft step's (start, drafted, accepted) appended)."""
     match = rec.match[i] if counting.past_end else np.concatenate([rec.match[i, :length], [False] * (k + 1)])
     stopped = rec.no_proposal[i]
     per_pos = np.zeros(k, dtype=np.int64)
@@ -255,6 +272,8 @@ def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, counting: 
         else:
             proposed = k
         unseen |= n < proposed and start + n >= rec.recorded[i]
+        if steps is not None:
+            steps.append((start, proposed, n))
         drafts, drafted, accepted = drafts + 1, drafted + proposed, accepted + n
         per_pos[:n] += 1
         start += n + 1
@@ -262,7 +281,7 @@ def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, counting: 
 
 
 def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, recorded: int, k: int,
-                     counting: Counting) -> tuple[tuple, bool]:
+                     counting: Counting, steps: list[tuple[int, int, int]] | None = None) -> tuple[tuple, bool]:
     """One prompt's counters for a draft simulated from every block start (`blockdraft`)."""
     past_end = counting.past_end and runs.accepted_past_end is not None
     accepted_from = runs.accepted_past_end if past_end else runs.accepted
@@ -278,7 +297,10 @@ def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, recorded
             continue
         n = min(proposed, int(accepted_from[row, start]))
         unseen |= n < proposed and start + n >= recorded
-        drafts, drafted, accepted = drafts + 1, drafted + (proposed if counting.counts_proposed else k), accepted + n
+        step = proposed if counting.counts_proposed else k
+        if steps is not None:
+            steps.append((start, step, n))
+        drafts, drafted, accepted = drafts + 1, drafted + step, accepted + n
         per_pos[:n] += 1
         start += n + 1
     return (drafts, drafted, accepted, per_pos), unseen

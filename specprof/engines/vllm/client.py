@@ -134,6 +134,8 @@ def parse_metrics(text: str, where: str = "/metrics") -> SpecCounters | None:
 class Completion:
     token_ids: list[int]  # the generated ids, as vLLM returned them
     finish_reason: str | None  # "stop" (EOS / stop id) or "length" (max_tokens)
+    # the response's metrics.speculative_decoding (vLLM ≥ 0.32 with --per-request-spec-decode-metrics), or None
+    spec_decode: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,8 @@ class VllmClient:
         if logprobs is not None:
             body["logprobs"] = int(logprobs)
             body["return_tokens_as_token_ids"] = True
-        choice = (self._json("/v1/completions", body).get("choices") or [None])[0]
+        response = self._json("/v1/completions", body)
+        choice = (response.get("choices") or [None])[0]
         if not choice or choice.get("token_ids") is None:
             raise SpecprofError(f"--url {self.url}: /v1/completions returned no token_ids (\"return_token_ids\" "
                                 f"needs a newer vLLM; checked with {CHECKED_VERSION})")
@@ -279,7 +282,9 @@ class VllmClient:
         if logprobs is not None and choice.get("logprobs"):
             for chosen, top in zip(choice["token_ids"], choice["logprobs"].get("top_logprobs") or []):
                 tops.append(TopLogprobs(int(chosen), {_token_id(t): float(v) for t, v in (top or {}).items()}))
-        return Completion([int(t) for t in choice["token_ids"]], choice.get("finish_reason")), tops
+        spec = (response.get("metrics") or {}).get("speculative_decoding")
+        return Completion([int(t) for t in choice["token_ids"]], choice.get("finish_reason"),
+                          spec if isinstance(spec, dict) else None), tops
 
     def prompt_logprobs(self, ids: Sequence[int]) -> list[PromptLogprob | None]:
         """Teacher-forced: at every position of `ids` (None at position 0, which nothing predicts) the
@@ -287,7 +292,8 @@ class VllmClient:
         (vLLM refuses max_tokens 0)."""
         body = {"model": self.model(), "prompt": [int(i) for i in ids], "max_tokens": 1, "temperature": 0.0,
                 "prompt_logprobs": 1, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
-        choice = (self._json("/v1/completions", body).get("choices") or [None])[0]
+        response = self._json("/v1/completions", body)
+        choice = (response.get("choices") or [None])[0]
         entries = (choice or {}).get("prompt_logprobs")
         if not isinstance(entries, list) or len(entries) != len(ids):
             raise SpecprofError(f"--url {self.url}: /v1/completions returned no prompt_logprobs for the {len(ids)} "
