@@ -22,7 +22,7 @@ from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
-NO_CONFIDENCE = ("ngram", *blockdraft.KINDS)  # draft kinds that propose without a probability to threshold
+NO_CONFIDENCE = ("ngram", *blockdraft.SIMULATED_KINDS)  # draft kinds that propose without a probability to threshold
 
 
 @dataclass(frozen=True)

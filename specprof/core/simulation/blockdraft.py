@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision c
     import pandas as pd
 
 KINDS = ("vllm-ngram", "prompt-lookup")
+HEAD_KINDS = ("eagle3",)  # hidden-state heads: proposals from every start computed by the engine (engines/hf/eagle3*)
+SIMULATED_KINDS = (*KINDS, *HEAD_KINDS)  # every kind whose blocks are simulated from proposals.parquet
 VLLM_DEFAULT_NGRAM = 5  # vLLM 0.32.0 config/speculative.py: prompt_lookup_min = prompt_lookup_max = 5 when unset
 TRANSFORMERS_DEFAULT_NGRAM = 2  # transformers: max_matching_ngram_size or 2
 
@@ -199,7 +201,7 @@ def _pad_lists(column: pa.ChunkedArray | pa.Array, width: int) -> tuple[np.ndarr
 
 def block_dependent(run: dict) -> list[str]:
     """Names of the block-dependent drafts a run.json lists."""
-    return [d["name"] for d in run.get("drafts") or [] if d.get("kind") in KINDS]
+    return [d["name"] for d in run.get("drafts") or [] if d.get("kind") in SIMULATED_KINDS]
 
 
 def load_runs(rep, drafts: Sequence[str], k_max: int) -> dict[str, StartRuns]:

@@ -181,7 +181,7 @@ def records_from_frames(
         np.maximum.at(recorded, prow, ppos[keep] + 1)
     domains = rows["domain"].astype(str).to_numpy()[np.unique(codes, return_index=True)[1]]
     runs = None
-    if kind in blockdraft.KINDS:
+    if kind in blockdraft.SIMULATED_KINDS:
         if proposals is None or not len(proposals):
             raise SpecprofError(f"draft {draft!r} ({kind}) has no proposals.parquet records; the report is incomplete")
         targets = rows[["prompt_id", "position", "target_token"]]

@@ -7,6 +7,8 @@ DRAFT specs (`--draft`):
   ngram[:N]      prompt lookup with n-grams of size N down to 1 (default N = 3), model-free
   vllm-ngram[:MIN:MAX]  vLLM's n-gram proposer (its defaults 5:5), model-free
   prompt-lookup[:M]     transformers' prompt lookup (max_matching_ngram_size M, default 2), model-free
+  eagle3:DIR     an EAGLE-3 head (EAGLE/SpecForge or speculators layout; a bare DIR is recognised by its
+                 config), reading the target's hidden states (`eagle3`, simulated per block start)
 
 The first three propose from the token prefix alone, so one teacher-forced pass gives their exact
 trace. The engines' prompt lookups (`BlockDraft`) propose per block: they are simulated from every
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from specprof.core.simulation import blockdraft, ngram
+from specprof.engines.hf.eagle3 import HeadDraft
+from specprof.engines.hf.eagle3_load import head_directory
 from specprof.engines.hf.models import LoadedModel, check_same_vocab, config_num_layers, eos_token_ids, load_model
 from specprof.errors import SpecprofError
 
@@ -101,13 +105,15 @@ class BlockDraft:
         return self.proposer.propose_every_start(tokens, start, k_max)
 
 
-Draft = ModelDraft | NgramDraft | BlockDraft
+Draft = ModelDraft | NgramDraft | BlockDraft | HeadDraft
 
 
 def parse_kind(spec: str) -> tuple[str, int | None]:
     """('ngram', N) / ('early-exit', L) / ('vllm-ngram' or 'prompt-lookup', None) / ('model', None)
     for a --draft value, or a clear error."""
     head, sep, arg = spec.partition(":")
+    if head_directory(spec) is not None:
+        return "eagle3", None
     if blockdraft.parse_spec(spec) is not None:
         return head, None
     if head in ("ngram", "early-exit"):
@@ -153,6 +159,10 @@ def load_draft(
         return BlockDraft(spec, blockdraft.parse_spec(spec, eos_token_ids(target)))
     if kind == "ngram":
         return NgramDraft(spec, value)
+    if kind == "eagle3":
+        from specprof.engines.hf.eagle3 import load_head
+
+        return load_head(head_directory(spec), target, spec)
     if kind == "early-exit":
         layers = target.num_layers
         check_early_exit(spec, value, layers)

@@ -12,7 +12,7 @@ records into blocks for every k.
 The target also generates k_max tokens past each continuation's end, and every draft is scored
 there too: those rows go to past_end.parquet, apart from tokens.parquet, so they never enter α,
 the blocks or the continuation (engines count acceptances there: `core.conventions`). A
-block-dependent draft (`BlockDraft`, an engine's prompt lookup) is run from every block start;
+block-dependent draft (`BlockDraft`, an engine's prompt lookup; an EAGLE-3 head) runs from every start;
 its k_max-token proposals go to proposals.parquet, and tokens.parquet holds the first of each.
 
 Progress is reported through a callback; nothing here prints.
@@ -36,7 +36,7 @@ from specprof.core.records.store import RunStore
 from specprof.core.simulation.blockdraft import start_runs
 from specprof.core.simulation.traces import trace_drafts
 from specprof.engines.hf import measure, sampling
-from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
+from specprof.engines.hf.drafts import BlockDraft, Draft, HeadDraft, ModelDraft
 from specprof.engines.hf.generation import Generation, generate
 from specprof.engines.hf.models import LoadedModel, clock, context_limit, eos_token_ids
 from specprof.engines.hf.prompts import Encoded, context_limit_of, drop_too_long, encode_all, make_batches
@@ -101,7 +101,7 @@ def profile_batch(
     for draft in drafts:
         if isinstance(draft, ModelDraft):
             stats = score_model_draft(draft, gen, settings)
-        elif isinstance(draft, BlockDraft):
+        elif isinstance(draft, BlockDraft | HeadDraft):  # simulated from every block start
             stats, proposals = score_block_draft(draft, gen, [e.ids for e in batch], settings)
             proposal_frames.append(proposal_rows(draft.name, batch, gen, proposals))
         else:
@@ -324,7 +324,7 @@ def run_profile(
                                batch_sizes)
     add_phases(store, {"cost_timing": time.perf_counter() - started})
     runs = {}
-    if settings.temperature == 0 and any(isinstance(d, BlockDraft) for d in drafts):
+    if settings.temperature == 0 and any(isinstance(d, BlockDraft | HeadDraft) for d in drafts):
         runs = start_runs(store.table("proposals"), tokens[tokens["draft"] == tokens["draft"].iloc[0]],
                           store.table("past_end"), settings.k_max)
     traces = trace_drafts(tokens, settings.k_max, exact=settings.temperature == 0, runs=runs)

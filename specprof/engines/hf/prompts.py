@@ -63,6 +63,6 @@ def drop_too_long(
 
 
 def context_limit_of(draft: Draft) -> int | None:
-    if isinstance(draft, NgramDraft | BlockDraft):
-        return None
+    if isinstance(draft, NgramDraft | BlockDraft) or not hasattr(draft, "model"):
+        return None  # model-free, or a head reading the target's states (the target's context bounds it)
     return getattr(draft.model.config.get_text_config(), "max_position_embeddings", None)
