@@ -133,6 +133,10 @@ def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: Target
     out: list[vprofile.Draft] = []
     for spec in specs:
         kind, value = parse_kind(spec)
+        if kind == "eagle3":
+            raise SpecprofError(f"--draft {spec}: a vLLM server cannot return a head's proposals from every block "
+                                "start; profile EAGLE-3 heads with the transformers engine (without --engine vllm), "
+                                "then compare with `specprof verify REPORT --engine vllm`")
         if spec in draft_urls and kind not in ("model", "early-exit"):
             raise SpecprofError(f"--draft-url {spec}: a model-free draft needs no server (it is computed from the "
                                 "tokens); drop its --draft-url")

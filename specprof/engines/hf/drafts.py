@@ -227,6 +227,11 @@ def early_exit_view(model: torch.nn.Module, layers: int) -> torch.nn.Module:
 
 def check_specs(specs: Sequence[str], target: str | None, trust_remote_code: bool) -> None:
     """Every --draft spec is valid, and every early exit fits the target's depth, before weights load."""
+    from specprof.engines.hf.eagle3_load import read_config
+
+    for spec in specs:
+        if parse_kind(spec)[0] == "eagle3":
+            read_config(head_directory(spec))  # neither layout: one line before any weights load
     exits = [(s, value) for s in specs for kind, value in [parse_kind(s)] if kind == "early-exit"]
     target_layers = config_num_layers(target, trust_remote_code) if exits else None
     if target_layers is not None:
