@@ -16,8 +16,9 @@ import torch
 
 def make_head(directory: Path, target_dir: Path, *, layout: str = "eagle", layer_ids=(0, 2, 4), seed: int = 0,
               draft_vocab: int | None = None, norm_before_residual: bool | None = None,
-              verifier: str | None = None) -> Path:
-    """Write a one-layer head for the tiny target in `target_dir` (its config.json read for sizes)."""
+              verifier: str | None = None, noise: float = 1.0, copy_gain: float = 4.0) -> Path:
+    """Write a one-layer head for the target in `target_dir` (its config.json read for sizes); `noise` scales
+    the random weights, `copy_gain` the copy of the captured embeddings through fc."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -30,12 +31,12 @@ def make_head(directory: Path, target_dir: Path, *, layout: str = "eagle", layer
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=0.3):
-        return (torch.randn(*shape, generator=g) * scale).float()
+        return (torch.randn(*shape, generator=g) * scale * noise).float()
 
     n_aux = len(layer_ids)
     fc = rand(h, n_aux * h, scale=0.05)
     where = sorted(layer_ids).index(0) if 0 in layer_ids else 0
-    fc[:, where * h:(where + 1) * h] += 4 * torch.eye(h)  # copy the embedding of the row's own token
+    fc[:, where * h:(where + 1) * h] += copy_gain * torch.eye(h)  # copy the embedding of the row's own token
     weights = {
         "fc.weight": fc,
         "norm.weight": torch.ones(h),

@@ -187,3 +187,49 @@ def test_report_records_the_heads(report, heads):
     proposals = pd.read_parquet(report / "proposals.parquet")
     assert set(proposals.draft) == set(kinds)
     assert proposals.proposal.map(len).max() == K_MAX
+
+
+def test_emit_configs(report, cli, heads):
+    name = f"eagle3:{heads['eagle']}"
+    args = ["recommend", report, "--cost-ratio", 0, "--domain", "ALL", "--draft", name]
+    r = cli(*args, "--emit", "vllm", "--k", 3)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"method": "eagle3", "model": str(heads["eagle"]), "num_speculative_tokens": 3}
+    r = cli(*args, "--emit", "sglang", "--k", 2)
+    assert r.stdout.strip() == (f"--speculative-algorithm EAGLE3 --speculative-draft-model-path {heads['eagle']} "
+                                "--speculative-num-steps 2 --speculative-eagle-topk 1 --speculative-num-draft-tokens 3")
+    r = cli("recommend", report, "--cost-ratio", 0, "--draft", str(heads["speculators"]), "--emit", "vllm", "--k", 4)
+    assert json.loads(r.stdout)["model"] == str(heads["speculators"])
+
+
+def test_vllm_launch_config(heads):
+    from specprof.engines.vllm.launcher import speculative_config
+
+    assert speculative_config(f"eagle3:{heads['eagle']}", 2) == {"method": "eagle3", "model": str(heads["eagle"]),
+                                                                 "num_speculative_tokens": 2}
+    assert speculative_config(str(heads["speculators"]), 1)["method"] == "eagle3"
+
+
+def test_speculate_runs_a_real_eagle3_loop(report, heads):
+    """`speculate` (what `verify` runs) with a head: the report's continuation and blocks, iteration by iteration."""
+    from specprof.core.records import reportfiles
+    from specprof.core.simulation import blockdraft
+    from specprof.engines.hf import speculate
+
+    target = load(heads["target"])
+    eos = models.eos_token_ids(target)
+    tokens = pd.read_parquet(report / "tokens.parquet")
+    prompts = pd.read_parquet(report / "prompts.parquet").set_index("prompt_id")
+    for which in ("eagle", "speculators"):
+        name = f"eagle3:{heads[which]}" if which == "eagle" else str(heads[which])
+        draft = load_draft(name, target, torch.device("cpu"), torch.float32)
+        runs = blockdraft.load_runs(reportfiles.load_report(report), [name], K_MAX)[name]
+        for k in (1, 3, K_MAX):
+            for prompt_id in prompts.index:
+                prompt = list(prompts.loc[prompt_id, "prompt_tokens"])
+                out = speculate.speculative_generate(target.model, speculate.proposer_for(draft), prompt, k=k,
+                                                     max_new_tokens=MAX_NEW, eos_ids=eos)
+                rows = tokens[(tokens.draft == name) & (tokens.prompt_id == prompt_id)].sort_values("position")
+                assert out.tokens == rows.target_token.tolist(), (which, prompt_id, k)
+                blocks = blockdraft.simulate_blocks(runs, prompt_id, k)
+                assert [it.start for it in out.iterations] == [b.start for b in blocks], (which, prompt_id, k)

@@ -386,7 +386,7 @@ def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str |
     (imported here, only when a prompt needs explaining).
     """
     source = draft_model_dir or draft_source(report.run, draft)
-    if draft.startswith("vllm-ngram") or not source:
+    if draft.startswith(("vllm-ngram", "eagle3:")) or not source:  # a head: no transformers model to re-run
         return []
     from specprof.engines.hf import margins
 

@@ -175,7 +175,7 @@ def model_dir_hint(c: Choice, target: str) -> str:
     if c.kind == "early-exit":
         layers = c.info.get("layers") or str(c.draft).partition(":")[2]
         return f"specprof-draft-L{layers}"
-    return str(c.info.get("source") or c.info.get("name") or c.draft)
+    return str(c.info.get("source") or c.info.get("directory") or c.info.get("name") or c.draft)
 
 
 def notes(c: Choice, target: str, engine: str) -> list[str]:
@@ -215,6 +215,8 @@ def vllm_config(c: Choice, target: str, per_batch_size: list[list[int]] | None =
         low, high = _ngram_bounds(c)
         config: dict[str, Any] = {"method": "ngram", "prompt_lookup_min": low, "prompt_lookup_max": high,
                                   "num_speculative_tokens": c.k}
+    elif c.kind == "eagle3":
+        config = {"method": "eagle3", "model": model_dir_hint(c, target), "num_speculative_tokens": c.k}
     else:
         config = {"method": "draft_model", "model": model_dir_hint(c, target), "num_speculative_tokens": c.k}
     if per_batch_size is not None:
@@ -228,7 +230,8 @@ def sglang_flags(c: Choice, target: str) -> str:
     if c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
         flags = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(c.k + 1)]
     else:
-        flags = ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path",
+        flags = ["--speculative-algorithm", "EAGLE3" if c.kind == "eagle3" else "STANDALONE",
+                 "--speculative-draft-model-path",
                  model_dir_hint(c, target), "--speculative-num-steps", str(c.k), "--speculative-eagle-topk", "1",
                  "--speculative-num-draft-tokens", str(c.k + 1)]
     return shlex.join(flags)

@@ -223,7 +223,7 @@ class HeadDraft:
     @property
     def info(self) -> dict:
         c = self.head.config
-        return {"name": self.name, "kind": "eagle3", "directory": str(self.directory), "layout": c.layout,
+        return {"name": self.name, "kind": "eagle3", "source": str(self.directory), "layout": c.layout,
                 "aux_layers": list(self.head.aux_layers), "draft_vocab_size": c.draft_vocab_size,
                 "num_layers": c.num_layers}
 

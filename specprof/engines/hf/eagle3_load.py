@@ -30,41 +30,10 @@ from pathlib import Path
 
 import torch
 
+from specprof.core.simulation.headspec import head_directory, layout_of
 from specprof.errors import SpecprofError
 
-EAGLE_ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM")
-
-
-def head_directory(spec: str) -> Path | None:
-    """The head directory a `--draft` value names, None when it names no EAGLE-3 head.
-
-    `eagle3:DIR` always names one (an error if DIR is not a head); a bare directory does when its
-    config.json is in either layout. The one place a draft-kind registry needs to call.
-    """
-    if spec.startswith("eagle3:"):
-        path = Path(spec.removeprefix("eagle3:"))
-        if not (path / "config.json").is_file():
-            raise SpecprofError(f"--draft {spec}: {path} is not a directory with a config.json")
-        return path
-    path = Path(spec)
-    if (path / "config.json").is_file():
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if layout_of(config) is not None:
-            return path
-    return None
-
-
-def layout_of(config: dict) -> str | None:
-    """'speculators', 'eagle' or None (not an EAGLE-3 head config)."""
-    if config.get("speculators_model_type") == "eagle3":
-        return "speculators"
-    if any(a in EAGLE_ARCHITECTURES for a in config.get("architectures") or []):
-        return "eagle"
-    return None
-
+__all__ = ["head_directory", "layout_of", "read_config", "read_weights", "check_against_target"]
 
 @dataclass(frozen=True)
 class HeadConfig:

@@ -13,6 +13,7 @@ propose what the draft proposes:
     early-exit:L          → {"method": "draft_model", "model": DIR}: vLLM needs a model directory; DIR
                             must hold the target's first L layers (`save_pretrained` of the truncated
                             model proposes exactly what early-exit:L proposes)
+    eagle3:DIR or a head DIR → {"method": "eagle3", "model": DIR} (an EAGLE-3 head, `core.simulation.headspec`)
     a model dir / HF id   → {"method": "draft_model", "model": that}
     ngram[:N], prompt-lookup[:M] → refused: specprof's own n-gram rule and transformers' prompt lookup
                             are not vLLM's proposer (profile --draft vllm-ngram instead)
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from specprof.core.simulation import blockdraft
+from specprof.core.simulation import blockdraft, headspec
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
 
@@ -52,6 +53,9 @@ def speculative_config(draft: str, k: int, draft_model_dir: str | None = None, s
     """
     if k < 1:
         raise SpecprofError(f"--k {k}: must be ≥ 1")
+    head = headspec.head_directory(draft)
+    if head is not None:
+        return {"method": "eagle3", "model": str(draft_model_dir or head), "num_speculative_tokens": k}
     proposer = blockdraft.parse_spec(draft)
     if isinstance(proposer, blockdraft.VllmNgram):
         return {"method": "ngram", "prompt_lookup_min": proposer.min_ngram, "prompt_lookup_max": proposer.max_ngram,
