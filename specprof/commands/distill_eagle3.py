@@ -1,0 +1,72 @@
+"""`specprof distill --arch eagle3`: SOURCE → the target's continuations and captured states → a trained
+EAGLE-3 head in a directory vLLM serves ({"method": "eagle3"}) and `profile --draft eagle3:DIR` reads.
+
+The same source handling, held-out split, atomic publishing and before/after table as `distill`
+(`commands.distill`); the head and its training are `engines.hf.distill_eagle3`. "Before" is the
+untrained head (the target's last layer reading its deepest captured layer), "after" the trained one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from specprof import __version__
+from specprof.commands.distill import (
+    SAVE_RESERVE_S,
+    DistillResult,
+    Events,
+    GenerationSettings,
+    Source,
+    _prepare_out,
+    _publish,
+    _sequences,
+)
+from specprof.core.answers import distill_eval
+from specprof.core.records.reportfiles import write_json
+from specprof.engines.hf import distill_eagle3 as de
+from specprof.engines.hf.models import LoadedModel
+
+
+def run_distill_eagle3(source: Source, target: LoadedModel, out_dir: Path, generation: GenerationSettings, *,
+                       max_minutes: float, holdout: float, seed: int, started: float | None = None,
+                       overwrite: bool = False, events: Events | None = None) -> DistillResult:
+    started = time.perf_counter() if started is None else started
+    deadline = started + 60 * max_minutes - SAVE_RESERVE_S
+    emit = events or (lambda phase, **fields: None)
+    staging = _prepare_out(out_dir, overwrite)
+    try:
+        torch.manual_seed(seed)
+        sequences, skipped = _sequences(source, target, generation, emit)
+        sequences = sorted(sequences, key=lambda s: (s.domain, s.prompt_id))
+        held = distill_eval.split_holdout([s.domain for s in sequences], holdout, seed)
+        emit("cache", done=0, total=len(sequences))
+        ids = de.aux_layers(target.num_layers)
+        items = de.items_of(target, sequences, ids)
+        emit("cache", done=len(sequences), total=len(sequences))
+        train_items = [it for it, h in zip(items, held, strict=True) if not h]
+        heldout = [it for it, h in zip(items, held, strict=True) if h]
+        head = de.initial_head(target, ids, de.draft_vocabulary(target, train_items, target.model.config.vocab_size))
+        before = [distill_eval.DomainCounts(it.domain, *de.depth1_matches(head, it)) for it in heldout]
+        result = de.train(head, train_items, heldout, deadline, lambda p: emit("train", progress=p), seed=seed)
+        after = [distill_eval.DomainCounts(it.domain, *de.depth1_matches(head, it)) for it in heldout]
+        emit("save")
+        de.save_head(head, staging)
+        table = distill_eval.alpha_table(before, after)
+        record = {"specprof_version": __version__, "arch": "eagle3", "target": target.describe(),
+                  "aux_layers": list(ids), "draft_vocab_size": head.config.draft_vocab_size,
+                  "training": {**result, "unroll": de.UNROLL},
+                  "data": {"prompts": len(sequences), "heldout_prompts": len(heldout), "skipped": skipped},
+                  "heldout_alpha": {"before": de.alpha([(c.tokens, c.matches) for c in before]),
+                                    "after": de.alpha([(c.tokens, c.matches) for c in after])},
+                  "time_s": {"total_s": time.perf_counter() - started}}
+        write_json(staging / "distill.json", record)
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    emit("save", done=1)
+    return DistillResult(out_dir, table, record)
