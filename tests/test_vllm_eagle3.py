@@ -27,7 +27,7 @@ def head(tmp_path_factory) -> Path:
     from specprof.engines.hf import models
 
     target = models.load_model(None, torch.device("cpu"), torch.float32)
-    rms = float(target.model.model.embed_tokens.weight.float().pow(2).mean().sqrt())
+    rms = float(target.model.model.embed_tokens.weight.detach().float().pow(2).mean().sqrt())
     return make_head(tmp_path_factory.mktemp("smollm2-head"), Path(target.source), layer_ids=(0, 15, 27),
                      noise=0.02, copy_gain=1 / rms)
 
