@@ -52,6 +52,9 @@ def run_distill_eagle3(source: Source, target: LoadedModel, out_dir: Path, gener
         head = de.initial_head(target, ids, de.draft_vocabulary(target, train_items, target.model.config.vocab_size))
         before = [distill_eval.DomainCounts(it.domain, *de.depth1_matches(head, it)) for it in heldout]
         result = de.train(head, train_items, heldout, deadline, lambda p: emit("train", progress=p), seed=seed)
+        if result["steps"] == 0:
+            emit("notice", message=f"--max-minutes {max_minutes:g}: no training step fit after generation and "
+                 "caching; the saved head is the untrained one (raise --max-minutes)")
         after = [distill_eval.DomainCounts(it.domain, *de.depth1_matches(head, it)) for it in heldout]
         emit("save")
         de.save_head(head, staging)
