@@ -178,8 +178,9 @@ def train(head: Eagle3Head, train_items: Sequence[Item], heldout: Sequence[Item]
             tokens += len(train_items[i].tokens)
             elapsed = time.perf_counter() - started
             share = min(1.0, elapsed / max(deadline - started, 1e-9))
-            progress(SimpleNamespace(total_steps=1000, step=int(1000 * share),
-                                     loss=float(loss), heldout_alpha=evaluated[-1] if evaluated else float("nan"),
+            last = evaluated[-1] if evaluated else float("nan")
+            progress(SimpleNamespace(total_steps=1000, step=int(1000 * share), loss=float(loss.detach()),
+                                     heldout_alpha=last,
                                      tokens_per_s=tokens / max(elapsed, 1e-9)))
         score = alpha([depth1_matches(head, it) for it in heldout])
         evaluated.append(score)
