@@ -57,3 +57,21 @@ def test_the_decision_commands_convert_every_flag_directly():
     for name, _, _, p in parameters():
         if name in ("recommend", "gate", "compare", "inspect", "report"):
             assert coercion.runtime_param(p.type_descriptor) is not None, f"{name} {p.name}"
+
+
+def test_the_installed_typer_is_the_minor_release_pyproject_pins():
+    # ui/coercion and ui/helpstyle use Typer internals (typer._coercion, typer._param_types, typer._click), so
+    # pyproject.toml pins one minor release and this file and tests/test_help.py test the shims against it.
+    import re
+    from importlib.metadata import version
+    from pathlib import Path
+
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    low, high = re.search(r'"typer>=(\d+\.\d+),<(\d+\.\d+)"', pyproject).groups()
+    installed = tuple(int(x) for x in version("typer").split(".")[:2])
+    assert tuple(map(int, low.split("."))) <= installed < tuple(map(int, high.split("."))), version("typer")
+    from typer._click import exceptions  # ui/cli.main's usage errors
+    from typer._coercion import RuntimeParam  # noqa: F401  (ui/coercion)
+    from typer._param_types import coerce_cli_path  # noqa: F401  (ui/coercion)
+
+    assert issubclass(exceptions.NoSuchOption, exceptions.UsageError)

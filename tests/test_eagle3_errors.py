@@ -69,3 +69,41 @@ def test_vllm_engine_refuses_heads(cli, tiny, corpus, models, tmp_path):
     err = one_line_exit_2(cli, "profile", corpus, "--engine", "vllm", "--url", "http://127.0.0.1:9",
                           "--target", tiny["deep"], "--draft", f"eagle3:{models['head']}", "--out", tmp_path / "r")
     assert "profile EAGLE-3 heads with the transformers engine" in err
+
+
+def test_vllm_refusal_imports_no_transformers_engine(tiny, corpus, models, tmp_path):
+    """`profile --engine vllm` refuses a head kind from the registry, never importing engines.hf."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.startswith('specprof.engines.hf'): raise ImportError('engines.hf imported: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from specprof.ui.cli import main\n"
+        "sys.argv = ['specprof'] + sys.argv[1:]\n"
+        "main()\n"
+    )
+    args = ["profile", str(corpus), "--engine", "vllm", "--url", "http://127.0.0.1:9", "--target", str(tiny["deep"]),
+            "--draft", f"eagle3:{models['head']}", "--out", str(tmp_path / "r")]
+    r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "profile EAGLE-3 heads with the transformers engine" in r.stderr
+
+
+def test_the_registry_spells_a_head_without_its_files():
+    """A report read elsewhere: the kind spells the head by run.json's `source`, else by the spec's DIR."""
+    from specprof.core.simulation import kinds
+    from specprof.core.vocabulary import EAGLE3, SGLANG, VLLM
+
+    head = kinds.KINDS[EAGLE3]
+    assert kinds.parse("eagle3:/nowhere/head").kind is head and head.proposal is kinds.Proposal.HEAD
+    assert head.vllm_config("eagle3:/nowhere/head", {}, 2) == {"method": "eagle3", "model": "/nowhere/head",
+                                                               "num_speculative_tokens": 2}
+    assert head.sglang_flags("eagle3:x", {"source": "/h"}, 1)[:4] == ["--speculative-algorithm", "EAGLE3",
+                                                                      "--speculative-draft-model-path", "/h"]
+    assert len(head.notes("eagle3:x", {}, "t", SGLANG)) == len(head.notes("eagle3:x", {}, "t", VLLM)) + 1

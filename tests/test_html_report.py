@@ -1,19 +1,21 @@
 """`specprof report --html` on a tiny-model report: the page in a real headless Chromium, PNGs, errors.
 
-The browser test runs the system `chromium` (Debian's package; `.ci/run` installs it). It is
-skipped only where chromium is missing and SPECPROF_REQUIRE_BROWSER is unset; CI sets it, so there
-a missing browser fails the test instead of skipping it.
+The browser test drives the system `chromium` (Debian's package; `.ci/run` installs it) with Playwright
+(`executable_path`: Playwright's own browser download is never used). It is skipped only where chromium or
+Playwright is missing and SPECPROF_REQUIRE_BROWSER is unset; CI sets it, so there a missing browser fails
+the test instead of skipping it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
 import re
+import shutil
 
 import pytest
-from browser import Browser, find_chromium
 
 from specprof.ui import htmlreport, plots
 
@@ -21,9 +23,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TABLE_KEYS = ("n_prompts", "alpha", "alpha_lo", "alpha_hi", "best_k", "tokens_per_iter", "speedup", "speedup_lo",
               "speedup_hi", "speedup_iid", "decision")
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(
-    find_chromium() is None and not os.environ.get("SPECPROF_REQUIRE_BROWSER"),
-    reason="chromium is not installed (apt-get install chromium; .ci/run installs it)",
+    (CHROMIUM is None or importlib.util.find_spec("playwright") is None)
+    and not os.environ.get("SPECPROF_REQUIRE_BROWSER"),
+    reason="chromium or playwright is not installed (apt-get install chromium; pip install -e '.[test]')",
 )
 
 
@@ -61,22 +65,30 @@ VALUES_JS = """JSON.stringify([...document.querySelectorAll('table.decisions spa
 
 
 @needs_browser
-def test_report_page_in_headless_chromium(page, tmp_path):
+def test_report_page_in_headless_chromium(page):
+    from playwright.sync_api import sync_playwright
+
     url = page["html"].resolve().as_uri()
-    browser = Browser(tmp_path / "chromium-profile")
-    try:
-        browser.open(url)
-        figures = json.loads(browser.evaluate(FIGURES_JS))
-        values = json.loads(browser.evaluate(VALUES_JS))
-        screenshot = browser.screenshot()
-        title = browser.evaluate("document.title")
-        errors = [e for e in browser.events if e["method"] == "Runtime.exceptionThrown"]
-    finally:
-        browser.close()
+    requested, failed, errors = [], [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.on("request", lambda r: requested.append(r.url))
+            tab.on("requestfailed", lambda r: failed.append(r.url))
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+            tab.goto(url, wait_until="load")
+            figures = json.loads(tab.evaluate(FIGURES_JS))
+            values = json.loads(tab.evaluate(VALUES_JS))
+            screenshot = tab.screenshot(full_page=True)  # the whole page, not just the viewport
+            title = tab.title()
+        finally:
+            browser.close()
 
     # loaded from the file alone: one request (the page itself), none failed, no script errors
-    assert browser.requested_urls() == [url]
-    assert browser.failed_requests() == []
+    assert requested == [url]
+    assert failed == []
     assert errors == [] and title.startswith("specprof report")
 
     # every plot is there, drawn, and takes room on the page

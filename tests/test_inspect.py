@@ -16,7 +16,7 @@ from specprof.core.records import corpus as corpus_loader
 from specprof.core.records import tokentext
 from specprof.core.simulation import trace
 from specprof.core.vocabulary import ALL
-from specprof.engines.hf.detokenize import auto_detokenizer
+from specprof.engines.text import auto_detokenizer
 from specprof.ui import htmlreport, inspectview
 
 

@@ -101,3 +101,21 @@ def test_every_core_module_sits_in_a_room_or_is_shared():
     assert shared == ["flags", "glossary", "jsonvalues", "vocabulary"]
     assert sorted(p.name for p in (PACKAGE / "core").iterdir() if p.is_dir() and p.name != "__pycache__") == \
         sorted(ROOMS)
+
+
+# The vLLM path stands on its own (issue 21): the vLLM engine and the commands that drive it import nothing
+# of the transformers engine, so they run where torch is absent (tests/test_vllm_without_torch.py runs them).
+VLLM_MODULES = [*(PACKAGE / "engines" / "vllm").rglob("*.py"),
+                *(PACKAGE / "commands" / name for name in ("profile_vllm.py", "verify_vllm.py", "vllm_common.py",
+                                                           "verify_concurrency.py")),
+                PACKAGE / "engines" / "text.py", PACKAGE / "engines" / "modelfiles.py"]
+
+
+def test_vllm_modules_import_no_transformers_engine():
+    assert all(p.exists() for p in VLLM_MODULES)
+    wrong = sorted(f"{p.relative_to(PACKAGE)} imports {name}" for p in VLLM_MODULES for name in imported(p)
+                   if name == "specprof.engines.hf" or name.startswith("specprof.engines.hf."))
+    assert wrong == []
+    commands = {p.relative_to(PACKAGE).as_posix() for p in VLLM_MODULES}
+    every_vllm_command = {f"commands/{p.name}" for p in (PACKAGE / "commands").glob("*.py") if "vllm" in p.name}
+    assert every_vllm_command <= commands

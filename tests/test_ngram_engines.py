@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specprof.core.simulation import blockdraft
+from specprof.core.simulation import kinds
 from specprof.core.simulation.ngram import PromptLookup, VllmNgram
 from specprof.errors import SpecprofError
 
@@ -40,15 +40,15 @@ def test_vllm_ngram_worked_examples():
 
 
 def test_vllm_defaults_and_specs():
-    assert blockdraft.parse_spec("vllm-ngram") == VllmNgram(5, 5)  # vLLM 0.32.0: 5 and 5 when neither is set
-    assert blockdraft.parse_spec("vllm-ngram:3") == VllmNgram(3, 3)  # one set: the other takes its value
-    assert blockdraft.parse_spec("vllm-ngram:1:4") == VllmNgram(1, 4)
-    assert blockdraft.parse_spec("prompt-lookup", [2]) == PromptLookup(2, (2,))  # transformers: or 2
-    assert blockdraft.parse_spec("prompt-lookup:3") == PromptLookup(3, ())
-    assert blockdraft.parse_spec("ngram:3") is None
+    assert kinds.block_proposer("vllm-ngram") == VllmNgram(5, 5)  # vLLM 0.32.0: 5 and 5 when neither is set
+    assert kinds.block_proposer("vllm-ngram:3") == VllmNgram(3, 3)  # one set: the other takes its value
+    assert kinds.block_proposer("vllm-ngram:1:4") == VllmNgram(1, 4)
+    assert kinds.block_proposer("prompt-lookup", [2]) == PromptLookup(2, (2,))  # transformers: or 2
+    assert kinds.block_proposer("prompt-lookup:3") == PromptLookup(3, ())
+    assert kinds.block_proposer("ngram:3") is None
     for bad in ("vllm-ngram:4:2", "vllm-ngram:x", "vllm-ngram:1:2:3", "prompt-lookup:0", "prompt-lookup:a"):
         with pytest.raises(SpecprofError, match=f"--draft {bad}: "):
-            blockdraft.parse_spec(bad)
+            kinds.block_proposer(bad)
 
 
 def test_vllm_ngram_equals_vllms_own_function():

@@ -14,7 +14,8 @@ What this module does not do: generate, read a report, or decide anything.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from specprof.core.pricing.timings import Timings
 from specprof.core.records import reportfiles, schema
 from specprof.engines.hf import measure
 from specprof.engines.hf.drafts import Draft
-from specprof.engines.hf.models import LoadedModel, encode_prompt
+from specprof.engines.hf.models import LoadedModel
+from specprof.engines.text import encode_prompt
 from specprof.errors import SpecprofError
 
 DEFAULT_CONTEXT = 256  # tokens in the KV cache when no corpus is given: a short chat turn and its answer
@@ -36,10 +38,53 @@ HALF_ANSWER = 64  # profile's default 128 new tokens, half generated at a typica
 
 
 @dataclass(frozen=True)
+class CostsRequest:
+    """`specprof costs`' flags, checked by the UI (ranges, batch sizes) before torch is imported."""
+
+    target: str | None  # None: the embedded default
+    drafts: tuple[str, ...]
+    k_max: int
+    batch_sizes: tuple[int, ...]  # () : `measure.default_batch_sizes` of the device
+    context_tokens: int | None  # None: from `prompts`, else DEFAULT_CONTEXT
+    prompts: tuple[Any, ...]  # `corpus.Prompt` records to take the context from (may be empty)
+    chat_template: bool
+    device: str
+    dtype: str
+    out: Path  # a .json file or a directory
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True)
 class CostsResult:
-    path: Path
-    record: dict[str, Any]
-    timings: Timings
+    path: Path  # the costs file written
+    record: dict[str, Any]  # what it holds (`costs --json` prints it)
+    timings: Timings  # the measured times, per batch size
+
+
+Status = Callable[[str], AbstractContextManager[Any]]  # status("loading models…"): a spinner while it runs
+
+
+def run(request: CostsRequest, status: Status = lambda message: nullcontext()) -> CostsResult:
+    """Load the target and drafts, time them at each batch size, and write the costs file."""
+    from specprof.engines.hf import drafts, models
+
+    path = out_path(request.out)
+    if path.exists() and not request.overwrite:
+        raise SpecprofError(f"--out {path}: exists (pass --overwrite to replace it)")
+    drafts.check_specs(request.drafts, request.target, request.trust_remote_code)
+    device = models.resolve_device(request.device)
+    dtype = models.resolve_dtype(request.dtype, device)
+    with status("loading models…"):
+        target, loaded = drafts.load_target_and_drafts(request.target, request.drafts, device, dtype,
+                                                       request.trust_remote_code, request.allow_pickle)
+    context = timing_context(target, request.context_tokens, request.prompts, request.chat_template, request.k_max)
+    sizes = request.batch_sizes or measure.default_batch_sizes(device)
+    with status(f"timing batch sizes {', '.join(map(str, sizes))}…"):
+        record, measured = measure_costs(target, loaded, context, request.k_max, sizes, device, dtype)
+    write_costs(path, record)
+    return CostsResult(path, record, measured)
 
 
 def out_path(out: str | Path) -> Path:
@@ -65,7 +110,8 @@ def timing_context(target: LoadedModel, context_tokens: int | None, prompts: Seq
     if encoded:
         sequence = [t for e in sorted(encoded, key=len, reverse=True) for t in e]
     else:
-        vocab = int(target.model.config.get_text_config().vocab_size)
+        # nn.Module's __getattr__ is typed Tensor | Module; `config` is the transformers model's attribute
+        vocab = int(target.model.config.get_text_config().vocab_size)  # pyright: ignore[reportCallIssue, reportAttributeAccessIssue]
         sequence = [(1000 + 7919 * i) % vocab for i in range(want)]  # distinct-looking ids, no repeats to look up
     while len(sequence) < want:
         sequence = sequence + sequence

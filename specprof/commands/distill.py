@@ -16,14 +16,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from specprof import __version__
 from specprof.core.answers import distill_eval
+from specprof.core.flags import check_range
 from specprof.core.records.corpus import load_corpus
 from specprof.core.records.reportfiles import RUN_JSON, write_json
 from specprof.core.records.store import now
@@ -39,13 +41,15 @@ from specprof.engines.hf.distill import (
 from specprof.engines.hf.distill_data import (
     Cached,
     DistillSettings,
+    Objective,
     TokenSequence,
     cache_frozen,
     sequences_from_corpus,
     sequences_from_report,
 )
 from specprof.engines.hf.models import LoadedModel, context_limit
-from specprof.engines.hf.prompts import drop_too_long, encode_all
+from specprof.engines.hf.prompts import encode_all
+from specprof.engines.text import drop_too_long
 from specprof.errors import SpecprofError
 
 Events = Callable[..., None]  # events(phase, **fields): "generate", "cache", "train", "save", "notice"
@@ -108,6 +112,72 @@ class DistillResult:
     out_dir: Path
     table: object  # pandas DataFrame from distill_eval.alpha_table: held-out α per domain, before and after
     record: dict  # what distill.json holds
+
+
+@dataclass(frozen=True)
+class DistillRequest:
+    """`specprof distill`'s flags (the UI checks ranges and --objective before torch is imported)."""
+
+    source: Path  # a report directory (or a file in it) or a prompt corpus
+    out: Path  # DRAFT_DIR
+    layers: int
+    target: str | None = None  # None: the report's target, or the embedded default for a corpus
+    epochs: int = 16
+    lr: float | None = None  # None: DEFAULT_LR of the objective
+    objective: Objective = "kl"
+    max_minutes: float = 12.0
+    holdout: float = 0.1
+    seed: int = 0
+    max_new_tokens: int | None = None  # corpus only
+    batch_size: int | None = None  # corpus only
+    no_chat_template: bool = False  # corpus only
+    device: str = "auto"
+    dtype: str = "auto"
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+def distill(request: DistillRequest, *, started: float | None = None,
+            status: Callable[[str], AbstractContextManager[Any]] = lambda message: nullcontext(),
+            events: Events | None = None) -> DistillResult:
+    """The whole command: check the source, load the target (under `status`), train and publish DRAFT_DIR."""
+    from specprof.engines.hf.distill_data import DEFAULT_LR
+
+    lr = DEFAULT_LR[request.objective] if request.lr is None else request.lr
+    settings = DistillSettings(layers=request.layers, epochs=request.epochs, objective=request.objective,
+                               holdout=request.holdout, seed=request.seed, max_minutes=request.max_minutes, lr=lr)
+    source, target, generation = load_inputs(request, status)
+    check_target(target, source, request.layers)
+    return run_distill(source, target, settings, request.out, generation, started=started,
+                       overwrite=request.overwrite, events=events)
+
+
+def load_inputs(request: DistillRequest, status: Callable[[str], AbstractContextManager[Any]],
+                ) -> tuple[Source, LoadedModel, GenerationSettings]:
+    """The checked source, the loaded target (under `status`) and the generation settings (both --arch)."""
+    from specprof.engines.hf import models
+
+    if is_report(request.source):
+        given = [f for f, v in [("--max-new-tokens", request.max_new_tokens), ("--batch-size", request.batch_size),
+                                ("--no-chat-template", request.no_chat_template or None)] if v is not None]
+        if given:
+            raise SpecprofError(f"{given[0]}: only for a prompt corpus; a report's continuations are reused")
+    source = read_source(request.source)
+    if request.max_new_tokens is not None:
+        check_range("--max-new-tokens", request.max_new_tokens, 1)
+    if request.batch_size is not None:
+        check_range("--batch-size", request.batch_size, 1)
+    distill_eval.check_holdout(request.holdout)
+    device = models.resolve_device(request.device)
+    dtype = models.resolve_dtype(request.dtype, device)
+    with status("loading the target…"):
+        target = models.load_model(request.target or source.target_spec, device, dtype,
+                                   trust_remote_code=request.trust_remote_code, allow_pickle=request.allow_pickle)
+    generation = GenerationSettings(batch_size=request.batch_size or models.default_batch_size(device),
+                                    max_new_tokens=request.max_new_tokens or 128,
+                                    chat_template=not request.no_chat_template)
+    return source, target, generation
 
 
 def run_distill(
@@ -174,6 +244,7 @@ def _sequences(source: Source, target: LoadedModel, generation: GenerationSettin
     """The report's sequences, or the corpus's prompts with the target's continuations generated now."""
     if source.sequences is not None:
         return source.sequences, []
+    assert source.prompts is not None  # a corpus source: no sequences, its prompts
     encoded = encode_all(source.prompts, target, generation.chat_template)
     # as `profile` does by default: prompts that do not fit the context with the continuation are skipped
     encoded, skipped = drop_too_long(encoded, [context_limit(target)], generation.max_new_tokens, "skip")
@@ -203,7 +274,7 @@ def _cache(target: LoadedModel, sequences: Sequence[TokenSequence], settings: Di
 
 
 def distill_record(source: Source, target: LoadedModel, settings: DistillSettings, generation: GenerationSettings,
-                   head: DraftHead, draft: torch.nn.Module, result: TrainResult, table: object,
+                   head: DraftHead, draft: torch.nn.Module, result: TrainResult, table: Any,
                    times: dict[str, float]) -> dict:
     """What distill.json holds besides the data sizes: versions, models, settings, training, α, times."""
     return {

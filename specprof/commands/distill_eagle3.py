@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from specprof import __version__
 from specprof.commands.distill import (
     SAVE_RESERVE_S,
+    DistillRequest,
     DistillResult,
     Events,
     GenerationSettings,
@@ -24,11 +28,23 @@ from specprof.commands.distill import (
     _prepare_out,
     _publish,
     _sequences,
+    load_inputs,
 )
 from specprof.core.answers import distill_eval
 from specprof.core.records.reportfiles import write_json
+from specprof.core.vocabulary import EAGLE3
 from specprof.engines.hf import distill_eagle3 as de
 from specprof.engines.hf.models import LoadedModel
+
+
+def distill_eagle3(request: DistillRequest, *, started: float | None = None,
+                   status: Callable[[str], AbstractContextManager[Any]] = lambda message: nullcontext(),
+                   events: Events | None = None) -> DistillResult:
+    """The whole `distill --arch eagle3` run (`request.layers` unused): load as `distill` does, train, publish."""
+    source, target, generation = load_inputs(request, status)
+    return run_distill_eagle3(source, target, request.out, generation, max_minutes=request.max_minutes,
+                              holdout=request.holdout, seed=request.seed, started=started,
+                              overwrite=request.overwrite, events=events)
 
 
 def run_distill_eagle3(source: Source, target: LoadedModel, out_dir: Path, generation: GenerationSettings, *,
@@ -49,7 +65,8 @@ def run_distill_eagle3(source: Source, target: LoadedModel, out_dir: Path, gener
         emit("cache", done=len(sequences), total=len(sequences))
         train_items = [it for it, h in zip(items, held, strict=True) if not h]
         heldout = [it for it, h in zip(items, held, strict=True) if h]
-        head = de.initial_head(target, ids, de.draft_vocabulary(target, train_items, target.model.config.vocab_size))
+        config: Any = target.model.config
+        head = de.initial_head(target, ids, de.draft_vocabulary(target, train_items, int(config.vocab_size)))
         before = [distill_eval.DomainCounts(it.domain, *de.depth1_matches(head, it)) for it in heldout]
         result = de.train(head, train_items, heldout, deadline, lambda p: emit("train", progress=p), seed=seed)
         if result["steps"] == 0:
@@ -59,7 +76,7 @@ def run_distill_eagle3(source: Source, target: LoadedModel, out_dir: Path, gener
         emit("save")
         de.save_head(head, staging)
         table = distill_eval.alpha_table(before, after)
-        record = {"specprof_version": __version__, "arch": "eagle3", "target": target.describe(),
+        record = {"specprof_version": __version__, "arch": EAGLE3, "target": target.describe(),
                   "aux_layers": list(ids), "draft_vocab_size": head.config.draft_vocab_size,
                   "training": {**result, "unroll": de.UNROLL},
                   "data": {"prompts": len(sequences), "heldout_prompts": len(heldout), "skipped": skipped},

@@ -40,7 +40,7 @@ from specprof.errors import SpecprofError
 
 
 def batch_order(lengths: dict[str, int], batch_size: int) -> list[list[str]]:
-    """Prompt ids in the unsharded run's batches: `prompts.make_batches`'s rule (longest first, equal sizes)."""
+    """Prompt ids in the unsharded run's batches: `engines.text.make_batches`'s rule (longest first, equal sizes)."""
     order = sorted(lengths, key=lambda pid: (-lengths[pid], pid))
     n_batches = max(1, -(-len(order) // batch_size))
     size = -(-len(order) // n_batches)

@@ -53,7 +53,7 @@ class ProfileRequest:
     chat_template: bool = True
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    responses: str | None = None  # "logged", "generate", or None: logged when every record has a response
+    responses: logs.Responses | None = None  # "logged", "generate", or None: logged when every record has a response
     domain_field: str | None = None
     shard: str | None = None  # "i/n"
     concurrency: tuple[str, ...] = ()  # batch sizes to time the costs at, as given

@@ -19,15 +19,20 @@ from typing import Any
 
 import pandas as pd
 
+from specprof.commands.profile import ProfileRequest, read_corpus
+from specprof.core.pricing.batchcost import parse_batch_sizes
 from specprof.core.records import reportfiles, tokentext
 from specprof.core.records.corpus import Prompt, fingerprint
 from specprof.core.records.fingerprint import directory_fingerprint
-from specprof.engines.hf.detokenize import auto_detokenizer
+from specprof.core.simulation import kinds
+from specprof.core.vocabulary import EARLY_EXIT, VLLM, VLLM_NGRAM
+from specprof.engines import modelfiles, text
+from specprof.engines.text import auto_detokenizer
 from specprof.engines.vllm import profile as vprofile
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
 
-DEFAULT_DRAFTS = ("vllm-ngram",)  # model-free: needs no server; model drafts come with --draft-url
+DEFAULT_DRAFTS = (VLLM_NGRAM,)  # model-free: needs no server; model drafts come with --draft-url
 
 
 @dataclass(frozen=True)
@@ -65,15 +70,13 @@ def parse_draft_urls(values: Sequence[str]) -> dict[str, str]:
 def target_source(target: str | None) -> tuple[str, str]:
     """(name, where its tokenizer and config are read): a directory or hub id; a .gguf (the embedded
     default included) is converted once into specprof's cache, as the transformers engine does."""
-    from specprof.engines.hf import models
-
-    if target is None or target in ("default", models.DEFAULT_TARGET):
-        return models.DEFAULT_TARGET, str(models.gguf_to_directory(models.default_gguf_path(),
-                                                                   hf_id=models.DEFAULT_HF_ID))
+    if target is None or target in ("default", modelfiles.DEFAULT_TARGET):
+        return modelfiles.DEFAULT_TARGET, str(modelfiles.gguf_to_directory(modelfiles.default_gguf_path(),
+                                                                           hf_id=modelfiles.DEFAULT_HF_ID))
     if target.lower().endswith(".gguf"):
         if not Path(target).is_file():
             raise SpecprofError(f"--target {target}: no such GGUF file")
-        return target, str(models.gguf_to_directory(Path(target)))
+        return target, str(modelfiles.gguf_to_directory(Path(target)))
     return target, target
 
 
@@ -94,28 +97,17 @@ class TargetInfo:
 
 def load_target(target: str | None, trust_remote_code: bool) -> TargetInfo:
     """The target's tokenizer, EOS ids, context and depth: tokenizer and config files only, no weights."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
     name, source = target_source(target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = text.load_tokenizer(source, trust_remote_code)
+        config = text.load_config(source, trust_remote_code)
     except (OSError, ValueError) as e:
         raise SpecprofError(f"--target {target}: cannot read its tokenizer and config ({str(e).splitlines()[0]}); "
                             "--engine vllm needs the target's directory or a cached hub id (no weights)") from None
-    eos: set[int] = set()
-    try:
-        gen_eos = GenerationConfig.from_pretrained(source).eos_token_id
-    except (OSError, ValueError):
-        gen_eos = None
-    for value in (gen_eos, tokenizer.eos_token_id):  # as `models.eos_token_ids`
-        if isinstance(value, int):
-            eos.add(value)
-        elif isinstance(value, list | tuple):
-            eos.update(int(v) for v in value)
-    text = config.get_text_config()
-    return TargetInfo(name, source, tokenizer, sorted(eos), getattr(text, "max_position_embeddings", None),
-                      getattr(text, "num_hidden_layers", None), (config.architectures or [None])[0])
+    eos = text.eos_ids(text.generation_eos(source), tokenizer)
+    layout = config.get("text_config") or config
+    return TargetInfo(name, source, tokenizer, eos, layout.get("max_position_embeddings"),
+                      layout.get("num_hidden_layers"), (config.get("architectures") or [None])[0])
 
 
 def _fingerprint(source: str) -> str | None:
@@ -127,36 +119,33 @@ def _fingerprint(source: str) -> str | None:
 def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: TargetInfo,
                 timeout_s: float) -> list[vprofile.Draft]:
     """The drafts: model-free ones computed here, model drafts from their --draft-url servers."""
-    from specprof.core.simulation import blockdraft
-    from specprof.engines.hf.drafts import DEFAULT_NGRAM, check_early_exit, parse_kind
-
     out: list[vprofile.Draft] = []
     for spec in specs:
-        kind, value = parse_kind(spec)
-        if kind == "eagle3":
+        parsed = kinds.parse(spec)
+        kind = parsed.kind
+        if kind.proposal is kinds.Proposal.HEAD:
             raise SpecprofError(f"--draft {spec}: a vLLM server cannot return a head's proposals from every block "
                                 "start; profile EAGLE-3 heads with the transformers engine (without --engine vllm), "
                                 "then compare with `specprof verify REPORT --engine vllm`")
-        if spec in draft_urls and kind not in ("model", "early-exit"):
+        if spec in draft_urls and kind.model_free:
             raise SpecprofError(f"--draft-url {spec}: a model-free draft needs no server (it is computed from the "
                                 "tokens); drop its --draft-url")
-        if kind == "ngram":
-            out.append(vprofile.LocalDraft(spec, {"name": spec, "kind": "ngram", "max_ngram": value or DEFAULT_NGRAM},
-                                           max_ngram=value or DEFAULT_NGRAM))
-        elif kind in ("vllm-ngram", "prompt-lookup"):
-            proposer = blockdraft.parse_spec(spec, target.eos_ids)
-            out.append(vprofile.LocalDraft(spec, {"name": spec, **blockdraft.describe(proposer)}, proposer=proposer))
+        proposer = kind.proposer(parsed, target.eos_ids)
+        if proposer is not None:
+            out.append(vprofile.LocalDraft(spec, kinds.describe_proposer(spec, proposer), proposer=proposer))
+        elif kind.model_free:  # specprof's own n-gram lookup
+            out.append(vprofile.LocalDraft(spec, {"name": spec, **kind.describe(parsed)}, max_ngram=parsed.value))
         else:
             if spec not in draft_urls:
                 how = (f"serve `specprof export-draft {spec} --out DIR` and pass --draft-url {spec}=URL"
-                       if kind == "early-exit" else f"serve it with vLLM and pass --draft-url {spec}=URL")
+                       if kind.name == EARLY_EXIT else f"serve it with vLLM and pass --draft-url {spec}=URL")
                 raise SpecprofError(f"--draft {spec}: a model draft needs its own vLLM server with --engine vllm "
                                     f"({how})")
-            info = {"name": spec, "kind": kind}
-            if kind == "early-exit":
+            info = {"name": spec, "kind": kind.name}
+            if kind.name == EARLY_EXIT:
                 if target.num_layers is not None:
-                    check_early_exit(spec, value, target.num_layers)
-                info |= {"layers": value, "of_layers": target.num_layers}
+                    kinds.check_early_exit(spec, parsed.value, target.num_layers)
+                info |= {"layers": parsed.value, "of_layers": target.num_layers}
             out.append(vprofile.RemoteDraft(spec, VllmClient(draft_urls[spec], timeout_s), info))
     return out
 
@@ -164,14 +153,10 @@ def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: Target
 def check_server(client: VllmClient, detok: tokentext.Detokenizer, id_lists: Sequence[Sequence[int]],
                  who: str) -> int | None:
     """The server answers and serves the target's tokenizer; its max_model_len (None: not said)."""
-    from specprof.commands.verify_vllm import check_tokenizer
+    from specprof.commands.vllm_common import check_tokenizer
 
     client.model()  # unreachable: one line naming the URL
-    try:
-        check_tokenizer(client, detok, id_lists)
-    except SpecprofError as e:
-        raise SpecprofError(str(e).replace("the report's target", who).replace("the report's tokenizer",
-                                                                              "the --target's tokenizer")) from None
+    check_tokenizer(client, detok, id_lists, target=who, whose="the --target's")
     return client.max_model_len()
 
 
@@ -181,9 +166,7 @@ def profile(options: Options, corpus: Sequence[Prompt], shard_info: dict | None,
     # Long on purpose: the run in order (servers checked, store opened, batches sent, report finished).
     from specprof.core.records import shards
     from specprof.core.records.store import RunStore
-    from specprof.engines.hf.drafts import parse_kind
-    from specprof.engines.hf.models import encode_prompt
-    from specprof.engines.hf.prompts import Encoded, drop_too_long, make_batches
+    from specprof.engines.text import Encoded, drop_too_long, encode_prompt, make_batches
 
     settings = options.settings
     vprofile.check_settings(settings)
@@ -197,7 +180,7 @@ def profile(options: Options, corpus: Sequence[Prompt], shard_info: dict | None,
     if len(set(specs)) != len(specs):
         raise SpecprofError(f"--draft {next(s for s in specs if specs.count(s) > 1)}: given twice")
     for spec in specs:
-        parse_kind(spec)  # a bad --draft fails before anything is read
+        kinds.parse(spec)  # a bad --draft fails before anything is read
     target = load_target(options.target, options.trust_remote_code)
     drafts = make_drafts(specs, draft_urls, target, options.timeout_s)
     clients = [VllmClient(url, options.timeout_s) for url in dict.fromkeys(options.urls)]
@@ -259,7 +242,7 @@ def describe_run(options: Options, target: TargetInfo, drafts: Sequence[vprofile
     return {
         "target": target.describe(),
         "drafts": [d.info for d in drafts],
-        "device": "vllm",
+        "device": VLLM,
         "dtype": "served",
         "settings": {"k_max": s.k_max, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
                      "top_p": s.top_p, "seed": s.seed, "batch_size": s.batch_size, "chat_template": s.chat_template},
@@ -267,7 +250,7 @@ def describe_run(options: Options, target: TargetInfo, drafts: Sequence[vprofile
                    "n_prompts": len(corpus)},
         "corpus_fingerprint": fingerprint(corpus),
         "engine": {
-            "name": "vllm",
+            "name": VLLM,
             "urls": [c.url for c in clients],
             "served_model": clients[0].model() if clients else None,
             "vllm_version": clients[0].version() if clients else None,
@@ -276,3 +259,30 @@ def describe_run(options: Options, target: TargetInfo, drafts: Sequence[vprofile
             "not_recorded": list(vprofile.NOT_RECORDED),
         },
     }
+
+
+@dataclass(frozen=True)
+class VllmProfileResult:
+    """What `profile --engine vllm` shows: the report's summary and the lines to print after it."""
+
+    summary: pd.DataFrame  # summary.parquet: draft × domain × k
+    lines: list[str]
+
+
+def run(request: ProfileRequest, urls: Sequence[str], draft_urls: Sequence[str], notice: Callable[[str], None],
+        progress_bar: Callable[[int], Any]) -> VllmProfileResult:
+    """The whole `profile --engine vllm` from the command's checked flags (`commands.profile.ProfileRequest`)."""
+    if not urls:
+        raise SpecprofError("--engine vllm: give the target's vLLM server with --url URL (repeatable)")
+    if parse_batch_sizes(request.concurrency):
+        raise SpecprofError("--concurrency times forward passes here; --engine vllm measures none (time the target "
+                            "where it is served with specprof costs, then recommend --costs FILE)")
+    corpus, mode, shard_info = read_corpus(request, notice)
+    settings = vprofile.Settings(request.k_max, request.max_new_tokens, request.temperature, request.top_p,
+                                 request.seed, request.batch_size or vprofile.DEFAULT_BATCH_SIZE,
+                                 request.chat_template)
+    options = Options(tuple(urls), tuple(draft_urls), request.target, request.drafts, settings, request.out,
+                      request.overwrite, request.resume, request.too_long, mode, request.trust_remote_code,
+                      str(request.prompts), request.domains, request.limit)
+    summary, lines = profile(options, corpus, shard_info, progress_bar)
+    return VllmProfileResult(summary, lines)

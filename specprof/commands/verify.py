@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -161,7 +162,10 @@ def predicted(trace: DraftTrace, mask: np.ndarray, k: int, draft: str, timings: 
     return float(p.tokens_per_iter[k - 1]), float(costs.speedup(p.tokens_per_iter)[k - 1])
 
 
-def _timed(device: torch.device, fn: Callable[[], object]) -> tuple[float, object]:
+Result = TypeVar("Result")
+
+
+def _timed(device: torch.device, fn: Callable[[], Result]) -> tuple[float, Result]:
     start = models.clock(device)
     result = fn()
     return models.clock(device) - start, result

@@ -44,8 +44,8 @@ from specprof.core.pricing.estimate import Estimate
 from specprof.core.pricing.timings import costs_for
 from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import load_report
-from specprof.core.vocabulary import ALL
-from specprof.engines.hf.detokenize import auto_detokenizer
+from specprof.core.vocabulary import ALL, VLLM
+from specprof.engines.text import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, VllmClient
 from specprof.errors import SpecprofError
@@ -171,7 +171,7 @@ class ConcurrencyResult:
 
     def as_dict(self) -> dict:
         return json_clean({
-            "engine": "vllm", "draft": self.draft, "k": self.k, "temperature": self.temperature,
+            "engine": VLLM, "draft": self.draft, "k": self.k, "temperature": self.temperature,
             "max_new_tokens": self.max_new_tokens, "costs": self.costs_source, "vllm_version": self.vllm_version,
             "config": self.config, "batch_sizes": [p.batch_size for p in self.predictions],
             "rows": [r.as_dict() for r in self.rows], "not_modelled": list(NOT_MODELLED),
@@ -237,6 +237,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
 
     if options.url is not None:
         spec_client = VllmClient(options.url, timeout)
+        assert options.baseline_url is not None  # checked above: --url goes with --baseline-url
         base_client = VllmClient(options.baseline_url, timeout)
         k = vllm_common.server_k(spec_client)
         if options.k is not None and options.k != k:
@@ -248,6 +249,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
                                 "--speculative-config")
         config = None
     else:
+        assert options.vllm_python is not None  # checked above: --url or --vllm-python
         version = launcher.check_python(options.vllm_python)
         k = options.k if options.k is not None else vllm_common.best_k(report, draft)
         temperature = float(settings["temperature"])
@@ -271,6 +273,7 @@ def run(report_path: str | Path, options: Options, progress: Callable[[str], Non
             for side, cfg, into in (("baseline", None, result.baseline),
                                     ("speculative", config, result.speculative)):
                 say(f"{side}: starting vLLM…")
+                assert options.vllm_python is not None  # checked above: --url or --vllm-python
                 with launcher.launch(options.vllm_python, model, cfg, dtype=dtype,
                                      start_timeout_s=options.start_timeout_s) as server:
                     server.client.timeout_s = timeout

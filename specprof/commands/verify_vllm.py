@@ -46,8 +46,9 @@ from specprof.core.jsonvalues import json_clean
 from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import Report, load_report
 from specprof.core.records.sequences import first_difference, report_continuations
-from specprof.core.vocabulary import ALL
-from specprof.engines.hf.detokenize import auto_detokenizer
+from specprof.core.simulation import kinds
+from specprof.core.vocabulary import ALL, VLLM
+from specprof.engines.text import auto_detokenizer
 from specprof.engines.vllm import launcher
 from specprof.engines.vllm.client import SpecCounters, TopLogprobs, VllmClient
 from specprof.errors import SpecprofError
@@ -136,7 +137,7 @@ class VllmVerifyResult:
     draft: str
     temperature: float
     vllm_version: str | None = None
-    configs: dict[int, dict] = field(default_factory=dict)  # k → the server's --speculative-config (None: --url)
+    configs: dict[int, dict | None] = field(default_factory=dict)  # k → the server's --speculative-config (None: --url)
     prompts_done: dict[int, int] = field(default_factory=dict)  # k → prompts compared
     counters: list[CounterRow] = field(default_factory=list)
     continuations: list[ContinuationDiff] = field(default_factory=list)
@@ -152,7 +153,7 @@ class VllmVerifyResult:
 
     def as_dict(self) -> dict:
         return json_clean({
-            "engine": "vllm", "draft": self.draft, "temperature": self.temperature,
+            "engine": VLLM, "draft": self.draft, "temperature": self.temperature,
             "vllm_version": self.vllm_version, "configs": {str(k): v for k, v in self.configs.items()},
             "prompts_done": {str(k): v for k, v in self.prompts_done.items()},
             "counters": [r.as_dict() for r in self.counters],
@@ -199,6 +200,10 @@ class Options:
     draft_model_dir: str | None = None
     timeout_s: float | None = None  # per request (default REQUEST_TIMEOUT_S)
     start_timeout_s: float = launcher.START_TIMEOUT_S
+    # (model source, prompt ids, continuation) → the draft's top-1 minus top-2 logit at each continuation
+    # position; explains a differing prompt. The caller passes a transformers one (engines/hf/margins: torch),
+    # so this command runs without torch. None: differing prompts stay unexplained.
+    top2_margins: Callable[[str, list[int], list[int]], list[float]] | None = None
 
 
 def run(report_path: str | Path, options: Options, predict: Predict | None = None,
@@ -230,6 +235,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
         check_ks(ks, settings)
         plan: list[tuple[int, dict | None]] = [(served_k, None)]
     else:
+        assert options.vllm_python is not None  # checked above: --url or --vllm-python
         result.vllm_version = launcher.check_python(options.vllm_python)
         ks = sorted(set(options.ks)) or [best_k(report, draft)]
         check_ks(ks, settings)
@@ -246,6 +252,7 @@ def run(report_path: str | Path, options: Options, predict: Predict | None = Non
                 _verify_k(client, k, report, draft, prompts, continuations, detok, predict, options, result, say)
                 continue
             say(f"k={k}: starting vLLM…")
+            assert options.vllm_python is not None  # a config is launched: --vllm-python was given
             with launcher.launch(options.vllm_python, model, config, dtype=dtype,
                                  start_timeout_s=options.start_timeout_s) as server:
                 server.client.timeout_s = options.timeout_s or REQUEST_TIMEOUT_S
@@ -316,7 +323,7 @@ def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: di
     if temperature > 0:  # no exact counters to predict: acceptance beside the report's α interval
         result.sampled.append(_sampled_row(k, report, draft, engine_total))
         return
-    prediction = predict(report, draft, k, prompt_ids=done, engine="vllm")
+    prediction = predict(report, draft, k, prompt_ids=done, engine=VLLM)
     if not getattr(prediction, "exact", True):
         result.notes.append(f"k={k}: {prediction.note}")
     predicted = as_counters(prediction)
@@ -327,9 +334,9 @@ def _compare(k: int, report: Report, draft: str, done: list[str], per_prompt: di
     for pid in done:
         if pid in diverged:
             continue
-        mine = as_counters(predict(report, draft, k, prompt_ids=[pid], engine="vllm"))
+        mine = as_counters(predict(report, draft, k, prompt_ids=[pid], engine=VLLM))
         if mine != per_prompt[pid]:
-            ties = draft_near_ties(report, draft, pid, options.draft_model_dir)
+            ties = draft_near_ties(report, draft, pid, options.draft_model_dir, options.top2_margins)
             result.prompt_mismatches.append(PromptMismatch(k, pid, mine.as_dict(), per_prompt[pid].as_dict(), ties,
                                                            "near-tie" if ties else "unexplained"))
 
@@ -379,19 +386,21 @@ def _compare_continuation(client: VllmClient, k: int, pid: str, prompt: list[int
     return ContinuationDiff(k, pid, j, a, b, margin, gap, "near-tie" if near else "diverged")
 
 
-def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str | None) -> list[tuple[int, float]]:
+def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str | None,
+                    top2_margins: Callable[[str, list[int], list[int]], list[float]] | None,
+                    ) -> list[tuple[int, float]]:
     """Positions where the draft's top-2 logits are within DRAFT_NEAR_TIE_LISTED (float32), smallest first.
 
     Model drafts only (an n-gram rule has no ties): the draft is re-run in float32 with transformers
     (imported here, only when a prompt needs explaining).
     """
     source = draft_model_dir or draft_source(report.run, draft)
-    if draft.startswith(("vllm-ngram", "eagle3:")) or not source:  # a head: no transformers model to re-run
+    kind = kinds.parse(draft).kind  # a head has no transformers model to re-run
+    if kind.model_free or kind.proposal is kinds.Proposal.HEAD or not source or top2_margins is None:
         return []
-    from specprof.engines.hf import margins
 
     prompts = report.frame("prompts").set_index("prompt_id")
     continuation = report_continuations(report.frame("tokens").query("draft == @draft")).get(pid, [])
     prompt = [int(t) for t in prompts.loc[pid, "prompt_tokens"]]
-    found = margins.top2_margins(source, prompt, continuation)
+    found = top2_margins(source, prompt, continuation)
     return sorted(((i, m) for i, m in enumerate(found) if m < DRAFT_NEAR_TIE_LISTED), key=lambda x: x[1])

@@ -16,6 +16,7 @@ import pandas as pd
 from specprof.core.pricing import costmodel
 from specprof.core.records import tokentext
 from specprof.core.records.reportfiles import Report
+from specprof.core.simulation import kinds
 from specprof.core.vocabulary import ALL
 from specprof.engines.vllm.client import SpecCounters, VllmClient
 from specprof.errors import SpecprofError
@@ -49,8 +50,10 @@ def server_k(client: VllmClient) -> int:
     return counters.k
 
 
-def check_tokenizer(client: VllmClient, detok: tokentext.Detokenizer, id_lists: Sequence[Sequence[int]]) -> None:
-    """The served tokenizer must decode every id this run sends or expects as the report's does."""
+def check_tokenizer(client: VllmClient, detok: tokentext.Detokenizer, id_lists: Sequence[Sequence[int]],
+                    target: str = "the report's target", whose: str = "the report's") -> None:
+    """The served tokenizer must decode every id this run sends or expects as `whose` tokenizer (the report's, or
+    the --target's for a profile) does; the error names the model it expected as `target`."""
     ids = sorted({int(t) for ids in id_lists for t in ids})
     ours = detok.decode(ids)
     if client.detokenize(ids) == ours:
@@ -59,10 +62,10 @@ def check_tokenizer(client: VllmClient, detok: tokentext.Detokenizer, id_lists: 
         theirs, mine = client.detokenize([i]), detok.decode([i])
         if theirs != mine:
             raise SpecprofError(
-                f"{client.url}: serves another model than the report's target ({client.model()}: token id {i} is "
-                f"{theirs!r} there, {mine!r} in the report's tokenizer)")
-    raise SpecprofError(f"{client.url}: serves another model than the report's target ({client.model()}: its "
-                        "tokenizer decodes the report's ids to other text)")
+                f"{client.url}: serves another model than {target} ({client.model()}: token id {i} is "
+                f"{theirs!r} there, {mine!r} in {whose} tokenizer)")
+    raise SpecprofError(f"{client.url}: serves another model than {target} ({client.model()}: its "
+                        f"tokenizer decodes {whose} ids to other text)")
 
 
 def choose_draft(report: Report, draft: str | None) -> str:
@@ -71,8 +74,8 @@ def choose_draft(report: Report, draft: str | None) -> str:
         if draft not in names:
             raise SpecprofError(f"--draft {draft}: not in the report (drafts: {', '.join(names)})")
         return draft
-    kinds = {d["name"]: d.get("kind", "model") for d in report.run.get("drafts", [])}
-    usable = [n for n in names if kinds[n] not in ("ngram", "prompt-lookup")]  # no vLLM proposer of theirs
+    named = {d["name"]: kinds.kind(d.get("kind")) for d in report.run.get("drafts", [])}
+    usable = [n for n in names if named[n].vllm_proposer]
     if len(usable) != 1:
         raise SpecprofError(f"--engine vllm: pass --draft, the report has {len(names)} drafts ({', '.join(names)})")
     return usable[0]

@@ -58,16 +58,22 @@ def help_paragraphs() -> list[str]:
     return [f"{name}: {definition}" for name, _, definition in TERMS]
 
 
-# The counts, named once with their unit (vLLM's names where vLLM has one). Code and JSON use these
-# names; `core/simulation/conventions.py` counts them as each engine does.
+# The counts, named once with their unit, as the code and the --json documents name them (those names are
+# contracts: tests/test_vocabulary.py checks every count key of the JSON is one of these). The engine
+# counters carry vLLM's names; `core/simulation/conventions.py` counts them as each engine does.
 COUNTS: dict[str, str] = {
-    "num_iterations": "target forward passes of specprof's (and transformers') loop: one per block",
-    "num_emitted_tokens": "tokens a block adds to the output: accepted draft tokens plus the bonus token "
-                          "(fewer at the end of a continuation)",
-    "num_drafts": "steps in which the draft proposed at least one token (vLLM's spec_decode_num_drafts)",
-    "num_draft_tokens": "tokens the draft proposed, summed over steps (vLLM's spec_decode_num_draft_tokens)",
+    "n_prompts": "prompts a figure pools (compare: n_prompts_a, n_prompts_b for its two sides)",
+    "n_tokens": "continuation tokens: of a prompt, or pooled over a figure's prompts",
+    "iterations": "target forward passes of specprof's (and transformers') loop: one per block; per prompt, or a "
+                  "mean (`n_iterations` of one generation in engines/hf/speculate)",
+    "emitted": "tokens a block adds to the output: accepted draft tokens plus the bonus token "
+               "(fewer at the end of a continuation)",
+    "accepted": "draft tokens a block accepted",
+    "rejected": "positions of a continuation where the draft's proposal was not the target's token",
     "num_judged_tokens": "draft tokens the target decided on in specprof's loop: the accepted ones plus the first "
                          "rejected one; Σ accepted / Σ judged estimates α",
+    "num_drafts": "steps in which the draft proposed at least one token (vLLM's spec_decode_num_drafts)",
+    "num_draft_tokens": "tokens the draft proposed, summed over steps (vLLM's spec_decode_num_draft_tokens)",
     "num_accepted_tokens": "proposed tokens the target accepted (vLLM's spec_decode_num_accepted_tokens)",
     "num_accepted_tokens_per_pos": "accepted tokens at each position 1..k of a draft "
                                    "(vLLM's spec_decode_num_accepted_tokens_per_pos)",

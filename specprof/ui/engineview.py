@@ -8,18 +8,13 @@ from rich.console import Group
 from rich.table import Table
 
 from specprof.core.pricing.estimate import Estimate
-from specprof.core.simulation.conventions import EngineCounters
+from specprof.core.simulation.conventions import COUNTING, EngineCounters
+from specprof.core.vocabulary import Engine
 from specprof.ui.render import fmt, styled
-
-ENGINE_CAPTION = {
-    "vllm": "as vLLM (v1) counts: the first token from prefill, steps without a proposal are not drafts, "
-            "acceptances past EOS/max_tokens counted; mean acceptance length = 1 + accepted / drafts",
-    "transformers": "as transformers' assisted generation runs: every target pass an iteration, k drafted each",
-}
 
 
 def engine_view(
-    estimates: Sequence[Estimate], entries: Sequence[tuple[int, EngineCounters]], engine: str, fixed_k: bool
+    estimates: Sequence[Estimate], entries: Sequence[tuple[int, EngineCounters]], engine: Engine, fixed_k: bool
 ) -> Group:
     parts = []
     notes = []
@@ -40,6 +35,6 @@ def engine_view(
             if c.note and c.note not in notes:
                 notes.append(c.note)
         parts.append(table)
-    parts.append(ENGINE_CAPTION.get(engine, ""))
+    parts.append(COUNTING[engine].caption)
     parts.extend(f"* {n}" for n in notes)
     return Group(*parts)

@@ -67,7 +67,7 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
     """The page's HTML and its plots, from a report directory (or a file in it)."""
     # Long on purpose: the page's sections in reading order.
     from specprof.core.records import tokentext
-    from specprof.engines.hf.detokenize import auto_detokenizer
+    from specprof.engines.text import auto_detokenizer
 
     analysis = load_analysis(path, policies=True)
     estimates = decide.estimates(analysis)  # recommend's defaults: measured costs, --min-speedup 1.1

@@ -56,9 +56,11 @@ class distill_bar:
         return self.tasks[phase]
 
     def __enter__(self) -> Callable:
-        self.progress.start()
-
+        # Started at the first event, not here: the command loads the target under its own status spinner
+        # first, and Rich shows one live display at a time.
         def events(phase: str, **f: Any) -> None:
+            if not self.progress.live.is_started:
+                self.progress.start()
             if phase == "generate":
                 self.progress.update(self._task("generating", f["total"]), completed=f["done"],
                                      info=f"{f['tokens']} tokens")
@@ -78,7 +80,8 @@ class distill_bar:
         return events
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
+        if self.progress.live.is_started:
+            self.progress.stop()
 
 
 class interruptible:

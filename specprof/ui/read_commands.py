@@ -7,18 +7,20 @@ run them with nothing heavy installed. Each parses its flags, calls `core.decide
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from specprof.core import glossary
+from specprof.core.vocabulary import EMIT_TARGETS, engine_named
 from specprof.errors import SpecprofError
 from specprof.ui import inspectview, render
 from specprof.ui.app import check_range, command, print_json, stderr, stdout
 from specprof.ui.options import DomainFilter, DraftFilter, Json, Report, Tokenizer
+
+if TYPE_CHECKING:  # the core loads inside the commands: `specprof --help` starts without numpy
+    from specprof.core.answers.recommend import Emission, Recommendation
 
 RECOMMEND_HELP = "\n\n".join([
     "Best k, expected speedup with its interval, and GO / NO-GO / INCONCLUSIVE per draft × domain.",
@@ -111,8 +113,7 @@ def recommend(
         "--emit", metavar="vllm|sglang", help="Print only the config to paste.")] = None,
 ) -> None:
     from specprof.core.answers import decide
-    from specprof.core.answers.analysis import load_analysis
-    from specprof.core.pricing import batchcost
+    from specprof.core.answers import recommend as answers
 
     check_range("--min-speedup", min_speedup, 0, lo_open=True)
     if cost_ratio is not None:
@@ -121,115 +122,55 @@ def recommend(
         if alpha is None or cost_ratio is None:
             raise SpecprofError("give a REPORT, or --alpha and --cost-ratio for the what-if table")
         w = decide.what_if(alpha, cost_ratio, 8 if k_max is None else k_max)
-        print_json(decide.what_if_json(w)) if as_json else stdout.print(render.what_if_view(w))
+        print_json(w.to_json()) if as_json else stdout.print(render.what_if_view(w))
         return
     if alpha is not None:
         raise SpecprofError("--alpha is for the what-if mode; with a REPORT α is measured")
-    if engine is not None and engine not in ("vllm", "transformers"):
+    if engine is not None and engine_named(engine) is None:
         raise SpecprofError(f"--engine {engine}: unknown engine (use vllm, or transformers for specprof's own)")
-    if emit is not None and emit not in ("vllm", "sglang"):
+    engine = engine_named(engine) if engine is not None else None  # hf is transformers
+    if emit is not None and emit not in EMIT_TARGETS:
         raise SpecprofError(f"--emit {emit}: unknown engine (use vllm or sglang)")
     if k is not None and engine is None and emit is None:
         raise SpecprofError("--k goes with --engine or --emit (recommend picks each domain's best k)")
-    requested = batchcost.parse_batch_sizes(concurrency or ())
-    if cost_ratio is not None and (requested or costs_path is not None):
-        raise SpecprofError(f"--cost-ratio plans one stream with a flat verification cost; "
-                            f"{'--concurrency' if requested else '--costs'} prices measured times: choose one")
+    pricing = {"cost_ratio": cost_ratio, "min_speedup": min_speedup, "draft": draft or (), "domain": domain or (),
+               "k_max": k_max, "k": k, "concurrency": concurrency or (), "costs": costs_path}
     if emit is not None:
-        _emit(emit, report_path, draft or (), domain or (), k_max, k, cost_ratio, min_speedup, requested, costs_path)
+        _show_emission(answers.emit(report_path, emit, **pricing))
         return
-    analysis = _with_costs(load_analysis(report_path, draft or (), domain or (), k_max, policies=True), costs_path)
-    _recommend(analysis, cost_ratio, domain or (), min_speedup, requested, costs_path, engine, k, as_json)
+    result = answers.recommend(report_path, engine=engine, **pricing)
+    print_json(result.to_json()) if as_json else _show_recommendation(result)
 
 
-def _with_costs(analysis, costs_path: Path | None):
-    """The analysis priced with a costs file's forward times instead of the report's own (--costs)."""
-    from specprof.core.pricing import batchcost
+def _show_recommendation(result: Recommendation) -> None:
+    """recommend's tables: the engine's counters (--engine), or the decisions, plans and batch sizes."""
+    from specprof.core.pricing import policy_estimate
 
-    if costs_path is None:
-        return analysis
-    return dataclasses.replace(analysis, timings=batchcost.load_costs(
-        costs_path, analysis.run, [t.draft for t in analysis.traces], max(t.blocks.k_max for t in analysis.traces)))
-
-
-def _recommend(analysis, cost_ratio: float | None, domains: Sequence[str], min_speedup: float,
-               requested: Sequence[int], costs_path: Path | None, engine: str | None, k: int | None,
-               as_json: bool) -> None:
-    """recommend on a report: estimates, plans, policies, per batch size and engine counters when asked."""
-    from specprof.core.answers import decide, engineplan
-    from specprof.core.pricing import batchcost, policy_estimate
-
-    by_batch = cost_ratio is None and (bool(requested) or bool(analysis.timings and analysis.timings.by_batch_size))
-    sizes = batchcost.choose_batch_sizes(analysis.timings, requested) if by_batch else ()
-    estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
-    plans = decide.plans(estimates)
-    policies = decide.policy_estimates(analysis, estimates, cost_ratio)
-    batch_plans = batchcost.batch_plans(estimates, analysis.timings, sizes) if by_batch else []
-    entries = engineplan.engine_entries(analysis, estimates, engine, k) if engine is not None else None
-    if as_json:
-        recommendations = decide.recommendations_json(estimates, policies)
-        for entry, bp in zip(recommendations, batch_plans):
-            entry.update(batchcost.batch_json(bp))
-        if entries is not None:
-            recommendations = engineplan.engine_json(recommendations, entries, engine)
-        print_json({
-            "report": str(analysis.path),
-            "min_speedup": min_speedup,
-            "exact": analysis.exact,
-            "recommendations": recommendations,
-            "drafts": [decide.plan_json(p) for p in plans],
-            "threshold_policy": decide.policy_grid_json(analysis),
-            **({"costs": str(costs_path)} if costs_path is not None else {}),
-            **({"batch_sizes": list(sizes), "batch_cost_model": batchcost.IGNORES} if by_batch else {}),
-        })
-        return
-    if entries is not None:
+    if result.engine is not None:
         from specprof.ui import engineview
 
-        stdout.print(engineview.engine_view(estimates, entries, engine, k is not None))
+        entries = [(e.engine.k, e.engine.counters) for e in result.entries if e.engine is not None]
+        stdout.print(engineview.engine_view(result.estimates, entries, result.engine, result.engine_k is not None))
         return
-    stdout.print(render.recommend_view(estimates, plans, min_speedup, policies, analysis.no_policy))
-    if by_batch:
+    stdout.print(render.recommend_view(result.estimates, list(result.plans), result.min_speedup, result.policies,
+                                       result.no_policy))
+    if result.batch_sizes is not None:
         from specprof.ui.batchview import batch_view
 
         stdout.print()
-        stdout.print(batch_view(batch_plans, f"--costs {costs_path}" if costs_path else "the report"))
-    elif costs_path is not None:
-        stdout.print(f"note: costs from {costs_path}")
-    if not analysis.exact:
+        stdout.print(batch_view(result.batch_plans, f"--costs {result.costs}" if result.costs else "the report"))
+    elif result.costs is not None:
+        stdout.print(f"note: costs from {result.costs}")
+    if not result.exact:
         stdout.print("note: sampled run (T > 0): per-k figures are the chain estimate; check with verify")
         stdout.print(f"note: {policy_estimate.SAMPLED_NOTE}")
 
 
-def _emit(engine: str, report_path: Path, drafts: Sequence[str], domains: Sequence[str], k_max: int | None,
-          k: int | None, cost_ratio: float | None, min_speedup: float, batch_sizes: Sequence[int],
-          costs_path: Path | None) -> None:
-    """recommend --emit: print only the engine's configuration (notes on stderr), so $(…) pastes it."""
-    from specprof.core.answers import decide, engineplan
-    from specprof.core.answers.analysis import load_analysis
-    from specprof.core.pricing import batchcost
-    from specprof.core.vocabulary import ALL
-
-    analysis = _with_costs(load_analysis(report_path, drafts, domains, k_max), costs_path)
-    estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
-    choice = engineplan.choose(analysis, estimates, decide.plans(estimates), domains, k, forced=len(drafts) == 1)
-    if choice.draft is None:
-        typer.echo(choice.none)
-        return
-    target = str((analysis.run.get("target") or {}).get("name", "TARGET"))
-    for note in engineplan.notes(choice, target, engine):
+def _show_emission(emission: Emission) -> None:
+    """recommend --emit: only the engine's configuration on stdout (notes on stderr), so $(…) pastes it."""
+    for note in emission.notes:
         stderr.print(f"note: {note}")
-    schedule = None
-    if batch_sizes:
-        if engine != "vllm":
-            raise SpecprofError("--concurrency with --emit: only vLLM takes a batch-size schedule (--emit vllm)")
-        # The schedule of the chosen draft on the chosen domain, or on the corpus mix (ALL).
-        where = domains[0] if len(domains) == 1 else ALL
-        estimate = next(e for e in estimates if e.draft == choice.draft and e.domain == where)
-        sizes = batchcost.choose_batch_sizes(analysis.timings, batch_sizes)
-        schedule = batchcost.vllm_schedule(batchcost.batch_plans([estimate], analysis.timings, sizes)[0].points)
-    typer.echo(engineplan.vllm_config(choice, target, schedule) if engine == "vllm"
-               else engineplan.sglang_flags(choice, target))
+    typer.echo(emission.text)
 
 
 @command(help=GATE_HELP)
@@ -254,17 +195,12 @@ def gate(
     as_json: Json = False,
 ) -> int:
     from specprof.core.answers import decide
-    from specprof.core.answers.analysis import load_analysis
 
-    analysis = load_analysis(report_path, draft or (), domain or ())
-    old = load_analysis(baseline) if baseline is not None else None
-    checks = decide.gate(analysis, min_speedup, min_alpha, domain or (), k, point, old, max_alpha_drop, force)
-    passed = all(c.passed for c in checks)
-    if as_json:
-        print_json({"passed": passed, "checks": [decide.check_json(c) for c in checks]})
-    else:
-        stdout.print(render.gate_view(checks))
-    return 0 if passed else 1
+    result = decide.gate_report(report_path, min_speedup=min_speedup, min_alpha=min_alpha, domain=domain or (),
+                                draft=draft or (), k=k, point=point, baseline=baseline,
+                                max_alpha_drop=max_alpha_drop, force=force)
+    print_json(result.to_json()) if as_json else stdout.print(render.gate_view(list(result.checks)))
+    return 0 if result.passed else 1
 
 
 @command(help=COMPARE_HELP)
@@ -275,17 +211,13 @@ def compare(
         "--force", help="Compare reports of different targets or sampling settings.")] = False,
     as_json: Json = False,
 ) -> None:
-    from specprof.core.answers.analysis import load_analysis
-    from specprof.core.answers.compare import compare as compare_reports
-    from specprof.core.answers.compare import comparison_json
+    from specprof.core.answers.compare import compare_reports
 
-    a, b = load_analysis(report_a), load_analysis(report_b)
-    comparisons = compare_reports(a, b, force)
+    result = compare_reports(report_a, report_b, force)
     if as_json:
-        print_json({"a": str(a.path), "b": str(b.path),
-                    "comparisons": [comparison_json(c) for c in comparisons]})
+        print_json(result.to_json())
     else:
-        stdout.print(render.compare_view(comparisons, str(report_a), str(report_b)))
+        stdout.print(render.compare_view(list(result.comparisons), str(report_a), str(report_b)))
 
 
 @command("inspect", help=INSPECT_HELP)
@@ -304,14 +236,14 @@ def inspect_command(
     as_json: Json = False,
 ) -> None:
     from specprof.core.answers import inspection
-    from specprof.engines.hf.detokenize import auto_detokenizer
+    from specprof.engines.text import auto_detokenizer
 
-    result = inspection.inspect_report(report_path, None, draft, domain, worst, prompt, k, tokenizer, auto_detokenizer)
-    exported = inspection.write_corpus(export, result.shown) if export is not None else None
+    result = inspection.inspect(report_path, draft=draft, domain=domain, worst=worst, prompt=prompt, k=k,
+                                tokenizer=tokenizer, export=export, fallback=auto_detokenizer)
     if as_json:
-        print_json(inspection.inspection_json(result, exported))
+        print_json(result.to_json())
     else:
-        stdout.print(inspectview.inspect_view(result, exported))
+        stdout.print(inspectview.inspect_view(result, result.exported))
 
 
 @command(help=REPORT_HELP)

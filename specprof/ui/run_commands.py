@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from specprof.core.vocabulary import EARLY_EXIT, TRANSFORMERS, VLLM, engine_named
 from specprof.errors import SpecprofError
 from specprof.ui import render
 from specprof.ui.app import (
@@ -45,8 +46,8 @@ PROFILE_CONCURRENCY_HELP = (
     "per batch size. Default: batch 1 only (one stream)."
 )
 ENGINE_HELP = (
-    "hf: load the models here (transformers). vllm: the target runs on vLLM servers (--url), model drafts on "
-    "their own (--draft-url); model-free drafts are computed here. Exact at --temperature 0 (continuations, "
+    "transformers (hf is the same): load the models here. vllm: the target runs on vLLM servers (--url), model "
+    "drafts on their own (--draft-url); model-free drafts are computed here. Exact at --temperature 0 (continuations, "
     "matches, the k-trace); T > 0 is refused (a server returns top log-probabilities, not the distributions "
     "Σ min(p, q) needs); target_entropy and forward times are not recorded (price with recommend --cost-ratio "
     "or --costs). --target names the tokenizer and config only."
@@ -99,7 +100,7 @@ def profile(
         "--shard", help="i/n: profile only shard i of n (prompts split by a hash of their id); "
         "combine the n reports with specprof merge.")] = None,
     concurrency: Annotated[list[str] | None, typer.Option("--concurrency", help=PROFILE_CONCURRENCY_HELP)] = None,
-    engine: Annotated[str, typer.Option("--engine", help=ENGINE_HELP)] = "hf",
+    engine: Annotated[str, typer.Option("--engine", help=ENGINE_HELP)] = "transformers",
     url: Annotated[list[str] | None, typer.Option(
         "--url", help="--engine vllm: an OpenAI-compatible vLLM server of the target (repeatable: requests are "
         "spread over all of them, several in flight on each).")] = None,
@@ -127,7 +128,7 @@ def profile(
         argv=STATE.get("argv"),
     )
     request.check()  # flags fail before transformers is even imported
-    if engine != "hf" or url or draft_url:  # vLLM servers as the backend
+    if engine_named(engine) != TRANSFORMERS or url or draft_url:  # vLLM servers as the backend
         _profile_vllm(request, engine, tuple(url or ()), tuple(draft_url or ()))
         return
     quiet_transformers()
@@ -160,29 +161,15 @@ def profile(
 def _profile_vllm(request, engine: str, urls: tuple[str, ...], draft_urls: tuple[str, ...]) -> None:
     """profile --engine vllm: the passes run on vLLM servers (`commands/profile_vllm`)."""
     from specprof.commands import profile_vllm
-    from specprof.commands.profile import read_corpus
-    from specprof.core.pricing.batchcost import parse_batch_sizes
-    from specprof.engines.vllm.profile import DEFAULT_BATCH_SIZE, Settings
 
-    if engine == "hf":
+    if engine_named(engine) == TRANSFORMERS:
         raise SpecprofError(f"{'--url' if urls else '--draft-url'} needs --engine vllm")
-    if engine != "vllm":
-        raise SpecprofError(f"--engine {engine}: use hf or vllm")
-    if not urls:
-        raise SpecprofError("--engine vllm: give the target's vLLM server with --url URL (repeatable)")
-    if parse_batch_sizes(request.concurrency):
-        raise SpecprofError("--concurrency times forward passes here; --engine vllm measures none (time the target "
-                            "where it is served with specprof costs, then recommend --costs FILE)")
-    corpus, mode, shard_info = read_corpus(request, notice)
-    settings = Settings(request.k_max, request.max_new_tokens, request.temperature, request.top_p, request.seed,
-                        request.batch_size or DEFAULT_BATCH_SIZE, request.chat_template)
-    options = profile_vllm.Options(urls, draft_urls, request.target, request.drafts, settings, request.out,
-                                   request.overwrite, request.resume, request.too_long, mode, request.trust_remote_code,
-                                   str(request.prompts), request.domains, request.limit)
-    summary, lines = profile_vllm.profile(options, corpus, shard_info, progress_bar)
-    for d in dict.fromkeys(summary["draft"]):
-        stdout.print(render.profile_table(summary, d))
-    for line in lines:
+    if engine_named(engine) != VLLM:
+        raise SpecprofError(f"--engine {engine}: use transformers (hf) or vllm")
+    result = profile_vllm.run(request, urls, draft_urls, notice, progress_bar)
+    for d in dict.fromkeys(result.summary["draft"]):
+        stdout.print(render.profile_table(result.summary, d))
+    for line in result.lines:
         stdout.print(line, markup=False, highlight=False)
 
 
@@ -253,27 +240,19 @@ def costs(
     check_once("--draft", draft or ())
     quiet_transformers()
     from specprof.commands import costs as costs_mod
-    from specprof.engines.hf import drafts, measure, models
 
-    path = costs_mod.out_path(out)
-    if path.exists() and not overwrite:
-        raise SpecprofError(f"--out {path}: exists (pass --overwrite to replace it)")
-    drafts.check_specs(draft or (), target, trust_remote_code)
-    dev = models.resolve_device(device)
-    dt = models.resolve_dtype(dtype, dev)
-    with stderr.status("loading models…"):
-        tgt, loaded = drafts.load_target_and_drafts(target, draft or (), dev, dt, trust_remote_code, allow_pickle)
-    context = costs_mod.timing_context(tgt, context_tokens, corpus, not no_chat_template, k_max)
-    sizes = batch_sizes or measure.default_batch_sizes(dev)
-    with stderr.status(f"timing batch sizes {', '.join(map(str, sizes))}…"):
-        record, measured = costs_mod.measure_costs(tgt, loaded, context, k_max, sizes, dev, dt)
-    costs_mod.write_costs(path, record)
+    request = costs_mod.CostsRequest(
+        target=target, drafts=tuple(draft or ()), k_max=k_max, batch_sizes=batch_sizes, context_tokens=context_tokens,
+        prompts=tuple(corpus), chat_template=not no_chat_template, device=device, dtype=dtype, out=out,
+        overwrite=overwrite, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    result = costs_mod.run(request, status=stderr.status)
+    record, path = result.record, result.path
     if as_json:
         print_json(record)
         return
     from specprof.ui.batchview import costs_table
 
-    stdout.print(costs_table(measured))
+    stdout.print(costs_table(result.timings))
     stdout.print(f"device {record['device']}, dtype {record['dtype']}; costs written to {path} "
                  f"(price a report with: specprof recommend REPORT --costs {path})")
 
@@ -342,12 +321,13 @@ def distill(
 ) -> None:
     """Train a small draft on the target's own continuations and save it as a model directory.
 
-    The draft is the target's first L layers (frozen), one trained layer, the norm and the LM head: an ordinary
-    transformers model (--draft DRAFT_DIR in profile, a draft model in engines); --arch eagle3: an EAGLE-3 head.
-    Prints held-out α per domain before and after; DRAFT_DIR/distill.json records it with settings and times.
+    The draft is the target's first L layers (frozen), one trained layer, the norm and the LM head:
+    an ordinary transformers model (--draft DRAFT_DIR in profile, a draft model in engines);
+    --arch eagle3: an EAGLE-3 head. Prints held-out α per domain before and after;
+    DRAFT_DIR/distill.json records it with the settings, data size and time.
     """
     started = time.perf_counter()  # long on purpose: mostly flag declarations (Typer reads the signature)
-    if arch != "early-exit":  # an EAGLE-3 head (`ui.distill_eagle3`)
+    if arch != EARLY_EXIT:  # an EAGLE-3 head (`ui.distill_eagle3`)
         return distill_eagle3(arch, source, out, target, max_minutes, holdout, seed, max_new_tokens, batch_size,
                               no_chat_template, device, dtype, overwrite, trust_remote_code, allow_pickle, started)
     for flag, value in (("--layers", layers), ("--epochs", epochs)):
@@ -360,34 +340,14 @@ def distill(
     quiet_transformers()
     from specprof.commands import distill as distill_mod
     from specprof.core.answers import distill_eval
-    from specprof.engines.hf import models
-    from specprof.engines.hf.distill_data import DEFAULT_LR, DistillSettings
 
-    if distill_mod.is_report(source):
-        given = [f for f, v in [("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
-                                ("--no-chat-template", no_chat_template or None)] if v is not None]
-        if given:
-            raise SpecprofError(f"{given[0]}: only for a prompt corpus; a report's continuations are reused")
-    src = distill_mod.read_source(source)
-    if max_new_tokens is not None:
-        check_range("--max-new-tokens", max_new_tokens, 1)
-    if batch_size is not None:
-        check_range("--batch-size", batch_size, 1)
-    settings = DistillSettings(layers=layers, epochs=epochs, objective=objective, holdout=holdout, seed=seed,
-                               max_minutes=max_minutes, lr=DEFAULT_LR[objective] if lr is None else lr)
-    distill_eval.check_holdout(holdout)
-    dev = models.resolve_device(device)
-    dt = models.resolve_dtype(dtype, dev)
-    with stderr.status("loading the target…"):
-        tgt = models.load_model(target or src.target_spec, dev, dt, trust_remote_code=trust_remote_code,
-                                allow_pickle=allow_pickle)
-    distill_mod.check_target(tgt, src, layers)
-    generation = distill_mod.GenerationSettings(batch_size=batch_size or models.default_batch_size(dev),
-                                                max_new_tokens=max_new_tokens or 128,
-                                                chat_template=not no_chat_template)
+    request = distill_mod.DistillRequest(
+        source=source, out=out, layers=layers, target=target, epochs=epochs, lr=lr, objective=objective,
+        max_minutes=max_minutes, holdout=holdout, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        no_chat_template=no_chat_template, device=device, dtype=dtype, overwrite=overwrite,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     with distill_bar() as events:
-        result = distill_mod.run_distill(src, tgt, settings, out, generation, started=started, overwrite=overwrite,
-                                         events=events)
+        result = distill_mod.distill(request, started=started, status=stderr.status, events=events)
     record = result.record
     stdout.print(distill_eval.render_table(
         result.table, layers, f"held-out α per domain ({record['data']['heldout_prompts']} prompts not trained on; "

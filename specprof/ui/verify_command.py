@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from specprof.core.vocabulary import TRANSFORMERS, VLLM, engine_named
 from specprof.errors import SpecprofError
 from specprof.ui import render
 from specprof.ui.app import check_range, command, print_json, quiet_transformers, stderr, stdout
@@ -30,8 +31,8 @@ def verify(
         "--draft", help="Only this draft of the report (repeatable).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
     engine: Annotated[str, typer.Option(
-        "--engine", help="transformers: run the loop here; vllm: compare with a vLLM server's /metrics counters "
-        "(--url or --launch).")] = "transformers",
+        "--engine", help="transformers (or hf): run the loop here; vllm: compare with a vLLM server's /metrics "
+        "counters (--url or --launch).")] = "transformers",
     url: Annotated[str | None, typer.Option(
         "--url", help="vllm: a running vLLM server started with the draft's --speculative-config "
         "(e.g. http://127.0.0.1:8000).")] = None,
@@ -70,14 +71,15 @@ def verify(
         check_range("--limit", limit, 1)
     for value in k or ():
         check_range("--k", value, 1)
+    engine = engine_named(engine) or engine  # hf is transformers
     if concurrency or baseline_url or costs_path:
         return _verify_concurrency(report, engine, tuple(concurrency or ()), tuple(k or ()), limit, tuple(draft or ()),
                                    json_out, url, baseline_url, vllm_python if launch else None, draft_model_dir,
                                    costs_path)
-    if engine == "vllm":
+    if engine == VLLM:
         return _verify_vllm(report, tuple(k or ()), limit, tuple(draft or ()), json_out, url, launch, vllm_python,
                             draft_model_dir)
-    if engine != "transformers":
+    if engine != TRANSFORMERS:
         raise SpecprofError(f"--engine {engine}: use transformers or vllm")
     if url or launch or vllm_python or draft_model_dir:
         raise SpecprofError("--url, --launch, --vllm-python and --draft-model-dir go with --engine vllm")
@@ -103,6 +105,13 @@ def verify(
     return 1 if result.failed else 0
 
 
+def _top2_margins(source: str, prompt: list[int], continuation: list[int]) -> list[float]:
+    """The draft's top-2 logit margins, by transformers (torch loads here, only when a prompt needs explaining)."""
+    from specprof.engines.hf import margins
+
+    return margins.top2_margins(source, prompt, continuation)
+
+
 def _verify_vllm(report: Path, ks: tuple[int, ...], limit: int | None, drafts: tuple[str, ...], json_out: bool,
                  url: str | None, launch: bool, vllm_python: str | None, draft_model_dir: str | None) -> int:
     """verify --engine vllm: the work is in commands.verify_vllm, the tables in ui.render_vllm."""
@@ -113,7 +122,8 @@ def _verify_vllm(report: Path, ks: tuple[int, ...], limit: int | None, drafts: t
         raise SpecprofError("--engine vllm: pass either --url URL or --launch --vllm-python PY")
     if len(drafts) > 1:
         raise SpecprofError("--engine vllm: one --draft at a time (a server runs one speculative config)")
-    options = verify_vllm.Options(drafts[0] if drafts else None, ks, limit, url, vllm_python, draft_model_dir)
+    options = verify_vllm.Options(drafts[0] if drafts else None, ks, limit, url, vllm_python, draft_model_dir,
+                                  top2_margins=_top2_margins)
     with stderr.status("verifying against vLLM…") as status:
         result = verify_vllm.run(str(report), options, progress=lambda m: status.update(m))
     if json_out:
@@ -139,7 +149,7 @@ def _verify_concurrency(report: Path, engine: str, concurrency: tuple[str, ...],
     from specprof.core.pricing.batchcost import parse_batch_sizes
     from specprof.ui import render_concurrency
 
-    if engine != "vllm":
+    if engine != VLLM:
         raise SpecprofError(vc.NO_BATCHED_LOOP)
     if not concurrency:
         raise SpecprofError("--baseline-url and --costs go with --concurrency")

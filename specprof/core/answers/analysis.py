@@ -15,14 +15,15 @@ from typing import Any
 
 from specprof.core.pricing.timings import Timings
 from specprof.core.records import reportfiles
-from specprof.core.simulation import blockdraft
+from specprof.core.simulation import blockdraft, kinds
 from specprof.core.simulation.policy import PolicyCounts
 from specprof.core.simulation.traces import DraftTrace, first_seen_codes, index_drafts, is_in, trace_drafts
 from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
-NO_CONFIDENCE = ("ngram", *blockdraft.SIMULATED_KINDS)  # draft kinds that propose without a probability to threshold
+# the kinds that propose without a probability to threshold (block and head proposals record none)
+NO_CONFIDENCE = tuple(k.name for k in kinds.KINDS.values() if k.model_free or k.proposal.per_block_start)
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,15 @@ class Analysis:
 
 
 def load_analysis(
-    path: str | Path, drafts: Sequence[str] = (), domains: Sequence[str] = (), k_max: int | None = None,
-    policies: bool = False,
+    path: str | Path | reportfiles.Report, drafts: Sequence[str] = (), domains: Sequence[str] = (),
+    k_max: int | None = None, policies: bool = False,
 ) -> Analysis:
-    """Read a report (its directory or a file in it), check the filters and trace every k = 1..k_max.
+    """Read a report (its directory or a file in it, or one `reportfiles.load_report` already opened), check the
+    filters and trace every k = 1..k_max.
 
     With `policies` (and T = 0) also simulate the confidence-threshold policies (`policy_estimate`).
     """
-    rep = reportfiles.load_report(path)
+    rep = path if isinstance(path, reportfiles.Report) else reportfiles.load_report(path)
     settings = rep.run.get("settings") or {}
     temperature = float(settings.get("temperature", 0.0))
     run_k_max = int(settings.get("k_max", 8))

@@ -10,16 +10,18 @@ in the domain (recommend's rule). No torch here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from specprof.core.answers.analysis import Analysis
+from specprof.core.answers.analysis import Analysis, load_analysis
 from specprof.core.jsonvalues import json_number
 from specprof.core.pricing import stats
 from specprof.core.pricing.estimate import estimate, prompt_sums, split_ratios
 from specprof.core.pricing.stats import draw_weights
 from specprof.core.pricing.timings import costs_for
+from specprof.core.records.reportfiles import Report
 from specprof.core.simulation.traces import DraftTrace, domain_groups
 from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
@@ -106,6 +108,26 @@ class Comparison:
         unit = "prompt" if few[0][1] == 1 else "prompts"
         counts = f"{few[0][1]} {unit} in {few[0][0]}" + "".join(f" and {n} in {side}" for side, n in few[1:])
         return f"only {counts}; a difference needs {stats.MIN_PROMPTS}+ prompts on each side to be marked *"
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """`compare`'s answer: B against A per draft × domain."""
+
+    a: Path  # report A's directory
+    b: Path
+    comparisons: tuple[Comparison, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The `compare --json` document."""
+        return {"a": str(self.a), "b": str(self.b), "comparisons": [comparison_json(c) for c in self.comparisons]}
+
+
+def compare_reports(report_a: str | Path | Report, report_b: str | Path | Report, force: bool = False
+                    ) -> ComparisonResult:
+    """`specprof compare REPORT_A REPORT_B`: load both reports and compare B against A."""
+    a, b = load_analysis(report_a), load_analysis(report_b)
+    return ComparisonResult(a.path, b.path, tuple(compare(a, b, force)))
 
 
 def compare(a: Analysis, b: Analysis, force: bool = False, seed: int = stats.SEED) -> list[Comparison]:

@@ -14,15 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from specprof.core.answers.analysis import Analysis
+from specprof.core.answers.analysis import Analysis, load_analysis
 from specprof.core.answers.compare import check_comparable, pair_drafts
 from specprof.core.jsonvalues import json_number
 from specprof.core.pricing import costmodel, policy_estimate, stats
 from specprof.core.pricing.estimate import OFF_CAUSES, Estimate, estimate_all
+from specprof.core.records.reportfiles import Report
 from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
@@ -167,6 +169,10 @@ class WhatIf:
     speedup: float  # S at the best k
     breakeven_alpha: float  # α* at the best k (inf when c ≥ 1)
 
+    def to_json(self) -> dict[str, Any]:
+        """The `recommend --alpha A --cost-ratio C --json` document."""
+        return what_if_json(self)
+
 
 def what_if(alpha: float, cost_ratio: float, k_max: int) -> WhatIf:
     if not 0.0 <= alpha <= 1.0:
@@ -206,6 +212,42 @@ class Check:
     value: float
     threshold: float
     passed: bool
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """`gate`'s answer: every check; the gate passes when all do (exit code 0, else 1)."""
+
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `gate --json` document."""
+        return {"passed": self.passed, "checks": [check_json(c) for c in self.checks]}
+
+
+def gate_report(
+    report: str | Path | Report,
+    *,
+    min_speedup: float | None = None,
+    min_alpha: float | None = None,
+    domain: Sequence[str] = (),
+    draft: Sequence[str] = (),
+    k: int | None = None,
+    point: bool = False,
+    baseline: str | Path | Report | None = None,
+    max_alpha_drop: float | None = None,
+    force: bool = False,
+) -> GateResult:
+    """`specprof gate REPORT` with the same flags: load the report (and the baseline) and run the checks."""
+    domains = (domain,) if isinstance(domain, str) else tuple(domain)
+    drafts = (draft,) if isinstance(draft, str) else tuple(draft)
+    analysis = load_analysis(report, drafts, domains)
+    old = load_analysis(baseline) if baseline is not None else None
+    return GateResult(tuple(gate(analysis, min_speedup, min_alpha, domains, k, point, old, max_alpha_drop, force)))
 
 
 def gate(
@@ -255,6 +297,7 @@ def gate(
                     raise SpecprofError(f"--domain {e.domain}: not in the baseline report {baseline.path}")
                 continue
             drop = old.alpha - e.alpha
+            assert max_alpha_drop is not None  # checked above: it goes with --baseline
             checks.append(Check(e.draft, e.domain, kk, "alpha_drop", "baseline − new", drop, max_alpha_drop,
                                 drop <= max_alpha_drop))
     return checks

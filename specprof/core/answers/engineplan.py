@@ -30,20 +30,17 @@ import numpy as np
 from specprof.core.answers.decide import Analysis, DraftPlan
 from specprof.core.jsonvalues import json_number
 from specprof.core.pricing.estimate import Estimate
-from specprof.core.simulation import blockdraft, conventions
-from specprof.core.simulation.ngram import VllmNgram
-from specprof.core.vocabulary import ALL
+from specprof.core.simulation import conventions, kinds
+from specprof.core.vocabulary import ALL, MODEL, VLLM, EmitTarget, Engine
 from specprof.errors import SpecprofError
-
-EMIT_TARGETS = ("vllm", "sglang")
 
 
 class CounterCache:
     """Per draft, its records and per-prompt counters at each k (each computed once)."""
 
-    def __init__(self, analysis: Analysis, engine: str):
+    def __init__(self, analysis: Analysis, engine: Engine):
         self.analysis = analysis
-        self.engine = engine
+        self.engine: Engine = engine  # annotated: pyright widens an inferred Literal attribute to str
         self.records: dict[str, conventions.DraftRecords] = {}
         self.per_prompt: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -78,7 +75,7 @@ def counters_json(c: conventions.EngineCounters) -> dict[str, Any]:
 
 
 def engine_entries(
-    analysis: Analysis, estimates: Sequence[Estimate], engine: str, k: int | None = None
+    analysis: Analysis, estimates: Sequence[Estimate], engine: Engine, k: int | None = None
 ) -> list[tuple[int, conventions.EngineCounters]]:
     """(k, counters) for each estimate: at its best k, or at `k`."""
     if not analysis.exact:
@@ -96,7 +93,7 @@ def engine_entries(
 
 
 def engine_json(
-    recommendations: list[dict[str, Any]], entries: Sequence[tuple[int, conventions.EngineCounters]], engine: str
+    recommendations: list[dict[str, Any]], entries: Sequence[tuple[int, conventions.EngineCounters]], engine: Engine
 ) -> list[dict[str, Any]]:
     """`recommendations` (recommend --json entries, same order) with the engine's figures added."""
     return [{**r, "engine": engine, "engine_k": k, **counters_json(c)} for r, (k, c) in zip(recommendations, entries)]
@@ -110,7 +107,7 @@ class Choice:
     """What to turn on: one draft at one k for some domains, or nothing (`none` says why)."""
 
     draft: str | None
-    kind: str | None  # run.json's draft kind: model, early-exit, ngram, vllm-ngram, prompt-lookup
+    kind: str | None  # run.json's draft kind (`kinds.KINDS`)
     info: dict  # run.json's record of the draft
     k: int | None
     domains: tuple[str, ...]
@@ -137,6 +134,7 @@ def choose(
             if p.enable and p.shared_k is not None:
                 kk = p.shared_k if k is None else k
                 speedup = p.shared_speedup if k is None else _plan_speedup(estimates, p, kk)
+                assert speedup is not None  # set with shared_k
                 options.append((float(speedup), p.draft, kk, p.enable))
     if not options:
         where = f"domain {', '.join(domains)}" if domains else "no domain"
@@ -146,8 +144,8 @@ def choose(
         named = _named_choice(estimates, infos, domains, k, none) if forced else None
         return named or Choice(None, None, {}, None, (), None, none)
     speedup, draft, kk, chosen = max(options, key=lambda o: o[0])
-    info = infos.get(draft, {"name": draft, "kind": "model"})
-    return Choice(draft, info.get("kind", "model"), info, kk, chosen, speedup)
+    info = infos.get(draft, {"name": draft, "kind": MODEL})
+    return Choice(draft, info.get("kind", MODEL), info, kk, chosen, speedup)
 
 
 def _named_choice(estimates: Sequence[Estimate], infos: dict, domains: Sequence[str], k: int | None,
@@ -159,8 +157,8 @@ def _named_choice(estimates: Sequence[Estimate], infos: dict, domains: Sequence[
     if k is None or len(drafts) != 1 or len(found) != 1:
         return None
     e = found[0]
-    info = infos.get(e.draft, {"name": e.draft, "kind": "model"})
-    return Choice(e.draft, info.get("kind", "model"), info, k, (where,), float(e.speedup[k - 1]),
+    info = infos.get(e.draft, {"name": e.draft, "kind": MODEL})
+    return Choice(e.draft, info.get("kind", MODEL), info, k, (where,), float(e.speedup[k - 1]),
                   warning=f"not recommended: {none}; emitted because --draft and --k chose it")
 
 
@@ -170,55 +168,23 @@ def _plan_speedup(estimates: Sequence[Estimate], plan: DraftPlan, k: int) -> flo
     return float((weights * np.array([e.speedup[k - 1] for e in rows])).sum() / weights.sum())
 
 
-def model_dir_hint(c: Choice, target: str) -> str:
-    """Where the draft model directory comes from (an early exit has none until exported)."""
-    if c.kind == "early-exit":
-        layers = c.info.get("layers") or str(c.draft).partition(":")[2]
-        return f"specprof-draft-L{layers}"
-    return str(c.info.get("source") or c.info.get("directory") or c.info.get("name") or c.draft)
+def _kind(c: Choice) -> kinds.DraftKind:
+    return kinds.kind(c.kind)
 
 
-def notes(c: Choice, target: str, engine: str) -> list[str]:
+def notes(c: Choice, target: str, emit: EmitTarget) -> list[str]:
     """What the user should know beside the pasted config (for stderr)."""
     out = [c.warning] if c.warning else []
     out.append(f"{c.draft} at k = {c.k} for {', '.join(c.domains)} (expected speedup {c.speedup:.2f}×)")
-    if c.kind == "early-exit":
-        out.append(
-            f"make the draft model directory first: specprof export-draft {c.draft} --target {target} "
-            f"--out {model_dir_hint(c, target)}"
-        )
-    if c.kind == "ngram":
-        out.append("specprof's ngram rule is not the engine's n-gram proposer: profile vllm-ngram to check its figures")
-    if c.kind == "prompt-lookup":
-        out.append("transformers' prompt lookup cuts proposals before EOS and vLLM's does not: profile "
-                   "vllm-ngram to check its figures")
-    if engine == "sglang" and c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
-        out.append("SGLang's NGRAM proposer (CUDA only) is its own rule, not vLLM's: its acceptance will differ")
-    return out
-
-
-def _ngram_bounds(c: Choice) -> tuple[int, int]:
-    if c.kind == "vllm-ngram":
-        p = blockdraft.parse_spec(str(c.draft))
-        assert isinstance(p, VllmNgram)
-        return p.min_ngram, p.max_ngram
-    if c.kind == "prompt-lookup":
-        return 1, int(c.info.get("max_matching_ngram_size", blockdraft.TRANSFORMERS_DEFAULT_NGRAM))
-    return 1, int(c.info.get("max_ngram", 3))
+    return out + _kind(c).notes(str(c.draft), c.info, target, emit)
 
 
 def vllm_config(c: Choice, target: str, per_batch_size: list[list[int]] | None = None) -> str:
-    """vLLM's --speculative-config JSON (method ngram with prompt_lookup_min/max, or draft_model), with
-    `per_batch_size` rows [[min_bs, max_bs, k], …] as its num_speculative_tokens_per_batch_size when given
+    """vLLM's --speculative-config JSON (the kind's: method ngram with prompt_lookup_min/max, or draft_model),
+    with `per_batch_size` rows [[min_bs, max_bs, k], …] as its num_speculative_tokens_per_batch_size when given
     (vLLM clamps each row's k to num_speculative_tokens, so that is raised to the largest)."""
-    if c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
-        low, high = _ngram_bounds(c)
-        config: dict[str, Any] = {"method": "ngram", "prompt_lookup_min": low, "prompt_lookup_max": high,
-                                  "num_speculative_tokens": c.k}
-    elif c.kind == "eagle3":
-        config = {"method": "eagle3", "model": model_dir_hint(c, target), "num_speculative_tokens": c.k}
-    else:
-        config = {"method": "draft_model", "model": model_dir_hint(c, target), "num_speculative_tokens": c.k}
+    assert c.k is not None
+    config = _kind(c).vllm_config(str(c.draft), c.info, c.k)
     if per_batch_size is not None:
         config["num_speculative_tokens"] = max([c.k, *(row[2] for row in per_batch_size)])
         config["num_speculative_tokens_per_batch_size"] = per_batch_size
@@ -227,11 +193,10 @@ def vllm_config(c: Choice, target: str, per_batch_size: list[list[int]] | None =
 
 def sglang_flags(c: Choice, target: str) -> str:
     """SGLang's server flags: a chain of k draft tokens (top-1), k + 1 tokens verified per step."""
-    if c.kind in ("ngram", "vllm-ngram", "prompt-lookup"):
-        flags = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(c.k + 1)]
-    else:
-        flags = ["--speculative-algorithm", "EAGLE3" if c.kind == "eagle3" else "STANDALONE",
-                 "--speculative-draft-model-path",
-                 model_dir_hint(c, target), "--speculative-num-steps", str(c.k), "--speculative-eagle-topk", "1",
-                 "--speculative-num-draft-tokens", str(c.k + 1)]
-    return shlex.join(flags)
+    assert c.k is not None
+    return shlex.join(_kind(c).sglang_flags(str(c.draft), c.info, c.k))
+
+
+def emit_config(c: Choice, target: str, emit: EmitTarget, per_batch_size: list[list[int]] | None = None) -> str:
+    """The config to paste into `emit`'s server."""
+    return vllm_config(c, target, per_batch_size) if emit == VLLM else sglang_flags(c, target)

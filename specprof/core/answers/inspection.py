@@ -16,6 +16,7 @@ colours (`render` for the terminal, `htmlreport` for the page).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,6 +97,11 @@ class Inspection:
     prompts: tuple[PromptFigures, ...]  # every prompt in scope, lowest α first
     shown: tuple[PromptView, ...]  # the worst N, or the one asked for
     one_prompt: bool  # --prompt: one prompt shown in full
+    exported: Path | None = None  # --export: the corpus file the shown prompts were written to
+
+    def to_json(self) -> dict[str, Any]:
+        """The `inspect --json` document."""
+        return inspection_json(self)
 
 
 def prompt_figures(t: DraftTrace, k: int) -> list[PromptFigures]:
@@ -114,8 +120,27 @@ def prompt_figures(t: DraftTrace, k: int) -> list[PromptFigures]:
     ]
 
 
+def inspect(
+    report: str | Path | reportfiles.Report,
+    *,
+    draft: str | None = None,
+    domain: str | None = None,
+    worst: int = DEFAULT_WORST,
+    prompt: str | None = None,
+    k: int | None = None,
+    tokenizer: str | None = None,
+    export: str | Path | None = None,
+    fallback: Fallback | None = None,
+) -> Inspection:
+    """`specprof inspect REPORT` with the same flags; with `export`, the shown prompts are written there."""
+    result = inspect_report(report, None, draft, domain, worst, prompt, k, tokenizer, fallback)
+    if export is None:
+        return result
+    return dataclasses.replace(result, exported=write_corpus(export, result.shown))
+
+
 def inspect_report(
-    path: str | Path,
+    path: str | Path | reportfiles.Report,
     detokenizer: Detokenizer | None = None,
     draft: str | None = None,
     domain: str | None = None,
@@ -250,6 +275,7 @@ def write_corpus(path: str | Path, views: Sequence[PromptView]) -> Path:
 
 
 def inspection_json(i: Inspection, exported: Path | None = None) -> dict[str, Any]:
+    exported = exported if exported is not None else i.exported
     return {
         "report": str(i.path),
         "draft": i.draft,

@@ -41,7 +41,7 @@ IGNORED = "steps that mix prefill and decoding, requests of different lengths in
 IGNORES = f"the batch cost model ignores {IGNORED}"
 
 
-def parse_batch_sizes(values: Sequence[str], flag: str = "--concurrency") -> tuple[int, ...]:
+def parse_batch_sizes(values: Sequence[str | int], flag: str = "--concurrency") -> tuple[int, ...]:
     """`["1,4", "16"]` → (1, 4, 16): sorted, without repeats, each ≥ 1."""
     sizes = set()
     for value in values:

@@ -215,7 +215,8 @@ class Costs:
         return cls(draft_step_s / t1, verify, measured=True, warning=timing_warning(raw),
                    catchup_ratio=draft_catchup_s / t1)
 
-    def for_blocks(self, full_fraction: Sequence[float], proposed_fraction: np.ndarray | None = None) -> Costs:
+    def for_blocks(self, full_fraction: Sequence[float] | np.ndarray,
+                   proposed_fraction: np.ndarray | None = None) -> Costs:
         """These costs for a set of prompts whose blocks at k accepted all k a fraction f_k of the time,
         and proposed n tokens a fraction `proposed_fraction[k - 1, n]` of the time (default: always k)."""
         proposed = () if proposed_fraction is None else tuple(

@@ -68,7 +68,7 @@ def ratio_of_sums(weights: np.ndarray, numerators: np.ndarray, denominators: np.
         return sums[:, :m] / sums[:, m:]
 
 
-def percentile_interval(samples: np.ndarray, point: np.ndarray, confidence: float = CONFIDENCE) -> tuple:
+def percentile_interval(samples: np.ndarray, point: np.ndarray | float, confidence: float = CONFIDENCE) -> tuple:
     """The central `confidence` percentile interval along axis 0, widened to contain `point`.
 
     A percentile interval can miss its own point estimate when very few prompts make the resample

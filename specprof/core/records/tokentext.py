@@ -7,14 +7,14 @@ machine's cache when the report was made elsewhere, or a Hugging Face id found i
 cache. A `tokenizer.json` (every fast tokenizer, the embedded default's included) is read with the
 `tokenizers` library: about a tenth of a second, no torch. A tokenizer without one (an old
 sentencepiece-only repository) needs transformers' AutoTokenizer: the caller passes it as
-`fallback` (`engines.hf.detokenize.auto_detokenizer`, which imports torch but reads no weights),
+`fallback` (`engines.text.auto_detokenizer`: transformers, which imports torch where installed; no weights),
 so this module stays torch-free.
 
 Each token's text is the growth of the decoded text when the token is added, so multi-byte
 characters split over several byte-level tokens come out whole (on the token that completes them;
 the tokens before it get "").
 
-What this module does not do: load model weights, encode prompts (`models.encode_prompt`), download.
+What this module does not do: load model weights, encode prompts (`engines.text.encode_prompt`), download.
 """
 
 from __future__ import annotations

@@ -28,18 +28,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import pyarrow as pa
 
-from specprof.core.simulation import trace
-from specprof.core.simulation.ngram import PromptLookup, VllmNgram
+from specprof.core.simulation import kinds, trace
 from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster
     import pandas as pd
-
-KINDS = ("vllm-ngram", "prompt-lookup")
-HEAD_KINDS = ("eagle3",)  # hidden-state heads: proposals from every start computed by the engine (engines/hf/eagle3*)
-SIMULATED_KINDS = (*KINDS, *HEAD_KINDS)  # every kind whose blocks are simulated from proposals.parquet
-VLLM_DEFAULT_NGRAM = 5  # vLLM 0.32.0 config/speculative.py: prompt_lookup_min = prompt_lookup_max = 5 when unset
-TRANSFORMERS_DEFAULT_NGRAM = 2  # transformers: max_matching_ngram_size or 2
 
 
 class BlockProposer(Protocol):
@@ -47,51 +40,11 @@ class BlockProposer(Protocol):
 
     def propose(self, context: Sequence[int], k: int) -> list[int]:
         """Up to k tokens proposed after `context` (possibly none)."""
+        ...
 
     def propose_every_start(self, tokens: Sequence[int], start: int, k_max: int) -> list[list[int]]:
         """`propose(tokens[:t], k_max)` for every t in [start, len(tokens))."""
-
-
-def parse_spec(spec: str, eos_ids: Sequence[int] = ()) -> BlockProposer | None:
-    """The proposer a `--draft` value names, None when it is not a block-dependent kind.
-
-    vllm-ngram            vLLM's defaults: n-grams of 5 only
-    vllm-ngram:N          prompt_lookup_min = prompt_lookup_max = N (vLLM: one set, the other follows)
-    vllm-ngram:MIN:MAX    prompt_lookup_min = MIN, prompt_lookup_max = MAX
-    prompt-lookup[:M]     transformers' prompt lookup with max_matching_ngram_size M (default 2)
-    """
-    head, _, rest = spec.partition(":")
-    if head not in KINDS:
-        return None
-    parts = rest.split(":") if rest else []
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-        parts = ["?"] * 3
-    if head == "vllm-ngram":
-        if len(parts) > 2 or (parts and not values):
-            raise SpecprofError(f"--draft {spec}: expected vllm-ngram, vllm-ngram:N or vllm-ngram:MIN:MAX")
-        low, high = (values * 2)[:2] if values else (VLLM_DEFAULT_NGRAM, VLLM_DEFAULT_NGRAM)
-        if not 1 <= low <= high <= 16:
-            raise SpecprofError(f"--draft {spec}: need 1 ≤ MIN ≤ MAX ≤ 16")
-        return VllmNgram(low, high)
-    if len(parts) > 1 or (parts and not values):
-        raise SpecprofError(f"--draft {spec}: expected prompt-lookup or prompt-lookup:M (max n-gram size)")
-    size = values[0] if values else TRANSFORMERS_DEFAULT_NGRAM
-    if not 1 <= size <= 16:
-        raise SpecprofError(f"--draft {spec}: the n-gram size must be between 1 and 16")
-    return PromptLookup(size, tuple(int(e) for e in eos_ids))
-
-
-def describe(proposer: BlockProposer) -> dict:
-    """What run.json records about a block-dependent draft (enough to rebuild it)."""
-    if isinstance(proposer, VllmNgram):
-        return {"kind": "vllm-ngram", "prompt_lookup_min": proposer.min_ngram, "prompt_lookup_max": proposer.max_ngram}
-    if isinstance(proposer, PromptLookup):
-        return {"kind": "prompt-lookup", "max_matching_ngram_size": proposer.max_ngram,
-                "eos_ids": list(proposer.eos_ids)}
-    return {"kind": proposer.kind}
+        ...
 
 
 @dataclass(frozen=True)
@@ -201,7 +154,7 @@ def _pad_lists(column: pa.ChunkedArray | pa.Array, width: int) -> tuple[np.ndarr
 
 def block_dependent(run: dict) -> list[str]:
     """Names of the block-dependent drafts a run.json lists."""
-    return [d["name"] for d in run.get("drafts") or [] if d.get("kind") in SIMULATED_KINDS]
+    return [d["name"] for d in run.get("drafts") or [] if kinds.kind(d.get("kind")).proposal.per_block_start]
 
 
 def load_runs(rep, drafts: Sequence[str], k_max: int) -> dict[str, StartRuns]:

@@ -34,26 +34,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from specprof.core.records import reportfiles
-from specprof.core.simulation import blockdraft
+from specprof.core.simulation import blockdraft, kinds
 from specprof.core.simulation.ngram import NO_PROPOSAL
+from specprof.core.vocabulary import ENGINES, MODEL, TRANSFORMERS, VLLM, Engine
 from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:  # pandas loads when engine counters are asked for: recommend starts without it
     import pandas as pd
 
-Engine = Literal["vllm", "transformers"]
-ENGINES: tuple[str, ...] = ("vllm", "transformers")
-PREFIX_KINDS = ("model", "early-exit")  # proposals depend on the target prefix alone: k drafted per block
-NOT_AN_ENGINE_DRAFT = (
-    "specprof's ngram rule (k lookups on the growing context) is no engine's proposer; "
-    "profile --draft vllm-ngram to predict vLLM's n-gram counters"
-)
+
+
+@dataclass(frozen=True)
+class Counting:
+    """How an engine counts a greedy run's speculative steps (the module docstring says why)."""
+
+    first_block: int  # where drafting starts: vLLM samples the first token in prefill, without a draft
+    skips_empty: bool  # a step whose proposer returned nothing is no draft (it emits one token, counts nowhere)
+    counts_proposed: bool  # num_draft_tokens counts the tokens proposed (else k per step)
+    past_end: bool  # acceptances are counted before the output is cut at EOS / max_tokens
+    flags_rules: bool  # a kind with an `engine_note` (no proposer of this engine) gets its counters flagged
+    caption: str  # how it counts, in a sentence (recommend --engine's table)
+
+
+COUNTING: dict[Engine, Counting] = {
+    VLLM: Counting(first_block=1, skips_empty=True, counts_proposed=True, past_end=True, flags_rules=True,
+                   caption="as vLLM (v1) counts: the first token from prefill, steps without a proposal are not "
+                           "drafts, acceptances past EOS/max_tokens counted; mean acceptance length = 1 + accepted "
+                           "/ drafts"),
+    TRANSFORMERS: Counting(first_block=0, skips_empty=False, counts_proposed=False, past_end=False,
+                           flags_rules=False,
+                           caption="as transformers' assisted generation runs: every target pass an iteration, k "
+                                   "drafted each"),
+}
 NO_PAST_END = (
     "the report records no target tokens past the end of the continuations (schema 1; re-profile "
     "with this specprof): blocks that accept up to the end may accept more in the engine, so "
@@ -107,7 +125,7 @@ class DraftRecords:
     """One draft's records as the conventions need them, prompts in report order."""
 
     draft: str
-    kind: str  # "model", "early-exit", "ngram", "vllm-ngram", "prompt-lookup"
+    kind: str  # a registered kind (`kinds.KINDS`)
     prompt_ids: np.ndarray  # [n_prompts] str
     domains: np.ndarray  # [n_prompts] str
     lengths: np.ndarray  # [n_prompts] continuation lengths
@@ -129,7 +147,7 @@ def load_records(report: str | Path | reportfiles.Report, draft: str) -> DraftRe
             f"T = {settings.get('temperature')} (compare acceptance rates with `verify` instead)"
         )
     k_max = int(settings.get("k_max", 8))
-    kinds = {d.get("name"): d.get("kind", "model") for d in rep.run.get("drafts") or []}
+    named = {d.get("name"): kinds.kind(d.get("kind")).name for d in rep.run.get("drafts") or []}
     columns = ["draft", "prompt_id", "domain", "position", "target_token", "draft_token", "match"]
     tokens = rep.frame("tokens", columns)
     if draft not in set(tokens["draft"]):
@@ -140,7 +158,7 @@ def load_records(report: str | Path | reportfiles.Report, draft: str) -> DraftRe
     if rep.path("past_end").exists():
         past_all = rep.frame("past_end", columns)
         past = past_all[past_all["draft"] == draft]
-    return records_from_frames(draft, kinds.get(draft, "model"), rows, past, _proposals(rep, draft), k_max)
+    return records_from_frames(draft, named.get(draft, MODEL), rows, past, _proposals(rep, draft), k_max)
 
 
 def _proposals(rep: reportfiles.Report, draft: str) -> pa.Table | None:
@@ -181,7 +199,7 @@ def records_from_frames(
         np.maximum.at(recorded, prow, ppos[keep] + 1)
     domains = rows["domain"].astype(str).to_numpy()[np.unique(codes, return_index=True)[1]]
     runs = None
-    if kind in blockdraft.SIMULATED_KINDS:
+    if kinds.kind(kind).proposal.per_block_start:
         if proposals is None or not len(proposals):
             raise SpecprofError(f"draft {draft!r} ({kind}) has no proposals.parquet records; the report is incomplete")
         targets = rows[["prompt_id", "position", "target_token"]]
@@ -190,12 +208,13 @@ def records_from_frames(
                         no_proposal, runs, past is not None, recorded, k_max)
 
 
-def prompt_counters(rec: DraftRecords, k: int, engine: str = "vllm") -> tuple[np.ndarray, np.ndarray]:
+def prompt_counters(rec: DraftRecords, k: int, engine: Engine = VLLM) -> tuple[np.ndarray, np.ndarray]:
     """Per prompt [n_prompts, 3 + k]: num_drafts, num_draft_tokens, num_accepted_tokens, then accepted
     per position; and [n_prompts] bool: whether the prompt's counters may miss acceptances past the end
     (vLLM: a block accepted everything up to the last recorded position and had more to check)."""
     if engine not in ENGINES:
         raise SpecprofError(f"--engine {engine}: unknown engine (known: {', '.join(ENGINES)})")
+    counting = COUNTING[engine]
     if not 1 <= k <= rec.k_max:
         raise SpecprofError(f"--k {k}: the report covers k = 1..{rec.k_max}")
     out = np.zeros((len(rec.lengths), 3 + k), dtype=np.int64)
@@ -203,31 +222,33 @@ def prompt_counters(rec: DraftRecords, k: int, engine: str = "vllm") -> tuple[np
     rows = rec.runs.rows(rec.prompt_ids.tolist()) if rec.runs is not None else None
     for i, length in enumerate(rec.lengths.tolist()):
         if rec.runs is not None:
-            counts, unseen = _block_dependent(rec.runs, int(rows[i]), length, int(rec.recorded[i]), k, engine)
+            assert rows is not None  # read with the runs
+            counts, unseen = _block_dependent(rec.runs, int(rows[i]), length, int(rec.recorded[i]), k, counting)
         else:
-            counts, unseen = _prefix_dependent(rec, i, length, k, engine)
+            counts, unseen = _prefix_dependent(rec, i, length, k, counting)
         out[i, :3] = counts[:3]
         out[i, 3:] = counts[3]
-        short[i] = unseen and engine == "vllm"
+        short[i] = unseen and counting.past_end
     return out, short
 
 
-def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, engine: str) -> tuple[tuple, bool]:
+def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, counting: Counting) -> tuple[tuple, bool]:
     """One prompt's counters for a draft whose proposal depends on the target prefix alone."""
-    match = rec.match[i] if engine == "vllm" else np.concatenate([rec.match[i, :length], [False] * (k + 1)])
+    match = rec.match[i] if counting.past_end else np.concatenate([rec.match[i, :length], [False] * (k + 1)])
     stopped = rec.no_proposal[i]
     per_pos = np.zeros(k, dtype=np.int64)
     drafts = drafted = accepted = 0
     unseen = False  # a block stopped only because the records ended
-    start = 1 if engine == "vllm" else 0  # vLLM: the first token comes from prefill, without a draft
+    lookup = kinds.kind(rec.kind).may_propose_nothing
+    start = counting.first_block
     while start < length:
-        if engine == "vllm" and rec.kind == "ngram" and stopped[start]:
+        if counting.skips_empty and lookup and stopped[start]:
             start += 1  # the proposer returned nothing: not a draft
             continue
         n = 0
         while n < k and match[start + n]:
             n += 1
-        if rec.kind == "ngram" and n < k and stopped[start + n] and engine == "vllm":
+        if lookup and n < k and stopped[start + n] and counting.counts_proposed:
             proposed = n  # the lookups ran out where the draft had nothing to propose
         else:
             proposed = k
@@ -239,28 +260,29 @@ def _prefix_dependent(rec: DraftRecords, i: int, length: int, k: int, engine: st
 
 
 def _block_dependent(runs: blockdraft.StartRuns, row: int, length: int, recorded: int, k: int,
-                     engine: str) -> tuple[tuple, bool]:
+                     counting: Counting) -> tuple[tuple, bool]:
     """One prompt's counters for a draft simulated from every block start (`blockdraft`)."""
-    vllm = engine == "vllm"
-    accepted_from = runs.accepted_past_end if vllm and runs.accepted_past_end is not None else runs.accepted
+    past_end = counting.past_end and runs.accepted_past_end is not None
+    accepted_from = runs.accepted_past_end if past_end else runs.accepted
+    assert accepted_from is not None  # past_end is set only when the report has the past-end records
     per_pos = np.zeros(k, dtype=np.int64)
     drafts = drafted = accepted = 0
     unseen = False
-    start = 1 if vllm else 0
+    start = counting.first_block
     while start < length:
         proposed = min(k, int(runs.proposed[row, start]))
-        if vllm and proposed == 0:
+        if counting.skips_empty and proposed == 0:
             start += 1  # the proposer returned nothing: not a draft
             continue
         n = min(proposed, int(accepted_from[row, start]))
         unseen |= n < proposed and start + n >= recorded
-        drafts, drafted, accepted = drafts + 1, drafted + (proposed if vllm else k), accepted + n
+        drafts, drafted, accepted = drafts + 1, drafted + (proposed if counting.counts_proposed else k), accepted + n
         per_pos[:n] += 1
         start += n + 1
     return (drafts, drafted, accepted, per_pos), unseen
 
 
-def counters_of(rec: DraftRecords, k: int, engine: str = "vllm", mask: np.ndarray | None = None,
+def counters_of(rec: DraftRecords, k: int, engine: Engine = VLLM, mask: np.ndarray | None = None,
                 per_prompt: tuple[np.ndarray, np.ndarray] | None = None) -> EngineCounters:
     """Sum the per-prompt counters over `mask` (default all prompts) into `EngineCounters`."""
     table, short = per_prompt if per_prompt is not None else prompt_counters(rec, k, engine)
@@ -268,8 +290,9 @@ def counters_of(rec: DraftRecords, k: int, engine: str = "vllm", mask: np.ndarra
         table, short = table[mask], short[mask]
     total = table.sum(axis=0)
     notes = []
-    if engine == "vllm" and rec.kind == "ngram":
-        notes.append(NOT_AN_ENGINE_DRAFT)
+    note = kinds.kind(rec.kind).engine_note
+    if note and COUNTING[engine].flags_rules:
+        notes.append(note)
     if short.any():
         notes.append(SHORT_PAST_END if rec.has_past_end else NO_PAST_END)
     return EngineCounters(int(total[0]), int(total[1]), int(total[2]), tuple(int(v) for v in total[3:]),
@@ -282,7 +305,7 @@ def engine_counters(
     k: int,
     *,
     prompt_ids: Sequence[str] | None = None,
-    engine: str = "vllm",
+    engine: Engine = VLLM,
 ) -> EngineCounters:
     """The counters `engine` would report after serving the report's prompts (default: all of them,
     else `prompt_ids`) greedily with `draft` at draft length k.

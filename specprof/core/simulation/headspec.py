@@ -3,7 +3,7 @@
 `eagle3:DIR` always names one; a bare directory does when its config.json is in either layout vLLM
 0.32.0 loads: EAGLE/SpecForge (`"architectures": ["LlamaForCausalLMEagle3"]`, vLLM's own
 `Eagle3LlamaForCausalLM`) or speculators (`"speculators_model_type": "eagle3"`). `head_directory` is
-the one function a draft-kind registry calls to recognise the kind.
+the one function the draft-kind registry (`kinds.HeadKind`) calls to recognise the kind.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from specprof.core.vocabulary import EAGLE3
 from specprof.errors import SpecprofError
 
-KIND = "eagle3"
 EAGLE_ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM")
 
 
@@ -21,10 +21,10 @@ def head_directory(spec: str) -> Path | None:
     """The head directory a `--draft` value names, None when it names no EAGLE-3 head.
 
     `eagle3:DIR` always names one (an error if DIR is not a head); a bare directory does when its
-    config.json is in either layout. The one place a draft-kind registry needs to call.
+    config.json is in either layout (`kinds.parse` calls it for a spec naming no other kind).
     """
-    if spec.startswith("eagle3:"):
-        path = Path(spec.removeprefix("eagle3:"))
+    if spec.startswith(f"{EAGLE3}:"):
+        path = Path(spec.removeprefix(f"{EAGLE3}:"))
         if not (path / "config.json").is_file():
             raise SpecprofError(f"--draft {spec}: {path} is not a directory with a config.json")
         return path
@@ -39,9 +39,17 @@ def head_directory(spec: str) -> Path | None:
     return None
 
 
+def directory_of(spec: str) -> Path:
+    """The head directory of a spec `kinds.parse` found to be a head (one line when it is none)."""
+    path = head_directory(spec)
+    if path is None:
+        raise SpecprofError(f"--draft {spec}: not an EAGLE-3 head directory")
+    return path
+
+
 def layout_of(config: dict) -> str | None:
     """'speculators', 'eagle' or None (not an EAGLE-3 head config)."""
-    if config.get("speculators_model_type") == "eagle3":
+    if config.get("speculators_model_type") == EAGLE3:  # speculators spells the kind as we do
         return "speculators"
     if any(a in EAGLE_ARCHITECTURES for a in config.get("architectures") or []):
         return "eagle"

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from specprof.core.vocabulary import PROMPT_LOOKUP, VLLM_NGRAM
+
 NO_PROPOSAL = -1
 
 
@@ -110,7 +112,7 @@ class VllmNgram:
 
     min_ngram: int = 5
     max_ngram: int = 5
-    kind = "vllm-ngram"
+    kind = VLLM_NGRAM
 
     def propose(self, context: Sequence[int], k: int) -> list[int]:
         """Up to k tokens after `context`: the rule read directly (`propose_every_start` is the fast one)."""
@@ -144,7 +146,7 @@ class PromptLookup:
 
     max_ngram: int = 2
     eos_ids: tuple[int, ...] = ()
-    kind = "prompt-lookup"
+    kind = PROMPT_LOOKUP
 
     def _cut(self, proposal: list[int]) -> list[int]:
         for i, t in enumerate(proposal):

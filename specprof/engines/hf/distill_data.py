@@ -114,7 +114,7 @@ def sequences_from_corpus(
     """Greedy continuations generated exactly as `profile` does: same batches, same `generate`."""
     from specprof.engines.hf.generation import generate
     from specprof.engines.hf.models import eos_token_ids
-    from specprof.engines.hf.prompts import make_batches
+    from specprof.engines.text import make_batches
 
     eos = eos_token_ids(target)
     out: list[TokenSequence] = []

@@ -10,9 +10,10 @@ DRAFT specs (`--draft`):
   eagle3:DIR     an EAGLE-3 head (EAGLE/SpecForge or speculators layout; a bare DIR is recognised by its
                  config), reading the target's hidden states (`eagle3`, simulated per block start)
 
-The first three propose from the token prefix alone, so one teacher-forced pass gives their exact
-trace. The engines' prompt lookups (`BlockDraft`) propose per block: they are simulated from every
-block start (`core.blockdraft`). A model draft (`ModelDraft`, early exits included) gives logits;
+The kinds, their parsing and their proposal classes are `core.simulation.kinds`'s; this module
+builds the torch objects. Prefix-determined kinds give their exact trace in one teacher-forced pass;
+the engines' prompt lookups (`BlockDraft`) propose per block: they are simulated from every block
+start (`core.blockdraft`). A model draft (`ModelDraft`, early exits included) gives logits;
 `NgramDraft` and `BlockDraft` give token proposals.
 """
 
@@ -24,13 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
-from specprof.core.simulation import blockdraft, ngram
+from specprof.core.simulation import blockdraft, headspec, kinds, ngram
+from specprof.core.vocabulary import EARLY_EXIT, MODEL, NGRAM, VLLM_NGRAM
 from specprof.engines.hf.eagle3 import HeadDraft
-from specprof.engines.hf.eagle3_load import head_directory
 from specprof.engines.hf.models import LoadedModel, check_same_vocab, config_num_layers, eos_token_ids, load_model
 from specprof.errors import SpecprofError
 
-DEFAULT_NGRAM = 3
 DEFAULT_EXIT_DEPTH = 0.87  # of the target's layers: deep enough to agree often (SmolLM2: 26 of 30, α ≈ 0.46)
 
 
@@ -38,16 +38,16 @@ def default_specs(num_layers: int) -> list[str]:
     """The drafts profiled when none is given, the ones an engine can run: vLLM's n-gram proposer, and
     an early exit when the target has depth (in vLLM a model directory of the target's first L layers,
     `specprof export-draft`)."""
-    specs = ["vllm-ngram"]
+    specs = [VLLM_NGRAM]
     if num_layers >= 2:
-        specs.append(f"early-exit:{min(max(round(num_layers * DEFAULT_EXIT_DEPTH), 1), num_layers - 1)}")
+        specs.append(f"{EARLY_EXIT}:{min(max(round(num_layers * DEFAULT_EXIT_DEPTH), 1), num_layers - 1)}")
     return specs
 
 
 @dataclass
 class ModelDraft:
     name: str
-    kind: str  # "model" or "early-exit"
+    kind: str  # a prefix-determined model kind: MODEL or EARLY_EXIT
     model: torch.nn.Module
     info: dict  # what run.json records about it
     layers: int | None = None  # early exit: how many of the target's layers it runs
@@ -74,7 +74,7 @@ class ModelDraft:
 class NgramDraft:
     name: str
     max_ngram: int
-    kind: str = "ngram"
+    kind: str = NGRAM
 
     @property
     def info(self) -> dict:
@@ -98,7 +98,7 @@ class BlockDraft:
 
     @property
     def info(self) -> dict:
-        return {"name": self.name, **blockdraft.describe(self.proposer)}
+        return kinds.describe_proposer(self.name, self.proposer)
 
     def proposals_every_start(self, tokens: list[int], start: int, k_max: int) -> list[list[int]]:
         """What a block starting at each t ≥ start proposes with k_max tokens, given tokens[:t]."""
@@ -106,43 +106,6 @@ class BlockDraft:
 
 
 Draft = ModelDraft | NgramDraft | BlockDraft | HeadDraft
-
-
-def parse_kind(spec: str) -> tuple[str, int | None]:
-    """('ngram', N) / ('early-exit', L) / ('vllm-ngram' or 'prompt-lookup', None) / ('model', None)
-    for a --draft value, or a clear error."""
-    head, sep, arg = spec.partition(":")
-    if head_directory(spec) is not None:
-        return "eagle3", None
-    if blockdraft.parse_spec(spec) is not None:
-        return head, None
-    if head in ("ngram", "early-exit"):
-        if head == "ngram" and not sep:
-            return "ngram", DEFAULT_NGRAM
-        try:
-            value = int(arg)
-        except ValueError:
-            raise SpecprofError(f"--draft {spec}: expected {head}:<integer>") from None
-        if head == "ngram" and not 1 <= value <= 16:
-            raise SpecprofError(f"--draft {spec}: n-gram size must be between 1 and 16")
-        return head, value
-    if sep and not head.endswith(".gguf") and "/" not in head and "\\" not in head and len(head) > 1:
-        from pathlib import Path
-
-        if not Path(spec).exists():
-            raise SpecprofError(
-                f"--draft {spec}: unknown draft kind {head!r} "
-                "(use a model, early-exit:L, ngram[:N], vllm-ngram[:MIN:MAX] or prompt-lookup[:M])"
-            )
-    return "model", None
-
-
-def check_early_exit(spec: str, layers: int, target_layers: int) -> None:
-    """An early exit runs the target's first L layers: 1 ≤ L < the target's depth."""
-    if not 1 <= layers < target_layers:
-        raise SpecprofError(
-            f"--draft {spec}: L must be between 1 and {target_layers - 1} (the target has {target_layers} layers)"
-        )
 
 
 def load_draft(
@@ -154,26 +117,29 @@ def load_draft(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> Draft:
-    kind, value = parse_kind(spec)
-    if kind in blockdraft.KINDS:
-        return BlockDraft(spec, blockdraft.parse_spec(spec, eos_token_ids(target)))
-    if kind == "ngram":
-        return NgramDraft(spec, value)
-    if kind == "eagle3":
+    parsed = kinds.parse(spec)
+    proposer = parsed.kind.proposer(parsed, eos_token_ids(target))
+    if proposer is not None:
+        return BlockDraft(spec, proposer)
+    if parsed.kind.proposal is kinds.Proposal.HEAD:  # reads the target's hidden states
         from specprof.engines.hf.eagle3 import load_head
 
-        return load_head(head_directory(spec), target, spec)
-    if kind == "early-exit":
-        layers = target.num_layers
-        check_early_exit(spec, value, layers)
+        return load_head(headspec.directory_of(spec), target, spec)
+    if parsed.kind.proposal is not kinds.Proposal.PREFIX:
+        raise SpecprofError(f"--draft {spec}: the transformers engine cannot build a {parsed.kind.name} draft yet")
+    if parsed.kind.name == NGRAM:
+        return NgramDraft(spec, parsed.value)
+    if parsed.kind.name == EARLY_EXIT:
+        layers, value = target.num_layers, parsed.value
+        kinds.check_early_exit(spec, value, layers)
         view = early_exit_view(target.model, value)
-        info = {"name": spec, "kind": "early-exit", "layers": value, "of_layers": layers}
-        return ModelDraft(spec, "early-exit", view, info, layers=value)
+        info = {"name": spec, "kind": EARLY_EXIT, "layers": value, "of_layers": layers}
+        return ModelDraft(spec, EARLY_EXIT, view, info, layers=value)
     loaded = load_model(
         spec, device, dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, role="--draft"
     )
     check_same_vocab(target, loaded)
-    return ModelDraft(spec, "model", loaded.model, {"kind": "model", **loaded.describe()})
+    return ModelDraft(spec, MODEL, loaded.model, {"kind": MODEL, **loaded.describe()})
 
 
 def decoder_parts(model: torch.nn.Module) -> torch.nn.Module:
@@ -229,14 +195,15 @@ def check_specs(specs: Sequence[str], target: str | None, trust_remote_code: boo
     """Every --draft spec is valid, and every early exit fits the target's depth, before weights load."""
     from specprof.engines.hf.eagle3_load import read_config
 
-    for spec in specs:
-        if parse_kind(spec)[0] == "eagle3":
-            read_config(head_directory(spec))  # neither layout: one line before any weights load
-    exits = [(s, value) for s in specs for kind, value in [parse_kind(s)] if kind == "early-exit"]
+    parsed = [kinds.parse(s) for s in specs]
+    for p in parsed:
+        if p.kind.proposal is kinds.Proposal.HEAD:
+            read_config(headspec.directory_of(p.spec))  # neither layout: one line before any weights load
+    exits = [(p.spec, p.value) for p in parsed if p.kind.name == EARLY_EXIT]
     target_layers = config_num_layers(target, trust_remote_code) if exits else None
     if target_layers is not None:
         for spec, value in exits:
-            check_early_exit(spec, value, target_layers)
+            kinds.check_early_exit(spec, value, target_layers)
 
 
 def load_target_and_drafts(target: str | None, specs: Sequence[str], device: torch.device, dtype: torch.dtype,

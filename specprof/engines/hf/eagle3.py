@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from specprof.core.vocabulary import EAGLE3
 from specprof.engines.hf import eagle3_load
 from specprof.errors import SpecprofError
 
@@ -218,12 +219,12 @@ class HeadDraft:
     head: Eagle3Head
     directory: Path
     target: torch.nn.Module  # the target whose states it reads
-    kind: str = "eagle3"
+    kind: str = EAGLE3
 
     @property
     def info(self) -> dict:
         c = self.head.config
-        return {"name": self.name, "kind": "eagle3", "source": str(self.directory), "layout": c.layout,
+        return {"name": self.name, "kind": EAGLE3, "source": str(self.directory), "layout": c.layout,
                 "aux_layers": list(self.head.aux_layers), "draft_vocab_size": c.draft_vocab_size,
                 "num_layers": c.num_layers}
 

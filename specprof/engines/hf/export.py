@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specprof.engines.hf.drafts import early_exit_view, parse_kind
+from specprof.core.simulation import kinds
+from specprof.core.vocabulary import EARLY_EXIT
+from specprof.engines.hf.drafts import early_exit_view
 from specprof.engines.hf.models import LoadedModel
 from specprof.errors import SpecprofError
 
 
 def export_early_exit(target: LoadedModel, spec: str, out: Path, overwrite: bool = False) -> Path:
-    kind, layers = parse_kind(spec)
-    if kind != "early-exit":
+    parsed = kinds.parse(spec)
+    layers = parsed.value
+    if parsed.kind.name != EARLY_EXIT or layers is None:
         raise SpecprofError(f"export-draft {spec}: only early-exit:L drafts are made from the target")
     if not 1 <= layers < target.num_layers:
         raise SpecprofError(

