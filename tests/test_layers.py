@@ -45,6 +45,13 @@ def test_every_module_sits_in_a_layer():
     assert loose == []
 
 
+def test_every_module_is_under_400_lines():
+    """One job per module (STYLE.md): a module that grows past 400 lines is doing a second thing."""
+    lines = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    long = {name: n for name, n in lines.items() if n >= 400}
+    assert long == {}
+
+
 def test_imports_only_point_down():
     wrong = []
     for path in PACKAGE.rglob("*.py"):

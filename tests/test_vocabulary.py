@@ -87,7 +87,7 @@ def test_the_check_sees_a_literal(tmp_path, monkeypatch):
 
 
 EXAMPLES = {"model": "some/model", "early-exit": "early-exit:3", "ngram": "ngram", "vllm-ngram": "vllm-ngram:2",
-            "prompt-lookup": "prompt-lookup"}
+            "prompt-lookup": "prompt-lookup", "eagle3": "eagle3:some/head"}
 
 
 def test_every_kind_parses_and_declares_its_proposal_class_and_cost():
@@ -101,11 +101,11 @@ def test_every_kind_parses_and_declares_its_proposal_class_and_cost():
     assert kinds.parse("prompt-lookup").args == (kinds.TRANSFORMERS_DEFAULT_NGRAM,)
     assert {k.name for k in kinds.KINDS.values() if k.model_free} == {"ngram", "vllm-ngram", "prompt-lookup"}
     assert kinds.of_class(kinds.Proposal.BLOCK) == ("vllm-ngram", "prompt-lookup")
-    assert kinds.of_class(kinds.Proposal.HEAD) == ()  # the EAGLE-3 head registers here
+    assert kinds.of_class(kinds.Proposal.HEAD) == ("eagle3",)  # the EAGLE-3 head
 
 
 @pytest.mark.parametrize("spec", ["ngram:0", "ngram:x", "early-exit", "early-exit:x", "vllm-ngram:3:2",
-                                  "prompt-lookup:1:2", "mystery:3"])
+                                  "prompt-lookup:1:2", "mystery:3", "eagle3:"])
 def test_bad_specs_are_one_clear_error(spec):
     from specprof.errors import SpecprofError
 

@@ -78,7 +78,8 @@ def _draft_divergence(draft, k, pid, prompt, report_y, spec_out, report_proposal
     """The first judged draft position whose live proposal differs from the report's (same prefix)."""
     same_until = first_difference(spec_out.tokens, report_y)
     for it in spec_out.iterations:
-        for i, token in enumerate(it.proposals[: it.accepted + 1]):  # later proposals saw a rejected token
+        # later proposals saw a rejected token; a head's depth ≥ 2 depends on the block (proposals.parquet)
+        for i, token in enumerate(it.proposals[: 1 if isinstance(draft, drafts.HeadDraft) else it.accepted + 1]):
             position = it.start + i
             if same_until is not None and position >= same_until:
                 return None

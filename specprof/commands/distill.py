@@ -142,8 +142,21 @@ def distill(request: DistillRequest, *, started: float | None = None,
             status: Callable[[str], AbstractContextManager[Any]] = lambda message: nullcontext(),
             events: Events | None = None) -> DistillResult:
     """The whole command: check the source, load the target (under `status`), train and publish DRAFT_DIR."""
-    from specprof.engines.hf import models
     from specprof.engines.hf.distill_data import DEFAULT_LR
+
+    lr = DEFAULT_LR[request.objective] if request.lr is None else request.lr
+    settings = DistillSettings(layers=request.layers, epochs=request.epochs, objective=request.objective,
+                               holdout=request.holdout, seed=request.seed, max_minutes=request.max_minutes, lr=lr)
+    source, target, generation = load_inputs(request, status)
+    check_target(target, source, request.layers)
+    return run_distill(source, target, settings, request.out, generation, started=started,
+                       overwrite=request.overwrite, events=events)
+
+
+def load_inputs(request: DistillRequest, status: Callable[[str], AbstractContextManager[Any]],
+                ) -> tuple[Source, LoadedModel, GenerationSettings]:
+    """The checked source, the loaded target (under `status`) and the generation settings (both --arch)."""
+    from specprof.engines.hf import models
 
     if is_report(request.source):
         given = [f for f, v in [("--max-new-tokens", request.max_new_tokens), ("--batch-size", request.batch_size),
@@ -155,21 +168,16 @@ def distill(request: DistillRequest, *, started: float | None = None,
         check_range("--max-new-tokens", request.max_new_tokens, 1)
     if request.batch_size is not None:
         check_range("--batch-size", request.batch_size, 1)
-    lr = DEFAULT_LR[request.objective] if request.lr is None else request.lr
-    settings = DistillSettings(layers=request.layers, epochs=request.epochs, objective=request.objective,
-                               holdout=request.holdout, seed=request.seed, max_minutes=request.max_minutes, lr=lr)
     distill_eval.check_holdout(request.holdout)
     device = models.resolve_device(request.device)
     dtype = models.resolve_dtype(request.dtype, device)
     with status("loading the target…"):
         target = models.load_model(request.target or source.target_spec, device, dtype,
                                    trust_remote_code=request.trust_remote_code, allow_pickle=request.allow_pickle)
-    check_target(target, source, request.layers)
     generation = GenerationSettings(batch_size=request.batch_size or models.default_batch_size(device),
                                     max_new_tokens=request.max_new_tokens or 128,
                                     chat_template=not request.no_chat_template)
-    return run_distill(source, target, settings, request.out, generation, started=started,
-                       overwrite=request.overwrite, events=events)
+    return source, target, generation
 
 
 def run_distill(

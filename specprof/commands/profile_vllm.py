@@ -123,6 +123,10 @@ def make_drafts(specs: Sequence[str], draft_urls: dict[str, str], target: Target
     for spec in specs:
         parsed = kinds.parse(spec)
         kind = parsed.kind
+        if kind.proposal is kinds.Proposal.HEAD:
+            raise SpecprofError(f"--draft {spec}: a vLLM server cannot return a head's proposals from every block "
+                                "start; profile EAGLE-3 heads with the transformers engine (without --engine vllm), "
+                                "then compare with `specprof verify REPORT --engine vllm`")
         if spec in draft_urls and kind.model_free:
             raise SpecprofError(f"--draft-url {spec}: a model-free draft needs no server (it is computed from the "
                                 "tokens); drop its --draft-url")

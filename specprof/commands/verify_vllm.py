@@ -348,4 +348,3 @@ def _compare_continuation(client: VllmClient, k: int, pid: str, prompt: list[int
                 gap = top.candidates[b] - top.candidates[a]
     near = gap == gap and gap <= NEAR_TIE.get(dtype, 1e-3)
     return ContinuationDiff(k, pid, j, a, b, margin, gap, "near-tie" if near else "diverged")
-

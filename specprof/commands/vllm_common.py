@@ -137,7 +137,8 @@ def draft_near_ties(report: Report, draft: str, pid: str, draft_model_dir: str |
     (imported here, only when a prompt needs explaining).
     """
     source = draft_model_dir or draft_source(report.run, draft)
-    if kinds.parse(draft).kind.model_free or not source or top2_margins is None:
+    kind = kinds.parse(draft).kind  # a head has no transformers model to re-run
+    if kind.model_free or kind.proposal is kinds.Proposal.HEAD or not source or top2_margins is None:
         return []
 
     prompts = report.frame("prompts").set_index("prompt_id")

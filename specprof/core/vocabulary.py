@@ -36,6 +36,7 @@ EARLY_EXIT = "early-exit"  # the target's first L layers
 NGRAM = "ngram"  # specprof's own prompt lookup
 VLLM_NGRAM = "vllm-ngram"  # vLLM's n-gram proposer
 PROMPT_LOOKUP = "prompt-lookup"  # transformers' prompt lookup
+EAGLE3 = "eagle3"  # an EAGLE-3 head reading the target's hidden states
 
 # vLLM's draft_sample_method: how a model draft proposes at T > 0 (docs/sampling.md).
 DraftSampling = Literal["greedy", "probabilistic"]

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from specprof.core.vocabulary import TRANSFORMERS, VLLM, engine_named
+from specprof.core.vocabulary import EARLY_EXIT, TRANSFORMERS, VLLM, engine_named
 from specprof.errors import SpecprofError
 from specprof.ui import render
 from specprof.ui.app import (
@@ -26,6 +26,7 @@ from specprof.ui.app import (
     stderr,
     stdout,
 )
+from specprof.ui.distill_eagle3 import distill_eagle3
 from specprof.ui.options import (
     AllowPickle,
     BatchSize,
@@ -283,10 +284,11 @@ def export_draft(
 def distill(
     source: Annotated[Path, typer.Argument(
         help="A profile report directory (its continuations are reused) or a prompt corpus (generated first).")],
-    layers: Annotated[int, typer.Option(
-        "--layers", help="L: the draft runs the target's first L layers (frozen) plus one trained layer (a copy "
-        "of layer L), the final norm and the LM head.")],
     out: Annotated[Path, typer.Option("--out", help="DRAFT_DIR: an ordinary transformers model directory.")],
+    layers: Annotated[int, typer.Option("--layers", help="L: the draft runs the target's first L layers (frozen) plus "
+        "one trained layer (a copy of layer L), the final norm and the LM head. Required unless --arch eagle3.")] = 0,
+    arch: Annotated[str, typer.Option("--arch", help="early-exit (the layers above) or eagle3: an EAGLE-3 head vLLM "
+                                      "serves as {\"method\": \"eagle3\"} (docs/eagle3.md).")] = "early-exit",
     target: Annotated[str | None, typer.Option(
         "--target", help="Target model: HF id, local directory or .gguf. Default: the report's target, "
         "or the embedded SmolLM2-135M-Instruct for a corpus.")] = None,
@@ -320,14 +322,16 @@ def distill(
     """Train a small draft on the target's own continuations and save it as a model directory.
 
     The draft is the target's first L layers (frozen), one trained layer, the norm and the LM head:
-    an ordinary transformers model (--draft DRAFT_DIR in profile, assistant_model in transformers,
-    a draft model in serving engines). Prints held-out α per domain before (early-exit:L) and after;
+    an ordinary transformers model (--draft DRAFT_DIR in profile, a draft model in engines);
+    --arch eagle3: an EAGLE-3 head. Prints held-out α per domain before and after;
     DRAFT_DIR/distill.json records it with the settings, data size and time.
     """
-    # Long on purpose: most of it is the flag declarations (Typer reads them from the signature).
-    started = time.perf_counter()
-    check_range("--layers", layers, 1)
-    check_range("--epochs", epochs, 1)
+    started = time.perf_counter()  # long on purpose: mostly flag declarations (Typer reads the signature)
+    if arch != EARLY_EXIT:  # an EAGLE-3 head (`ui.distill_eagle3`)
+        return distill_eagle3(arch, source, out, target, max_minutes, holdout, seed, max_new_tokens, batch_size,
+                              no_chat_template, device, dtype, overwrite, trust_remote_code, allow_pickle, started)
+    for flag, value in (("--layers", layers), ("--epochs", epochs)):
+        check_range(flag, value, 1)
     check_range("--max-minutes", max_minutes, 0, lo_open=True)
     if lr is not None:
         check_range("--lr", lr, 0, lo_open=True)

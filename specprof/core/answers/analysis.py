@@ -31,7 +31,8 @@ from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
 
 TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
-NO_CONFIDENCE = tuple(k.name for k in kinds.KINDS.values() if k.model_free)  # no probability to threshold
+# the kinds that propose without a probability to threshold (block and head proposals record none)
+NO_CONFIDENCE = tuple(k.name for k in kinds.KINDS.values() if k.model_free or k.proposal.per_block_start)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ DRAFT specs (`--draft`):
   ngram[:N]      prompt lookup with n-grams of size N down to 1 (default N = 3), model-free
   vllm-ngram[:MIN:MAX]  vLLM's n-gram proposer (its defaults 5:5), model-free
   prompt-lookup[:M]     transformers' prompt lookup (max_matching_ngram_size M, default 2), model-free
+  eagle3:DIR     an EAGLE-3 head (or a bare DIR whose config.json is a head's, `headspec`)
 
 Three proposal classes (`Proposal`), which decide how a profile records a kind:
   PREFIX  the proposal at t depends on the target prefix alone: one teacher-forced pass gives the
@@ -14,7 +15,8 @@ Three proposal classes (`Proposal`), which decide how a profile records a kind:
   BLOCK   it depends on where the block starts: simulated from every block start, proposals.parquet
           (`blockdraft`; vllm-ngram, prompt-lookup);
   HEAD    a head reading the target's hidden states (EAGLE-style): also simulated from every block
-          start, and it needs the target's hidden states. No kind of this class is registered yet.
+          start, and it needs the target's hidden states (eagle3: `HeadKind`; the transformers engine builds
+          it in engines/hf/eagle3.py, `profile --engine vllm` refuses it).
 
 Adding a kind: a `DraftKind` subclass (its own module when it is more than a few lines) and one
 `register(...)` line; docs/draft-kinds.md walks through it. The engines build their objects from
@@ -32,8 +34,18 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from specprof.core.simulation import headspec
 from specprof.core.simulation.ngram import PromptLookup, VllmNgram
-from specprof.core.vocabulary import EARLY_EXIT, MODEL, NGRAM, PROMPT_LOOKUP, SGLANG, VLLM_NGRAM, EmitTarget
+from specprof.core.vocabulary import (
+    EAGLE3,
+    EARLY_EXIT,
+    MODEL,
+    NGRAM,
+    PROMPT_LOOKUP,
+    SGLANG,
+    VLLM_NGRAM,
+    EmitTarget,
+)
 from specprof.errors import SpecprofError
 
 DEFAULT_NGRAM = 3  # specprof's ngram: n-grams of 3 down to 1
@@ -41,6 +53,7 @@ VLLM_DEFAULT_NGRAM = 5  # vLLM 0.32.0 config/speculative.py: prompt_lookup_min =
 TRANSFORMERS_DEFAULT_NGRAM = 2  # transformers: max_matching_ngram_size or 2
 VLLM_METHOD_NGRAM = "ngram"  # vLLM's --speculative-config methods
 VLLM_METHOD_DRAFT_MODEL = "draft_model"
+VLLM_METHOD_EAGLE3 = "eagle3"
 
 
 class Proposal(Enum):
@@ -214,6 +227,34 @@ class PromptLookupKind(LookupKind):
         return 1, int(info.get("max_matching_ngram_size", TRANSFORMERS_DEFAULT_NGRAM))
 
 
+@dataclass(frozen=True)
+class HeadKind(DraftKind):
+    """An EAGLE-3 head: `eagle3:DIR`, or a directory whose config.json is a head's (`headspec`). Parsing
+    reads no file; the directory is checked before weights load (`engines/hf/drafts.check_specs`)."""
+
+    def parse(self, spec: str, arg: str | None) -> ParsedDraft:
+        if not arg:
+            raise SpecprofError(f"--draft {spec}: expected {self.name}:DIR (an EAGLE-3 head directory)")
+        return ParsedDraft(spec, self)
+
+    def model_dir(self, draft: str, info: dict) -> str:
+        return str(info.get("source") or draft.removeprefix(f"{self.name}:"))
+
+    def vllm_config(self, draft: str, info: dict, k: int) -> dict[str, Any]:
+        return {"method": VLLM_METHOD_EAGLE3, "model": self.model_dir(draft, info), "num_speculative_tokens": k}
+
+    def sglang_flags(self, draft: str, info: dict, k: int) -> list[str]:
+        return ["--speculative-algorithm", "EAGLE3", "--speculative-draft-model-path", self.model_dir(draft, info),
+                "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
+                "--speculative-num-draft-tokens", str(k + 1)]
+
+    def notes(self, draft: str, info: dict, target: str, emit: EmitTarget) -> list[str]:
+        out = [f"the head reads the target's hidden states: serve it with the target it was profiled with ({target})"]
+        if emit == SGLANG:
+            out.append("SGLang's EAGLE3 is its own implementation: specprof compared its counters with vLLM's only")
+        return out
+
+
 KINDS: dict[str, DraftKind] = {}
 
 
@@ -239,6 +280,7 @@ register(VllmNgramKind(VLLM_NGRAM, Proposal.BLOCK, model_free=True, vllm_propose
 register(PromptLookupKind(PROMPT_LOOKUP, Proposal.BLOCK, model_free=True, vllm_proposer=False,
                           bounds_note="transformers' prompt lookup cuts proposals before EOS and vLLM's does not: "
                                       "profile vllm-ngram to check its figures"))
+register(HeadKind(EAGLE3, Proposal.HEAD, model_free=False, vllm_proposer=True))
 
 
 def kind(name: str | None) -> DraftKind:
@@ -255,12 +297,13 @@ def of_class(*proposals: Proposal) -> tuple[str, ...]:
 
 
 def usage() -> str:
-    return "use a model, early-exit:L, ngram[:N], vllm-ngram[:MIN:MAX] or prompt-lookup[:M]"
+    return "use a model, early-exit:L, ngram[:N], vllm-ngram[:MIN:MAX], prompt-lookup[:M] or eagle3:DIR"
 
 
 def parse(spec: str) -> ParsedDraft:
     """The kind and arguments of a --draft value, or a clear error. Anything that names no kind is a model
-    (a directory, hub id or .gguf), unless it looks like `word:…` and is no existing path."""
+    (a directory, hub id or .gguf), unless it looks like `word:…` and is no existing path, or is a directory
+    whose config.json is an EAGLE-3 head's (`headspec.head_directory`)."""
     head, sep, arg = spec.partition(":")
     named = KINDS.get(head)
     if named is not None and named.name != MODEL:
@@ -268,6 +311,8 @@ def parse(spec: str) -> ParsedDraft:
     looks_like_kind = sep and not head.endswith(".gguf") and not re.search(r"[/\\]", head) and len(head) > 1
     if looks_like_kind and not Path(spec).exists():
         raise SpecprofError(f"--draft {spec}: unknown draft kind {head!r} ({usage()})")
+    if headspec.head_directory(spec) is not None:
+        return ParsedDraft(spec, KINDS[EAGLE3])
     return ParsedDraft(spec, KINDS[MODEL])
 
 

@@ -7,6 +7,8 @@ DRAFT specs (`--draft`):
   ngram[:N]      prompt lookup with n-grams of size N down to 1 (default N = 3), model-free
   vllm-ngram[:MIN:MAX]  vLLM's n-gram proposer (its defaults 5:5), model-free
   prompt-lookup[:M]     transformers' prompt lookup (max_matching_ngram_size M, default 2), model-free
+  eagle3:DIR     an EAGLE-3 head (EAGLE/SpecForge or speculators layout; a bare DIR is recognised by its
+                 config), reading the target's hidden states (`eagle3`, simulated per block start)
 
 The kinds, their parsing and their proposal classes are `core.simulation.kinds`'s; this module
 builds the torch objects. Prefix-determined kinds give their exact trace in one teacher-forced pass;
@@ -23,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from specprof.core.simulation import blockdraft, kinds, ngram
+from specprof.core.simulation import blockdraft, headspec, kinds, ngram
 from specprof.core.vocabulary import EARLY_EXIT, MODEL, NGRAM, VLLM_NGRAM
+from specprof.engines.hf.eagle3 import HeadDraft
 from specprof.engines.hf.models import LoadedModel, check_same_vocab, config_num_layers, eos_token_ids, load_model
 from specprof.errors import SpecprofError
 
@@ -102,7 +105,7 @@ class BlockDraft:
         return self.proposer.propose_every_start(tokens, start, k_max)
 
 
-Draft = ModelDraft | NgramDraft | BlockDraft
+Draft = ModelDraft | NgramDraft | BlockDraft | HeadDraft
 
 
 def load_draft(
@@ -118,6 +121,10 @@ def load_draft(
     proposer = parsed.kind.proposer(parsed, eos_token_ids(target))
     if proposer is not None:
         return BlockDraft(spec, proposer)
+    if parsed.kind.proposal is kinds.Proposal.HEAD:  # reads the target's hidden states
+        from specprof.engines.hf.eagle3 import load_head
+
+        return load_head(headspec.directory_of(spec), target, spec)
     if parsed.kind.proposal is not kinds.Proposal.PREFIX:
         raise SpecprofError(f"--draft {spec}: the transformers engine cannot build a {parsed.kind.name} draft yet")
     if parsed.kind.name == NGRAM:
@@ -186,7 +193,13 @@ def early_exit_view(model: torch.nn.Module, layers: int) -> torch.nn.Module:
 
 def check_specs(specs: Sequence[str], target: str | None, trust_remote_code: bool) -> None:
     """Every --draft spec is valid, and every early exit fits the target's depth, before weights load."""
-    exits = [(p.spec, p.value) for p in map(kinds.parse, specs) if p.kind.name == EARLY_EXIT]
+    from specprof.engines.hf.eagle3_load import read_config
+
+    parsed = [kinds.parse(s) for s in specs]
+    for p in parsed:
+        if p.kind.proposal is kinds.Proposal.HEAD:
+            read_config(headspec.directory_of(p.spec))  # neither layout: one line before any weights load
+    exits = [(p.spec, p.value) for p in parsed if p.kind.name == EARLY_EXIT]
     target_layers = config_num_layers(target, trust_remote_code) if exits else None
     if target_layers is not None:
         for spec, value in exits:

@@ -26,7 +26,8 @@ import torch
 
 from specprof.core.pricing.timings import Timings
 from specprof.core.simulation import ngram
-from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
+from specprof.engines.hf import eagle3
+from specprof.engines.hf.drafts import BlockDraft, Draft, HeadDraft, ModelDraft
 from specprof.engines.hf.models import clock
 from specprof.errors import SpecprofError
 
@@ -99,6 +100,8 @@ def draft_step_seconds(draft: Draft, context: list[int], batch_size: int = 1) ->
     sequence, for a batch of b: a lookup runs on the CPU, sequence by sequence)."""
     if isinstance(draft, ModelDraft):
         return forward_seconds(draft.model, context, [1], batch_size=batch_size)[1]
+    if isinstance(draft, HeadDraft):  # an EAGLE-3 head's step: one decoder layer and the draft-vocabulary LM head
+        return _typical(eagle3.step_seconds(draft, len(context), batch_size, REPEATS, WARMUP))
     times = []
     for i in range(WARMUP + REPEATS):
         start = time.perf_counter()

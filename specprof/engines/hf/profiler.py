@@ -12,7 +12,7 @@ records into blocks for every k.
 The target also generates k_max tokens past each continuation's end, and every draft is scored
 there too: those rows go to past_end.parquet, apart from tokens.parquet, so they never enter α,
 the blocks or the continuation (engines count acceptances there: `core.conventions`). A
-block-dependent draft (`BlockDraft`, an engine's prompt lookup) is run from every block start;
+block-dependent draft (`BlockDraft`, an engine's prompt lookup; an EAGLE-3 head) runs from every start;
 its k_max-token proposals go to proposals.parquet, and tokens.parquet holds the first of each.
 
 Progress is reported through a callback; nothing here prints.
@@ -36,7 +36,7 @@ from specprof.core.records.store import RunStore
 from specprof.core.simulation.blockdraft import start_runs
 from specprof.core.simulation.traces import trace_drafts
 from specprof.engines.hf import measure, sampling
-from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
+from specprof.engines.hf.drafts import BlockDraft, Draft, HeadDraft, ModelDraft
 from specprof.engines.hf.generation import Generation, generate
 from specprof.engines.hf.models import LoadedModel, clock, context_limit, eos_token_ids
 from specprof.engines.hf.prompts import context_limit_of, encode_all
@@ -102,7 +102,7 @@ def profile_batch(
     for draft in drafts:
         if isinstance(draft, ModelDraft):
             stats = score_model_draft(draft, gen, settings)
-        elif isinstance(draft, BlockDraft):
+        elif isinstance(draft, BlockDraft | HeadDraft):  # simulated from every block start
             stats, proposals = score_block_draft(draft, gen, [e.ids for e in batch], settings)
             proposal_frames.append(proposal_rows(draft.name, batch, gen, proposals))
         else:
@@ -325,7 +325,7 @@ def run_profile(
                                batch_sizes)
     add_phases(store, {"cost_timing": time.perf_counter() - started})
     runs = {}
-    if settings.temperature == 0 and any(isinstance(d, BlockDraft) for d in drafts):
+    if settings.temperature == 0 and any(isinstance(d, BlockDraft | HeadDraft) for d in drafts):
         runs = start_runs(store.table("proposals"), tokens[tokens["draft"] == tokens["draft"].iloc[0]],
                           store.table("past_end"), settings.k_max)
     traces = trace_drafts(tokens, settings.k_max, exact=settings.temperature == 0, runs=runs)
@@ -364,6 +364,10 @@ def prepare(
     return drop_too_long(encoded, limits, settings.max_new_tokens, too_long)
 
 
+# The settings run.json records, in this order (resume and compare read them).
+SETTINGS_RECORDED = ("k_max", "max_new_tokens", "temperature", "top_p", "seed", "batch_size", "chat_template")
+
+
 def describe_run(
     target: LoadedModel,
     drafts: Sequence[Draft],
@@ -385,13 +389,7 @@ def describe_run(
         "dtype": str(dtype).removeprefix("torch."),
         "torch_version": torch.__version__,
         "settings": {
-            "k_max": settings.k_max,
-            "max_new_tokens": settings.max_new_tokens,
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "seed": settings.seed,
-            "batch_size": settings.batch_size,
-            "chat_template": settings.chat_template,
+            **{name: getattr(settings, name) for name in SETTINGS_RECORDED},
             # only when logged: a generating run's settings stay those of earlier releases (resume, compare)
             **({"responses": settings.responses} if settings.responses != "generate" else {}),
         },

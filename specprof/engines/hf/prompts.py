@@ -18,6 +18,6 @@ def encode_all(prompts: Sequence[Prompt], target: LoadedModel, chat_template: bo
 
 
 def context_limit_of(draft: Draft) -> int | None:
-    if isinstance(draft, NgramDraft | BlockDraft):
-        return None
+    if isinstance(draft, NgramDraft | BlockDraft) or not hasattr(draft, "model"):
+        return None  # model-free, or a head reading the target's states (the target's context bounds it)
     return getattr(draft.model.config.get_text_config(), "max_position_embeddings", None)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from specprof.engines.hf import sampled_records, sampling
-from specprof.engines.hf.drafts import BlockDraft, ModelDraft, NgramDraft
+from specprof.engines.hf.drafts import BlockDraft, HeadDraft, ModelDraft, NgramDraft
 from specprof.engines.hf.generation import Generation
 from specprof.errors import SpecprofError
 
@@ -84,11 +84,15 @@ def score_ngram_draft(
 
 
 def score_block_draft(
-    draft: BlockDraft, gen: Generation, prompt_ids: Sequence[list[int]], settings: Settings
+    draft: BlockDraft | HeadDraft, gen: Generation, prompt_ids: Sequence[list[int]], settings: Settings
 ) -> tuple[dict[str, torch.Tensor], list[list[list[int]]]]:
     """An engine's prompt lookup run from every block start: the first token it proposes at each
     position (the per-position records), and per row its k_max-token proposals from each start
-    inside the continuation (proposals.parquet)."""
+    inside the continuation (proposals.parquet). An EAGLE-3 head: `eagle3_profile`."""
+    if isinstance(draft, HeadDraft):
+        from specprof.engines.hf.eagle3_profile import score_head
+
+        return score_head(draft, gen, prompt_ids, settings.temperature, settings.k_max)
     batch, width = gen.continuation.shape
     first = torch.full((batch, width), -1, dtype=torch.long)
     continuation = gen.continuation.cpu()

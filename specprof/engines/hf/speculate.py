@@ -46,7 +46,8 @@ import torch
 
 from specprof.core.simulation import blockdraft, ngram
 from specprof.engines.hf import sampling
-from specprof.engines.hf.drafts import BlockDraft, Draft, ModelDraft
+from specprof.engines.hf.drafts import BlockDraft, Draft, HeadDraft, ModelDraft
+from specprof.engines.hf.eagle3_speculate import HeadProposer
 from specprof.engines.hf.models import clock
 
 
@@ -193,12 +194,14 @@ class BlockLookupProposer:
         pass
 
 
-Proposer = ModelProposer | NgramProposer | BlockLookupProposer
+Proposer = ModelProposer | NgramProposer | BlockLookupProposer | HeadProposer
 
 
 def proposer_for(draft: Draft) -> Proposer:
     if isinstance(draft, ModelDraft):
         return ModelProposer(draft.model)
+    if isinstance(draft, HeadDraft):
+        return HeadProposer(draft)
     if isinstance(draft, BlockDraft):
         return BlockLookupProposer(draft.proposer)
     return NgramProposer(draft.max_ngram)
@@ -263,8 +266,19 @@ def speculative_generate(
         raise ValueError(f"need k ≥ 1 and a non-empty prompt (k={k}, {len(prompt)} prompt tokens)")
     device = next(target.parameters()).device
     begin = clock(device)
+    proposer.start(prompt)  # first: an EAGLE-3 head hooks the target's prefill
+    try:
+        return _speculate(target, proposer, prompt, k, max_new_tokens, eos_ids, temperature, top_p, generator,
+                          confidence_threshold, begin)
+    finally:
+        if isinstance(proposer, HeadProposer):
+            proposer.stop()
+
+
+def _speculate(target, proposer, prompt, k, max_new_tokens, eos_ids, temperature, top_p, generator,
+               confidence_threshold, begin) -> SpecOutput:
+    device = next(target.parameters()).device
     cache = _prefill(target, prompt)
-    proposer.start(prompt)
     eos = set(eos_ids)
     context, out = list(prompt), SpecOutput([])
     decode_begin = clock(device)

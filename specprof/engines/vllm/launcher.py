@@ -13,6 +13,7 @@ propose what the draft proposes:
     early-exit:L          → {"method": "draft_model", "model": DIR}: vLLM needs a model directory; DIR
                             must hold the target's first L layers (`save_pretrained` of the truncated
                             model proposes exactly what early-exit:L proposes)
+    eagle3:DIR or a head DIR → {"method": "eagle3", "model": DIR} (an EAGLE-3 head, `kinds.HeadKind`)
     a model dir / HF id   → {"method": "draft_model", "model": that}
     ngram[:N], prompt-lookup[:M] → refused: specprof's own n-gram rule and transformers' prompt lookup
                             are not vLLM's proposer (profile --draft vllm-ngram instead)
@@ -54,6 +55,8 @@ def speculative_config(draft: str, k: int, draft_model_dir: str | None = None, s
     if k < 1:
         raise SpecprofError(f"--k {k}: must be ≥ 1")
     parsed = kinds.parse(draft)
+    if parsed.kind.proposal is kinds.Proposal.HEAD:  # an EAGLE-3 head: vLLM loads its directory
+        return parsed.kind.vllm_config(draft, {"source": draft_model_dir}, k)
     if parsed.kind.name == PROMPT_LOOKUP:
         raise SpecprofError(f"--draft {draft}: transformers' prompt lookup is not vLLM's n-gram proposer; profile "
                             "with --draft vllm-ngram[:MIN:MAX] to compare with vLLM")
