@@ -2,7 +2,7 @@
 vLLM's per-position acceptance rates in both draft-sampling modes against specprof's expected ones.
 
 SmolLM2-135M-Instruct (fp32, chat template) on 16 sample prompts × 48 new tokens, T = 0.7, top-p 1,
-k = 3, one request per prompt with its own seed, /metrics read after each (per-prompt counters):
+k = 3, one request per prompt with its own seed, sent together (per-prompt counters from each response):
   - the model draft (its first 26 layers as a model directory), `draft_sample_method` greedy (vLLM's
     default) and probabilistic: one server each;
   - vllm-ngram:1:3 (vLLM's n-gram proposer: the greedy rule): one server.
@@ -77,26 +77,43 @@ def draft_dir(tmp_path_factory) -> Path:
 
 
 def serve_and_count(python: str, report: Path, config: dict) -> tuple[list[str], dict]:
-    """One server (patched), one seeded request per prompt, per-prompt counters from /metrics."""
+    """One server (patched), one seeded request per prompt, all at once; each prompt's counters from its own
+    response (`--per-request-spec-decode-metrics detailed`: the per-step drafted / accepted arrays), checked
+    to add up to the server's /metrics totals."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from specprof.commands.verify_steps import PER_REQUEST_FLAG, engine_steps
     from specprof.commands.vllm_common import settled_metrics
     from specprof.core.records import reportfiles
     from specprof.engines.vllm import cpu_probe, launcher
+    from specprof.engines.vllm.client import SpecCounters
 
     rep = reportfiles.load_report(report)
     prompts = rep.frame("prompts")
+    pids = [str(p) for p in prompts["prompt_id"]]
     os.environ[cpu_probe.EXTRA_PATH_ENV] = PATCH
     try:
-        with launcher.launch(python, rep.run["target"]["source"], config) as server:
-            done, per_prompt = [], {}
+        with launcher.launch(python, rep.run["target"]["source"], config, extra=PER_REQUEST_FLAG) as server:
             before = settled_metrics(server.client)
-            for i, (pid, ids) in enumerate(zip(prompts["prompt_id"], prompts["prompt_tokens"])):
-                server.client.complete([int(t) for t in ids], MAX_NEW, TEMPERATURE, 1.0, seed=1000 + i)
-                after = settled_metrics(server.client)
-                per_prompt[str(pid)], before = after.minus(before), after
-                done.append(str(pid))
+
+            def one(i: int) -> SpecCounters:
+                ids = [int(t) for t in prompts["prompt_tokens"].iloc[i]]
+                out, _ = server.client.complete(ids, MAX_NEW, TEMPERATURE, 1.0, seed=1000 + i)
+                steps = engine_steps(out.spec_decode)
+                assert steps is not None, out.spec_decode
+                return SpecCounters(sum(d > 0 for d, _ in steps), sum(d for d, _ in steps), sum(a for _, a in steps),
+                                    tuple(sum(a > j for _, a in steps) for j in range(K)))
+
+            with ThreadPoolExecutor(len(pids)) as pool:  # vLLM batches them; each request keeps its own seed
+                counts = list(pool.map(one, range(len(pids))))
+            total = settled_metrics(server.client).minus(before)
     finally:
         del os.environ[cpu_probe.EXTRA_PATH_ENV]
-    return done, per_prompt
+    summed = SpecCounters(*(sum(getattr(c, f) for c in counts) for f in ("num_drafts", "num_draft_tokens",
+                                                                         "num_accepted_tokens")),
+                          tuple(sum(c.num_accepted_tokens_per_pos[j] for c in counts) for j in range(K)))
+    assert summed == total  # the responses' own counters are the server's
+    return pids, dict(zip(pids, counts))
 
 
 def check(report: Path, draft: str, mode: str, done: list[str], per_prompt: dict) -> list[str]:
