@@ -60,6 +60,39 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The Python of a vLLM environment (SPECPROF_VLLM_PYTHON, else .venv-vllm): the `vllm`-marked tests skip
+    without one, and fail instead under SPECPROF_REQUIRE_VLLM=1, which .ci/run sets."""
+    from specprof.engines.vllm import launcher
+    from specprof.errors import SpecprofError
+
+    root = Path(__file__).resolve().parents[1]
+    python = os.environ.get("SPECPROF_VLLM_PYTHON") or str(root / ".venv-vllm" / "bin" / "python")
+    try:
+        launcher.check_python(python)
+    except SpecprofError as e:
+        if os.environ.get("SPECPROF_REQUIRE_VLLM") == "1":
+            pytest.fail(f"SPECPROF_REQUIRE_VLLM=1 but no usable vLLM: {e}")
+        pytest.skip(f"no vLLM environment ({e}); set SPECPROF_VLLM_PYTHON")
+    return python
+
+
+@pytest.fixture(scope="session")
+def draft_dir(tmp_path_factory) -> Path:
+    """SmolLM2's first 26 layers with its norm and head, saved as an ordinary model directory (vLLM's draft)."""
+    import torch
+
+    from specprof.engines.hf import models
+    from specprof.engines.hf.drafts import early_exit_view
+
+    out = tmp_path_factory.mktemp("early-exit-26")
+    target = models.load_model(None, torch.device("cpu"), torch.float32)
+    early_exit_view(target.model, 26).save_pretrained(out)
+    target.tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture()
 def cli():
     """Run the real `specprof` Typer app; returns the click Result (stdout and stderr apart)."""

@@ -8,7 +8,6 @@ walked one by one with `trace.simulate_blocks`, vLLM's loop re-implemented), on 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -225,13 +224,9 @@ def test_the_python_api_gives_the_request_figures_the_cli_prints(cli):
 
 
 @pytest.mark.vllm
-def test_vllm_accepts_the_emitted_synthetic_config():
+def test_vllm_accepts_the_emitted_synthetic_config(vllm_python):
     """vLLM 0.32.0's own SpeculativeConfig validates the emitted JSON (and refuses increasing rates)."""
-    python = os.environ.get("SPECPROF_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    if not Path(python).exists():
-        if os.environ.get("SPECPROF_REQUIRE_VLLM") == "1":
-            pytest.fail(f"SPECPROF_REQUIRE_VLLM=1 but no {python}")
-        pytest.skip("no vLLM environment; set SPECPROF_VLLM_PYTHON")
+    python = vllm_python
     from typer.testing import CliRunner
 
     from specprof.ui.cli import app

@@ -20,7 +20,6 @@ repository); SPECPROF_REQUIRE_VLLM=1 (.ci/run sets it) turns that skip into a fa
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -31,22 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("code-02", "json-01", "template-01", "extraction-01")  # repetitive enough for n-gram matches
 KS = ("1", "2", "3", "4")
 MAX_NEW = 32
-
-
-@pytest.fixture(scope="module")
-def vllm_python() -> str:
-    from specprof.engines.vllm import launcher
-    from specprof.errors import SpecprofError
-
-    python = os.environ.get("SPECPROF_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    required = os.environ.get("SPECPROF_REQUIRE_VLLM") == "1"
-    try:
-        launcher.check_python(python)
-    except SpecprofError as e:
-        if required:
-            pytest.fail(f"SPECPROF_REQUIRE_VLLM=1 but no usable vLLM: {e}")
-        pytest.skip(f"no vLLM environment ({e}); set SPECPROF_VLLM_PYTHON")
-    return python
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +47,6 @@ def report(tmp_path_factory) -> Path:
             "--max-new-tokens", MAX_NEW, "--concurrency", "1,4", "--out", out]
     r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def draft_dir(tmp_path_factory) -> Path:
-    """SmolLM2's first 26 layers with its norm and head, saved as an ordinary model directory."""
-    import torch
-
-    from specprof.engines.hf import models
-    from specprof.engines.hf.drafts import early_exit_view
-
-    out = tmp_path_factory.mktemp("early-exit-26")
-    target = models.load_model(None, torch.device("cpu"), torch.float32)
-    early_exit_view(target.model, 26).save_pretrained(out)
-    target.tokenizer.save_pretrained(out)
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from eagle3_heads import make_head
-from test_vllm import KS, MAX_NEW, PROMPTS, ROOT, side_by_side, vllm_python  # noqa: F401  (fixture)
+from test_vllm import KS, MAX_NEW, PROMPTS, ROOT, side_by_side
 
 pytestmark = [pytest.mark.vllm, pytest.mark.realmodel]
 
@@ -49,7 +49,7 @@ def report(head, tmp_path_factory) -> Path:
     return out
 
 
-def test_head_counters_equal_vllm_metrics(cli, report, head, vllm_python):  # noqa: F811
+def test_head_counters_equal_vllm_metrics(cli, report, head, vllm_python):
     args = ["verify", report, "--engine", "vllm", "--launch", "--vllm-python", vllm_python, "--draft",
             f"eagle3:{head}", "--json"]
     for k in KS:

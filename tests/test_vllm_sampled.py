@@ -29,21 +29,6 @@ N_PROMPTS, MAX_NEW, K, TEMPERATURE = 16, 48, 3, 0.7
 
 
 @pytest.fixture(scope="module")
-def vllm_python() -> str:
-    from specprof.engines.vllm import launcher
-    from specprof.errors import SpecprofError
-
-    python = os.environ.get("SPECPROF_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    try:
-        launcher.check_python(python)
-    except SpecprofError as e:
-        if os.environ.get("SPECPROF_REQUIRE_VLLM") == "1":
-            pytest.fail(f"SPECPROF_REQUIRE_VLLM=1 but no usable vLLM: {e}")
-        pytest.skip(f"no vLLM environment ({e}); set SPECPROF_VLLM_PYTHON")
-    return python
-
-
-@pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
@@ -59,20 +44,6 @@ def report(tmp_path_factory) -> Path:
             "--max-new-tokens", MAX_NEW, "--temperature", TEMPERATURE, "--seed", 0, "--out", out]
     r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def draft_dir(tmp_path_factory) -> Path:
-    import torch
-
-    from specprof.engines.hf import models
-    from specprof.engines.hf.drafts import early_exit_view
-
-    out = tmp_path_factory.mktemp("early-exit-26")
-    target = models.load_model(None, torch.device("cpu"), torch.float32)
-    early_exit_view(target.model, 26).save_pretrained(out)
-    target.tokenizer.save_pretrained(out)
     return out
 
 
