@@ -170,16 +170,30 @@ def launch(python: str, model: str, config: dict | None, *, dtype: str = "float3
 
 
 def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
-    if process.poll() is not None:
-        _kill_group(process.pid, signal.SIGKILL)  # a child may outlive the leader
-        return
-    _kill_group(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    _kill_group(process.pid, signal.SIGKILL)
+    """SIGTERM the process group, then SIGKILL what is left after a grace period, and return only once
+    no member runs any more (a killed child takes a moment to die; the next server wants its memory)."""
+    if process.poll() is None:
+        _kill_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    _kill_group(process.pid, signal.SIGKILL)  # a child may outlive the leader
     process.wait()
+    deadline = time.monotonic() + STOP_GRACE_S
+    while _group_runs(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _group_runs(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies do not); False where /proc is not there."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:
