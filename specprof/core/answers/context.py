@@ -135,7 +135,7 @@ def _start_accepted(analysis: Analysis, d: DraftRows, match: np.ndarray) -> np.n
 
 class DraftSums:
     """One draft's per-prompt bucket sums, each part computed once: the tokens' (per axis) and the blocks'
-    (per k, one walk serving both axes)."""
+    (per k, one walk serving both axes). Each set of rows gets its bucket index once and two bincounts."""
 
     def __init__(self, analysis: Analysis, d: DraftRows, offsets: dict[str, np.ndarray]):
         self.analysis, self.d, self.offsets = analysis, d, offsets
@@ -143,11 +143,16 @@ class DraftSums:
         self.tokens: dict[str, np.ndarray] = {}
         self.start_accepted: np.ndarray | None = None
 
-    def _cells(self, axis: str, rows: np.ndarray, at: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    def _cells(self, axis: str, rows: np.ndarray, at: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """[n_prompts, 2·B]: per prompt and bucket Σ weights, then the count of rows."""
         edges = AXES[axis][0]
         n, n_b = len(self.d.prompt_ids), len(edges)
-        bucket = np.searchsorted(edges, self.offsets[axis][rows] + at, side="right") - 1
-        return np.bincount(rows * n_b + bucket, weights, minlength=n * n_b).reshape(n, n_b)
+        where = self.offsets[axis][rows] + at
+        cell = rows * n_b  # prompt row × bucket: the bucket is the number of lower edges past the first reached
+        for edge in edges[1:]:
+            cell += where >= edge
+        return np.hstack([np.bincount(cell, weights, minlength=n * n_b).reshape(n, n_b),
+                          np.bincount(cell, minlength=n * n_b).reshape(n, n_b)])
 
     def sums(self, axis: str, k: int) -> np.ndarray:
         """[n_prompts, 4·B]: per prompt and bucket Σ accept_prob, tokens, Σ emitted, blocks (blocks at T = 0 only).
@@ -156,8 +161,7 @@ class DraftSums:
         assert a.tokens is not None  # load_analysis keeps the token records
         if axis not in self.tokens:
             value = to_numpy(a.tokens.column("match" if a.exact else "accept_prob"), np.float64)[d.rows]
-            self.tokens[axis] = np.hstack([self._cells(axis, d.prompt, d.position, value),
-                                           self._cells(axis, d.prompt, d.position, None)])
+            self.tokens[axis] = self._cells(axis, d.prompt, d.position, value)
         n_b = len(AXES[axis][0])
         blocks = np.full((len(d.prompt_ids), 2 * n_b), 0.0)
         if a.exact:
@@ -167,8 +171,7 @@ class DraftSums:
                     self.start_accepted = _start_accepted(a, d, match)
                 self.walks[k] = block_walk(self.start_accepted, d.n_tokens, k)
             rows, start, _, emitted = self.walks[k]
-            blocks = np.hstack([self._cells(axis, rows, start, emitted.astype(np.float64)),
-                                self._cells(axis, rows, start, None)])
+            blocks = self._cells(axis, rows, start, emitted.astype(np.float64))
         return np.hstack([self.tokens[axis], blocks])
 
 

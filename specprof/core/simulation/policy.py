@@ -220,7 +220,7 @@ class _Grid:
         stop = position + self.lengths[first // n_k].astype(position.dtype)
         seen, steps = [], 0
         while record.size:
-            block = packed[table + flat[position]]
+            block = packed.take(table + flat.take(position))
             seen.append((block & ((1 << shift) - 1)) + record)  # tallied once at the end, not added at every step
             position += block >> shift
             steps += 1
