@@ -1,8 +1,9 @@
 """Profile an EAGLE-3 head: its proposals from every block start, from one target pass.
 
-The target's captured states are recorded by one teacher-forced pass over each prompt, its
-continuation and the tokens past its end (`capture_aux`; the generation keeps only the states
-predicting each new token, the head also needs the prompt's). Then per prompt:
+The target's captured states come from the generation itself (`generation.generate(aux_layers=…)`:
+the prefill's states at every prompt position, then each step's), so no second target pass runs;
+logged responses get them from one teacher-forced pass over
+the prompt, its continuation and the tokens past its end (`capture_aux`). Then per prompt:
   1. one causal pass of the head over rows j = 0..N − 2 (token z_{j+1}, fc of the target's states
      at j, position j) gives the head's KV cache over the whole sequence as vLLM builds it after each
      verification, and depth 1 from every start at once: the output of row m − 1 for a block whose
@@ -36,19 +37,13 @@ def capture_aux(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask:
                 layer_ids: Sequence[int]) -> torch.Tensor:
     """[B, W, n·H] the target's captured states at every position (vLLM's aux layer i: the input of decoder
     layer i with its residual = the output of transformers' layer i − 1; id 0: the embeddings)."""
-    hooked = [i for i in layer_ids if i >= 1]
-    capture = LayerCapture(model, hooked, last_only=False)
-    embedded: dict[int, torch.Tensor] = {}
-    handle = model.model.embed_tokens.register_forward_hook(lambda m, a, out: embedded.__setitem__(0, out)) \
-        if 0 in layer_ids else None
+    capture = LayerCapture(model, sorted(layer_ids), last_only=False)
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
               use_cache=False, logits_to_keep=1)
     finally:
         capture.remove()
-        if handle is not None:
-            handle.remove()
-    return torch.cat([embedded[0] if i == 0 else capture.states[i] for i in sorted(layer_ids)], dim=-1)
+    return torch.cat([capture.states[i] for i in sorted(layer_ids)], dim=-1)
 
 
 @torch.inference_mode()
@@ -98,7 +93,10 @@ def score_head(draft: HeadDraft, gen: Generation, prompt_ids: Sequence[list[int]
         raise SpecprofError(f"--draft {draft.name}: EAGLE-3 heads are profiled at --temperature 0 only")
     head = draft.head
     batch, width = gen.continuation.shape
-    aux = capture_aux(draft.target, gen.sequences, gen.attention_mask, head.aux_layers)
+    if set(head.aux_layers) <= set(gen.aux):
+        aux = torch.cat([gen.aux[n] for n in sorted(head.aux_layers)], dim=-1)
+    else:
+        aux = capture_aux(draft.target, gen.sequences, gen.attention_mask, head.aux_layers)
     inverse = torch.full((head.config.vocab_size,), -1, dtype=torch.long, device=aux.device)
     inverse[head.to_target(torch.arange(head.config.draft_vocab_size, device=aux.device))] = \
         torch.arange(head.config.draft_vocab_size, device=aux.device)

@@ -10,6 +10,10 @@ step the target's statistics for its own token are recorded in float32.
 predicts a continuation token: an early-exit draft at layer L then needs only the final norm and
 LM head on them, instead of a second pass through L layers.
 
+`aux_layers` keeps the hidden state after chosen decoder layers at *every* position, the prompt's
+included (the prefill's output at each prompt position, then each step's): an EAGLE-3 head reads
+them as vLLM captures them, from this one pass (`eagle3_profile`), with no second target pass.
+
 `past_end` keeps each row going for that many tokens after its end (EOS or `max_new_tokens`): the
 target's own tokens past the stop point, which an engine verifies when a block runs past the end
 (`core.conventions`). They sit after the continuation in `sequences` (mask 1) but not in `lengths`.
@@ -39,6 +43,9 @@ class Generation:
     margin: torch.Tensor  # [B, T] float32 top-1 minus top-2 raw logit (how near a tie the choice was)
     logits: torch.Tensor | None  # [B, T, V] raw target logits in the model's dtype; kept only when sampling
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer L → [B, T, H] state predicting y[t]
+    # layer L → [B, P + T, H] the state after L layers at every column of `sequences` (zeros where no forward
+    # ran: padding, and each row's last token); only for the `aux_layers` asked for
+    aux: dict[int, torch.Tensor] = field(default_factory=dict)
     past_end: int = 0  # tokens generated after each row's end (columns lengths[b] .. lengths[b] + past_end - 1)
 
     @property
@@ -81,8 +88,9 @@ class LayerCapture:
     def __init__(self, model: torch.nn.Module, layers: Sequence[int], last_only: bool = True):
         self.states: dict[int, torch.Tensor] = {}
         self.last_only = last_only
-        blocks = model.model.layers if layers else []
-        self.handles = [blocks[n - 1].register_forward_hook(self._hook(n)) for n in layers]
+        # layer n: the output of decoder layer n − 1 (n = 0: the embeddings), vLLM's numbering of captured states
+        modules = [model.model.embed_tokens if n == 0 else model.model.layers[n - 1] for n in layers]
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in zip(layers, modules, strict=True)]
 
     def _hook(self, n: int):
         def keep(module, args, output):
@@ -108,6 +116,7 @@ def generate(
     top_p: float = 1.0,
     generators: list[torch.Generator] | None = None,
     capture_layers: Sequence[int] = (),
+    aux_layers: Sequence[int] = (),
     past_end: int = 0,
 ) -> Generation:
     """Generate continuations for a batch of tokenized prompts (greedy at temperature 0), each followed
@@ -128,18 +137,25 @@ def generate(
     eos_hit = torch.zeros(batch, dtype=torch.bool, device=device)
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, logits) per step, when sampling
     hidden: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in capture_layers}
+    prefix: dict[int, torch.Tensor] = {}  # aux layer → [B, width, H] the prefill's states
+    stepped: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in aux_layers}  # steps ≥ 1
 
     capture = LayerCapture(model, capture_layers)
+    every = LayerCapture(model, aux_layers, last_only=False)
     try:
         cache = DynamicCache(config=model.config)
         rows = torch.arange(batch, device=device)  # original row of each live batch entry
         mask = prompt_mask
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), cache=cache,
                     use_cache=True, logits_to_keep=1)
+        prefix = {n: every.states[n] for n in aux_layers}
         for step in range(max_steps):
             logits = out.logits[:, -1, :]
             for n in capture_layers:
                 hidden[n].append((rows, capture.states[n]))
+            if step > 0:  # the forward of y[step − 1], at column width + step − 1
+                for n in aux_layers:
+                    stepped[n].append((rows, every.states[n][:, -1]))
             probs = sampling.probabilities(logits, temperature, top_p)
             token = sampling.choose(logits, probs, temperature, [generators[r] for r in rows] if generators else None)
             top2 = logits.float().topk(2, dim=-1).values
@@ -166,6 +182,7 @@ def generate(
                         cache=cache, use_cache=True)
     finally:
         capture.remove()
+        every.remove()
 
     lengths = torch.where(ended_at, lengths, produced)
     steps = int(produced.max())
@@ -182,13 +199,17 @@ def generate(
         margin=stats[2, :, :steps].cpu(),
         logits=_assemble(kept, batch, steps) if kept else None,
         hidden={n: _assemble(v, batch, steps) for n, v in hidden.items()},
+        aux={n: torch.cat([prefix[n], _assemble(stepped[n], batch, steps, prefix[n])], dim=1) for n in aux_layers},
         past_end=past_end,
     )
 
 
-def _assemble(per_step: list[tuple[torch.Tensor, torch.Tensor]], batch: int, steps: int) -> torch.Tensor:
-    """[B, T, D] from (live rows, [live, D] values) per step; zeros where a row had already ended."""
-    first = per_step[0][1]
+def _assemble(per_step: list[tuple[torch.Tensor, torch.Tensor]], batch: int, steps: int,
+              like: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T, D] from (live rows, [live, D] values) per step; zeros where a row had already ended (and
+    everywhere when no step ran: dtype and width from `like`)."""
+    first = per_step[0][1] if per_step else like
+    assert first is not None
     out = torch.zeros((batch, steps, first.shape[-1]), dtype=first.dtype, device=first.device)
     for step, (rows, values) in enumerate(per_step):
         out[rows, step] = values

@@ -90,8 +90,9 @@ def profile_batch(
 ) -> BatchResult:
     ids = [e.prompt.id for e in batch]
     capture = sorted({d.layers for d in drafts if isinstance(d, ModelDraft) and d.layers})
+    aux = sorted({n for d in drafts if isinstance(d, HeadDraft) for n in d.head.aux_layers})  # at every position
     started = time.perf_counter()
-    gen = target_continuations(batch, target, settings, capture)
+    gen = target_continuations(batch, target, settings, capture, aux)
     phase_s = {"target_pass" if settings.responses == "logged" else "generation": _elapsed(started, gen)}
     started = time.perf_counter()
     valid = gen.valid  # [B, T] the continuations
@@ -142,7 +143,7 @@ def profile_batch(
 
 
 def target_continuations(batch: Sequence[Encoded], target: LoadedModel, settings: Settings,
-                          capture: Sequence[int]) -> Generation:
+                          capture: Sequence[int], aux: Sequence[int] = ()) -> Generation:
     """The target's continuations of a batch: generated (with k_max tokens past each end), or read off
     the logged responses by one teacher-forced pass (`teacher`)."""
     eos = eos_token_ids(target)
@@ -160,7 +161,7 @@ def target_continuations(batch: Sequence[Encoded], target: LoadedModel, settings
     return generate(
         target.model, [e.ids for e in batch], max_new_tokens=settings.max_new_tokens, eos_ids=eos,
         pad_id=eos[0] if eos else 0, temperature=settings.temperature, top_p=settings.top_p, generators=generators,
-        capture_layers=capture, past_end=past_end_room(batch, target, settings),
+        capture_layers=capture, aux_layers=aux, past_end=past_end_room(batch, target, settings),
     )
 
 
