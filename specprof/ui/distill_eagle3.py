@@ -31,8 +31,8 @@ def distill_eagle3(arch: str, source: Path, out: Path, target: str | None, max_m
         result = run(request, started=started, status=stderr.status, events=events)
     record = result.record
     held = record["data"]["heldout_prompts"]
-    stdout.print(distill_eval.render_table(result.table, 0, f"held-out α per domain ({held} prompts not trained on; "
-                                           "before = the untrained head)"))
+    title = f"held-out α per domain ({held} prompts not trained on; before = the untrained head)"
+    stdout.print(distill_eval.render_table(result.table, "untrained", title))
     stdout.print(f"{record['training']['steps']} steps in {(time.perf_counter() - started) / 60:.1f} min; head "
                  f"written to {out}/ (profile it with: specprof profile PROMPTS --draft eagle3:{out}; serve it with "
                  f"vLLM: {{\"method\": \"eagle3\", \"model\": \"{out}\"}})")

@@ -28,7 +28,7 @@ from specprof.core.answers import decide, inspection
 from specprof.core.answers.analysis import load_analysis
 from specprof.core.pricing import batchcost
 from specprof.core.pricing.estimate import OFF_CAUSES, Estimate
-from specprof.core.pricing.policy_estimate import NGRAM_NOTE, SAMPLED_NOTE, STEP_BOUND_NOTE, PolicyEstimate
+from specprof.core.pricing.policy_estimate import SAMPLED_NOTE, STEP_BOUND_NOTE, PolicyEstimate
 from specprof.core.records import reportfiles
 from specprof.core.vocabulary import ALL
 from specprof.errors import SpecprofError
@@ -110,7 +110,7 @@ def build(path: str | Path, tokenizer: str | None = None) -> tuple[str, list[plo
         if mine:
             body.append(policy_section(mine))
         elif p.draft in analysis.no_policy:
-            body.append(f'<p class="note">{_e(p.draft)}: {_e(NGRAM_NOTE)}</p>')
+            body.append(f'<p class="note">{_e(p.draft)}: {_e(analysis.no_policy[p.draft])}</p>')
         speedup, positions, accepted = by_draft[p.draft]
         body += [
             figure(speedup, "Empirical speedup (measured tokens/iter and forward times) with its 95% interval, "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from rich import box
@@ -15,7 +15,7 @@ from specprof.core.answers.compare import Comparison
 from specprof.core.answers.decide import Check, DraftPlan, WhatIf
 from specprof.core.pricing import costmodel
 from specprof.core.pricing.estimate import OFF_CAUSES, Estimate
-from specprof.core.pricing.policy_estimate import NGRAM_NOTE, STEP_BOUND_NOTE, PolicyEstimate
+from specprof.core.pricing.policy_estimate import STEP_BOUND_NOTE, PolicyEstimate
 from specprof.core.vocabulary import ALL
 
 if TYPE_CHECKING:  # pandas loads only where a function needs it: the decision commands start faster
@@ -122,7 +122,7 @@ def disagreement_note(estimates: Sequence[Estimate]) -> str | None:
 
 def recommend_view(
     estimates: Sequence[Estimate], plans: Sequence[DraftPlan], min_speedup: float,
-    policies: Sequence[PolicyEstimate] = (), no_policy: Sequence[str] = (),
+    policies: Sequence[PolicyEstimate] = (), no_policy: Mapping[str, str] | None = None,
 ) -> Group:
     """Per draft: the table at each domain's best k, the reasons and notes under it, the overall line,
     then the best confidence-threshold policy per domain beside the best fixed k (when simulated)."""
@@ -162,8 +162,8 @@ def recommend_view(
         mine = [q for q in policies if q.draft == p.draft]
         if mine:
             parts.append(policy_table(mine))
-        elif p.draft in no_policy:
-            parts.append(Text(f"{p.draft}: {NGRAM_NOTE}"))
+        elif no_policy and p.draft in no_policy:
+            parts.append(Text(f"{p.draft}: {no_policy[p.draft]}"))
         parts.append(Text(""))
     if policies:
         parts.append(Text(f"note: {STEP_BOUND_NOTE}"))

@@ -350,7 +350,8 @@ def distill(
         result = distill_mod.distill(request, started=started, status=stderr.status, events=events)
     record = result.record
     stdout.print(distill_eval.render_table(
-        result.table, layers, f"held-out α per domain ({record['data']['heldout_prompts']} prompts not trained on; "
+        result.table, f"early-exit:{layers}",
+        f"held-out α per domain ({record['data']['heldout_prompts']} prompts not trained on; "
         "they also chose when to stop, so profile other prompts to measure the gain)"
     ))
     t = record["training"]

@@ -47,8 +47,9 @@ class Analysis:
     domains: tuple[str, ...]  # the corpus domains, first-seen order (without ALL)
     # per draft: confidence-threshold policies (`load(..., policies=True)` at T = 0; else empty)
     policies: dict[str, PolicyCounts] = field(default_factory=dict)
-    # drafts without a confidence to threshold (n-gram lookups propose with probability 1 or not at all)
-    no_policy: tuple[str, ...] = ()
+    # drafts without a confidence to threshold → why (n-gram lookups propose with probability 1 or not at all;
+    # block-start proposals and heads record none)
+    no_policy: dict[str, str] = field(default_factory=dict)
     # The token records behind the traces, for figures by request and by context (`perrequest`, `context`)
     tokens: pa.Table | None = None
     index: tuple[DraftRows, ...] = ()  # `traces.index_drafts(tokens)`
@@ -95,11 +96,12 @@ def load_analysis(
     runs = blockdraft.load_runs(rep, present, k_max or run_k_max) if exact else {}
     index = index_drafts(table)
     traces = trace_drafts(table, k_max or run_k_max, exact=exact, runs=runs, index=index)
-    no_policy = tuple(d["name"] for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE)
+    from specprof.core.pricing import policy_estimate
+
+    no_policy = {d["name"]: policy_estimate.no_policy_note(kinds.KINDS[d["kind"]].model_free)
+                 for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE}
     simulated = {}
     if policies and exact:
-        from specprof.core.pricing import policy_estimate
-
         simulated = policy_estimate.trace_policies(table, index, [t for t in traces if t.draft not in no_policy])
     return Analysis(rep.directory, rep.run, traces, timings, exact, all_domains, simulated,
-                    tuple(t.draft for t in traces if t.draft in no_policy), table, tuple(index), runs)
+                    {t.draft: no_policy[t.draft] for t in traces if t.draft in no_policy}, table, tuple(index), runs)

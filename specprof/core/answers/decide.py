@@ -130,7 +130,8 @@ def policy_grid_json(a: Analysis) -> dict[str, Any]:
     counts = next(iter(a.policies.values()), None)
     if counts is None:
         short = any(t.blocks.k_max < 2 for t in a.traces)
-        why = "threshold policies need k_max ≥ 2" if short else policy_estimate.NGRAM_NOTE
+        why = "threshold policies need k_max ≥ 2" if short else next(iter(a.no_policy.values()),
+                                                                      policy_estimate.NGRAM_NOTE)
         return {"simulated": False, "note": why}
     return {
         "simulated": True,
@@ -140,7 +141,7 @@ def policy_grid_json(a: Analysis) -> dict[str, Any]:
         "k_max": list(counts.k_maxes),
         "pick": "the highest speedup_lo_bound; ties to the smaller k_max, then the higher tau",
         "note": policy_estimate.STEP_BOUND_NOTE,
-        "not_simulated": {d: policy_estimate.NGRAM_NOTE for d in a.no_policy},
+        "not_simulated": dict(a.no_policy),
     }
 
 

@@ -129,9 +129,10 @@ def alpha_table(before: Sequence[DomainCounts], after: Sequence[DomainCounts]) -
     return table
 
 
-def render_table(table: pd.DataFrame, layers: int, title: str) -> Table:
+def render_table(table: pd.DataFrame, before: str, title: str) -> Table:
+    """The held-out table; `before` names what the distilled draft is compared with (e.g. early-exit:4)."""
     out = Table(title=title, title_justify="left")
-    for name in ("domain", "prompts", "tokens", f"α early-exit:{layers}", "α distilled", "gain"):
+    for name in ("domain", "prompts", "tokens", f"α {before}", "α distilled", "gain"):
         out.add_column(name, justify="left" if name == "domain" else "right")
     for r in table.itertuples():
         out.add_row(

@@ -97,7 +97,7 @@ class Recommendation:
     entries: tuple[Entry, ...]  # draft × domain, report order, ALL after each draft's domains
     plans: tuple[DraftPlan, ...]  # one per draft
     threshold_policy: dict[str, Any]  # the policy grid searched and which figures are exact (JSON as is)
-    no_policy: tuple[str, ...]  # drafts without a confidence to threshold
+    no_policy: dict[str, str]  # drafts without a confidence to threshold → why
     costs: Path | None = None  # --costs: the file whose forward times priced the report
     batch_sizes: tuple[int, ...] | None = None  # the serving batch sizes priced; None: one stream only
     engine: str | None = None  # --engine

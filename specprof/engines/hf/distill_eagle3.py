@@ -9,7 +9,9 @@ test: depth 1 is the causal pass over the target's features; depth d ≥ 2 feeds
 token (what an accepted draft would be) and its own depth d − 1 state, attending to the depth-1
 rows up to itself and its own earlier depth rows, as drafting does. Loss: cross-entropy on the
 target's greedy tokens (its argmax: the distribution's mode, all a greedy verifier checks) over the
-draft vocabulary, weighted 0.8^(d−1). The draft vocabulary is the tokens of the training
+draft vocabulary, weighted 0.8^(d−1). Against overfitting the short data (EAGLE's own remedy): each
+step adds Gaussian noise to the captured states, NOISE of each layer's RMS; the learning rate decays
+on a cosine over the time left to a tenth. The draft vocabulary is the tokens of the training
 continuations, most frequent first (with EOS), written with `d2t`/`t2d`. Time-bounded: stops at
 the deadline, keeps the best held-out state.
 """
@@ -17,6 +19,7 @@ the deadline, keeps the best held-out state.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,6 +37,7 @@ from specprof.engines.hf.eagle3_profile import capture_aux
 from specprof.engines.hf.models import LoadedModel, eos_token_ids
 
 UNROLL = 3  # training-time test depths
+NOISE = 0.1  # training-time noise on the captured states, relative to each captured layer's RMS
 MAX_DRAFT_VOCAB = 16384
 
 
@@ -110,11 +114,22 @@ def initial_head(target: LoadedModel, ids: Sequence[int], keep: torch.Tensor) ->
     return head
 
 
-def sequence_loss(head: Eagle3Head, item: Item, to_draft: torch.Tensor) -> torch.Tensor:
-    """Training-time test over one sequence: Σ_d 0.8^(d−1) · CE of depth d on continuation positions."""
+def noisy(aux: torch.Tensor, n_layers: int, generator: torch.Generator) -> torch.Tensor:
+    """aux [N, n·H] plus Gaussian noise of NOISE × each captured layer's RMS over the sequence."""
+    layers = aux.unflatten(-1, (n_layers, -1))
+    scale = NOISE * layers.pow(2).mean(dim=(0, 2), keepdim=True).sqrt()
+    noise = torch.randn(layers.shape, generator=generator).to(aux.device, aux.dtype)
+    return (layers + scale * noise).flatten(-2)
+
+
+def sequence_loss(head: Eagle3Head, item: Item, to_draft: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time test over one sequence: Σ_d 0.8^(d−1) · CE of depth d on continuation positions
+    (with `generator`: on noisy captured states, `noisy`)."""
     tokens, n = item.tokens, len(item.tokens) - 1
     device = tokens.device
-    out, state, kv = head.rows(tokens[1:], head.combine(item.aux[:-1]), torch.arange(n, device=device))
+    aux = item.aux[:-1] if generator is None else noisy(item.aux[:-1], len(head.aux_layers), generator)
+    out, state, kv = head.rows(tokens[1:], head.combine(aux), torch.arange(n, device=device))
     own = [(k.new_zeros((n, 0, *k.shape[1:])), v.new_zeros((n, 0, *v.shape[1:]))) for k, v in kv]
     total = out.new_zeros(())
     for depth in range(1, UNROLL + 1):
@@ -169,7 +184,10 @@ def train(head: Eagle3Head, train_items: Sequence[Item], heldout: Sequence[Item]
         for i in torch.randperm(len(train_items), generator=generator).tolist():
             if time.perf_counter() >= deadline:
                 break
-            loss = sequence_loss(head, train_items[i], to_draft)
+            share = min(1.0, (time.perf_counter() - started) / max(deadline - started, 1e-9))
+            for group in optimizer.param_groups:  # cosine decay over the time left, to a tenth
+                group["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * share)))
+            loss = sequence_loss(head, train_items[i], to_draft, generator)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
