@@ -37,7 +37,7 @@ from specprof.engines.hf.eagle3_profile import capture_aux
 from specprof.engines.hf.models import LoadedModel, eos_token_ids
 
 UNROLL = 3  # training-time test depths
-NOISE = 0.1  # training-time noise on the captured states, relative to each captured layer's RMS
+NOISE = 0.05  # training-time noise on the captured states, relative to each captured layer's RMS
 MAX_DRAFT_VOCAB = 16384
 
 
