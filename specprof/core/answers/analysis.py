@@ -33,6 +33,7 @@ from specprof.errors import SpecprofError
 TOKEN_COLUMNS = ["draft", "prompt_id", "domain", "position", "draft_token", "match", "accept_prob"]
 # the kinds that propose without a probability to threshold (block and head proposals record none)
 NO_CONFIDENCE = tuple(k.name for k in kinds.KINDS.values() if k.model_free or k.proposal.per_block_start)
+MODEL_FREE = tuple(k.name for k in kinds.KINDS.values() if k.model_free)  # of these, the lookups
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def load_analysis(
     traces = trace_drafts(table, k_max or run_k_max, exact=exact, runs=runs, index=index)
     from specprof.core.pricing import policy_estimate
 
-    no_policy = {d["name"]: policy_estimate.no_policy_note(kinds.KINDS[d["kind"]].model_free)
+    no_policy = {d["name"]: policy_estimate.no_policy_note(d["kind"] in MODEL_FREE)
                  for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE}
     simulated = {}
     if policies and exact:

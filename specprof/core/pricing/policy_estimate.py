@@ -53,16 +53,15 @@ STEP_BOUND_NOTE = (
 NGRAM_NOTE = "an n-gram draft proposes with probability 1 or not at all: no threshold policy"
 HEAD_NOTE = ("its proposals are simulated from every block start and record no confidence to threshold: "
              "no threshold policy")
-
-
-def no_policy_note(model_free: bool) -> str:
-    """Why a draft of a kind without a confidence gets no threshold policy (`analysis.NO_CONFIDENCE`)."""
-    return NGRAM_NOTE if model_free else HEAD_NOTE
 SAMPLED_NOTE = (
     "threshold policies are simulated only at T = 0: when sampling, the draft stops on its sampled token's "
     "probability, which the report does not hold"
 )
 
+
+def no_policy_note(model_free: bool) -> str:
+    """Why a draft of a kind without a confidence gets no threshold policy (`analysis.NO_CONFIDENCE`)."""
+    return NGRAM_NOTE if model_free else HEAD_NOTE
 
 
 def policy_cost(counts: PolicyCounts, costs: costmodel.Costs) -> tuple[np.ndarray, np.ndarray]:

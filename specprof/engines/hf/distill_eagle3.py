@@ -180,13 +180,17 @@ def train(head: Eagle3Head, train_items: Sequence[Item], heldout: Sequence[Item]
     steps, tokens, evaluated = 0, 0, []
     best = (alpha([depth1_matches(head, it) for it in heldout]), snapshot())  # the untrained head competes too
     started = time.perf_counter()
+    span = max(deadline - started, 1e-9)
+
+    def share() -> float:  # of the training time spent: the learning-rate schedule and the bar both follow it
+        return min(1.0, (time.perf_counter() - started) / span)
+
     while time.perf_counter() < deadline and train_items:
         for i in torch.randperm(len(train_items), generator=generator).tolist():
             if time.perf_counter() >= deadline:
                 break
-            share = min(1.0, (time.perf_counter() - started) / max(deadline - started, 1e-9))
             for group in optimizer.param_groups:  # cosine decay over the time left, to a tenth
-                group["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * share)))
+                group["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * share())))
             loss = sequence_loss(head, train_items[i], to_draft, generator)
             optimizer.zero_grad()
             loss.backward()
@@ -195,9 +199,8 @@ def train(head: Eagle3Head, train_items: Sequence[Item], heldout: Sequence[Item]
             steps += 1
             tokens += len(train_items[i].tokens)
             elapsed = time.perf_counter() - started
-            share = min(1.0, elapsed / max(deadline - started, 1e-9))
             last = evaluated[-1] if evaluated else float("nan")
-            progress(SimpleNamespace(total_steps=1000, step=int(1000 * share), loss=float(loss.detach()),
+            progress(SimpleNamespace(total_steps=1000, step=int(1000 * share()), loss=float(loss.detach()),
                                      heldout_alpha=last,
                                      tokens_per_s=tokens / max(elapsed, 1e-9)))
         score = alpha([depth1_matches(head, it) for it in heldout])
