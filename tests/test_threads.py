@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import pytest
+from test_policy_cli import write_report
 
+from specprof.core.answers.analysis import load_analysis
 from specprof.core.simulation import policy, threads
 from specprof.errors import SpecprofError
 
@@ -32,3 +36,30 @@ def test_policy_grid_is_the_same_on_one_thread_and_on_four(monkeypatch):
     four = policy.count_policy_blocks(match, top1, lengths, range(2, 7), policy.TAUS)
     assert np.array_equal(one.histogram, four.histogram)
     assert one.histogram.sum() > 0
+
+
+def test_in_background_hands_back_a_future_and_its_error(monkeypatch):
+    monkeypatch.setenv("SPECPROF_THREADS", "2")
+    running = threads.in_background(lambda a, b: a + b, 2, 3)
+    assert isinstance(running, Future) and running.result() == 5
+
+    def fails():
+        raise SpecprofError("walk failed")
+
+    with pytest.raises(SpecprofError, match="walk failed"):
+        threads.in_background(fails).result()  # type: ignore[union-attr]
+    monkeypatch.setenv("SPECPROF_THREADS", "1")
+    assert threads.in_background(lambda a, b: a + b, 2, 3) == 5  # one thread: run in place
+
+
+def test_policies_walked_in_the_background_equal_those_walked_in_place(monkeypatch, tmp_path):
+    path = write_report(tmp_path / "r")  # one draft with a confidence to threshold
+    monkeypatch.setenv("SPECPROF_THREADS", "2")
+    background = load_analysis(path, policies=True)
+    assert isinstance(background.policy_counts, Future)
+    monkeypatch.setenv("SPECPROF_THREADS", "1")
+    in_place = load_analysis(path, policies=True)
+    assert isinstance(in_place.policy_counts, dict) and in_place.policies
+    assert background.policies.keys() == in_place.policies.keys()
+    for draft, counts in in_place.policies.items():
+        assert np.array_equal(background.policies[draft].histogram, counts.histogram)

@@ -9,6 +9,7 @@ No torch here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from specprof.core.pricing.timings import Timings
 from specprof.core.records import reportfiles
 from specprof.core.simulation import blockdraft, kinds
 from specprof.core.simulation.policy import PolicyCounts
+from specprof.core.simulation.threads import in_background
 from specprof.core.simulation.traces import (
     DraftRows,
     DraftTrace,
@@ -46,8 +48,9 @@ class Analysis:
     timings: Timings | None
     exact: bool  # T = 0: blocks are exact; T > 0: the chain estimate
     domains: tuple[str, ...]  # the corpus domains, first-seen order (without ALL)
-    # per draft: confidence-threshold policies (`load(..., policies=True)` at T = 0; else empty)
-    policies: dict[str, PolicyCounts] = field(default_factory=dict)
+    # per draft: confidence-threshold policies (`load(..., policies=True)` at T = 0; else empty), or their walk
+    # still running (`policies` waits for it)
+    policy_counts: dict[str, PolicyCounts] | Future[dict[str, PolicyCounts]] = field(default_factory=dict)
     # drafts without a confidence to threshold → why (n-gram lookups propose with probability 1 or not at all;
     # block-start proposals and heads record none)
     no_policy: dict[str, str] = field(default_factory=dict)
@@ -55,6 +58,11 @@ class Analysis:
     tokens: pa.Table | None = None
     index: tuple[DraftRows, ...] = ()  # `traces.index_drafts(tokens)`
     runs: dict[str, blockdraft.StartRuns] = field(default_factory=dict)  # block-dependent drafts at T = 0
+
+    @property
+    def policies(self) -> dict[str, PolicyCounts]:
+        counts = self.policy_counts
+        return counts.result() if isinstance(counts, Future) else counts
 
     def trace(self, draft: str) -> DraftTrace:
         return next(t for t in self.traces if t.draft == draft)
@@ -67,7 +75,9 @@ def load_analysis(
     """Read a report (its directory or a file in it, or one `reportfiles.load_report` already opened), check the
     filters and trace every k = 1..k_max.
 
-    With `policies` (and T = 0) also simulate the confidence-threshold policies (`policy_estimate`).
+    With `policies` (and T = 0) also simulate the confidence-threshold policies (`policy_estimate`), in a
+    background thread when there are cores for it: the answers priced meanwhile (estimates, spreads, context)
+    overlap it, and `Analysis.policies` waits for it (its errors are raised there).
     """
     rep = path if isinstance(path, reportfiles.Report) else reportfiles.load_report(path)
     settings = rep.run.get("settings") or {}
@@ -101,8 +111,9 @@ def load_analysis(
 
     no_policy = {d["name"]: policy_estimate.no_policy_note(d["kind"] in MODEL_FREE)
                  for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE}
-    simulated = {}
+    simulated: dict[str, PolicyCounts] | Future[dict[str, PolicyCounts]] = {}
     if policies and exact:
-        simulated = policy_estimate.trace_policies(table, index, [t for t in traces if t.draft not in no_policy])
+        with_confidence = [t for t in traces if t.draft not in no_policy]
+        simulated = in_background(policy_estimate.trace_policies, table, index, with_confidence)
     return Analysis(rep.directory, rep.run, traces, timings, exact, all_domains, simulated,
                     {t.draft: no_policy[t.draft] for t in traces if t.draft in no_policy}, table, tuple(index), runs)

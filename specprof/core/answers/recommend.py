@@ -178,10 +178,13 @@ def recommend(
     by_batch = cost_ratio is None and (bool(requested) or bool(analysis.timings and analysis.timings.by_batch_size))
     sizes = batchcost.choose_batch_sizes(analysis.timings, requested) if by_batch else ()
     estimates = decide.estimates(analysis, cost_ratio, domains, min_speedup)
-    policies = {(p.draft, p.domain): p for p in decide.policy_estimates(analysis, estimates, cost_ratio)}
     batch_plans = batchcost.batch_plans(estimates, analysis.timings, sizes) if by_batch else [None] * len(estimates)
     cache = engineplan.CounterCache(analysis, engine) if engine is not None else None
     counters = engineplan.engine_entries(analysis, estimates, engine, k, cache) if engine is not None else None
+    # the figures that do not need the threshold policies first: their walk runs meanwhile (`load_analysis`)
+    per_requests = tuple(perrequest.by_request(analysis, estimates, k, cache)) if per_request else None
+    context = tuple(contexts.context_buckets(analysis, estimates, k)) if per_request else None
+    policies = {(p.draft, p.domain): p for p in decide.policy_estimates(analysis, estimates, cost_ratio)}
     entries = tuple(
         Entry(e, policies.get((e.draft, e.domain)), bp,
               EngineFigures(engine, counters[i][0], counters[i][1]) if engine is not None and counters else None)
@@ -192,8 +195,7 @@ def recommend(
         plans=tuple(decide.plans(estimates)), threshold_policy=decide.policy_grid_json(analysis),
         no_policy=analysis.no_policy, costs=costs_path, batch_sizes=tuple(sizes) if by_batch else None,
         engine=engine, engine_k=k,
-        per_request=tuple(perrequest.by_request(analysis, estimates, k, cache)) if per_request else None,
-        context=tuple(contexts.context_buckets(analysis, estimates, k)) if per_request else None,
+        per_request=per_requests, context=context,
     )
 
 
