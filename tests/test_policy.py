@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from specprof.core.pricing import costmodel
 from specprof.core.pricing.policy_estimate import policy_cost
 from specprof.core.simulation import trace
-from specprof.core.simulation.policy import count_policy_blocks, simulate_policy
+from specprof.core.simulation.policy import DraftPolicies, PolicyWalk, count_policy_blocks, simulate_policy
 
 MATCH = [bool(int(c)) for c in "1101011"]
 TOP1 = [0.9, 0.4, 0.9, 0.9, 0.8, 0.3, 0.9]
@@ -179,3 +179,27 @@ def test_vectorised_equals_simulate_row_by_row(rows, data):
                     : top + 1].tolist()
                 assert c.steps_hi[i, j, q].tolist() == np.bincount([b.steps_hi for b in got], minlength=top + 1)[
                     : top + 1].tolist()
+
+
+def test_counts_per_domain_and_per_picked_policy_are_sums_and_slices_of_the_per_prompt_grid():
+    """What `recommend` walks: every policy tallied per domain (it picks on those totals), then the picked
+    policies again per prompt (it bootstraps those); both equal the per-prompt grid summed or sliced."""
+    rng = np.random.default_rng(11)
+    match = (rng.random((40, 30)) < 0.6).astype(np.int8)
+    top1 = rng.random((40, 30))
+    lengths = rng.integers(0, 31, 40)
+    domain = rng.integers(0, 3, 40)
+    k_maxes, taus = [2, 3, 5], [0.2, 0.5, 0.8]
+    grid = count_policy_blocks(match, top1, lengths, k_maxes, taus).histogram  # [prompt, τ, k_max, 3, 6]
+    walk = PolicyWalk(match, top1, lengths, k_maxes)
+    by_domain = walk.counts(taus, domain).histogram
+    for d in range(3):
+        assert np.array_equal(by_domain[d], grid[domain == d].sum(0))
+    policies = DraftPolicies(walk.counts(taus, domain), domain, walk)
+    assert np.array_equal(policies.total(domain != 1), grid[domain != 1].sum(0))
+    picks = [0 * 3 + 2, 2 * 3 + 0, 2 * 3 + 1]  # (τ 0.2, k_max 5), (τ 0.8, k_max 2), (τ 0.8, k_max 3)
+    for g, (counts, i) in policies.per_prompt(picks).items():
+        j, q = divmod(g, 3)
+        assert counts.taus == (taus[j],) and counts.k_maxes[i] == k_maxes[q]
+        assert np.array_equal(counts.histogram[:, 0, i], grid[:, j, q])
+    assert grid.sum() > 0

@@ -62,4 +62,4 @@ def test_policies_walked_in_the_background_equal_those_walked_in_place(monkeypat
     assert isinstance(in_place.policy_counts, dict) and in_place.policies
     assert background.policies.keys() == in_place.policies.keys()
     for draft, counts in in_place.policies.items():
-        assert np.array_equal(background.policies[draft].histogram, counts.histogram)
+        assert np.array_equal(background.policies[draft].by_group.histogram, counts.by_group.histogram)

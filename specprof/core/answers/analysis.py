@@ -19,7 +19,7 @@ import pyarrow as pa
 from specprof.core.pricing.timings import Timings
 from specprof.core.records import reportfiles
 from specprof.core.simulation import blockdraft, kinds
-from specprof.core.simulation.policy import PolicyCounts
+from specprof.core.simulation.policy import DraftPolicies
 from specprof.core.simulation.threads import in_background
 from specprof.core.simulation.traces import (
     DraftRows,
@@ -50,7 +50,7 @@ class Analysis:
     domains: tuple[str, ...]  # the corpus domains, first-seen order (without ALL)
     # per draft: confidence-threshold policies (`load(..., policies=True)` at T = 0; else empty), or their walk
     # still running (`policies` waits for it)
-    policy_counts: dict[str, PolicyCounts] | Future[dict[str, PolicyCounts]] = field(default_factory=dict)
+    policy_counts: dict[str, DraftPolicies] | Future[dict[str, DraftPolicies]] = field(default_factory=dict)
     # drafts without a confidence to threshold → why (n-gram lookups propose with probability 1 or not at all;
     # block-start proposals and heads record none)
     no_policy: dict[str, str] = field(default_factory=dict)
@@ -60,7 +60,7 @@ class Analysis:
     runs: dict[str, blockdraft.StartRuns] = field(default_factory=dict)  # block-dependent drafts at T = 0
 
     @property
-    def policies(self) -> dict[str, PolicyCounts]:
+    def policies(self) -> dict[str, DraftPolicies]:
         counts = self.policy_counts
         return counts.result() if isinstance(counts, Future) else counts
 
@@ -111,7 +111,7 @@ def load_analysis(
 
     no_policy = {d["name"]: policy_estimate.no_policy_note(d["kind"] in MODEL_FREE)
                  for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE}
-    simulated: dict[str, PolicyCounts] | Future[dict[str, PolicyCounts]] = {}
+    simulated: dict[str, DraftPolicies] | Future[dict[str, DraftPolicies]] = {}
     if policies and exact:
         with_confidence = [t for t in traces if t.draft not in no_policy]
         simulated = in_background(policy_estimate.trace_policies, table, index, with_confidence)

@@ -39,7 +39,7 @@ from specprof.core.jsonvalues import json_number
 from specprof.core.pricing import costmodel, stats
 from specprof.core.pricing.estimate import Estimate, prompt_sums, resampled_sums, split_ratios
 from specprof.core.pricing.timings import Timings, costs_for
-from specprof.core.simulation.policy import FULL, OPEN, SEEN, TAUS, PolicyCounts, count_policy_blocks
+from specprof.core.simulation.policy import FULL, OPEN, SEEN, TAUS, DraftPolicies, PolicyCounts, PolicyWalk
 from specprof.core.simulation.traces import DraftRows, DraftTrace, domain_groups, to_numpy
 
 PolicyVerdict = Literal["beats fixed k", "within uncertainty", "worse than fixed k", "too few prompts"]
@@ -91,13 +91,14 @@ def policy_cost(counts: PolicyCounts, costs: costmodel.Costs) -> tuple[np.ndarra
 
 def trace_policies(
     tokens: pa.Table, index: Sequence[DraftRows], traces: Sequence[DraftTrace], taus: Sequence[float] = TAUS
-) -> dict[str, PolicyCounts]:
-    """Per draft: `PolicyCounts` for τ × k_max = 2..its k_max, prompts in the order of its `DraftTrace`.
+) -> dict[str, DraftPolicies]:
+    """Per draft: `DraftPolicies` for τ × k_max = 2..its k_max, counted per domain, prompts in the order of its
+    `DraftTrace`.
 
     `tokens` has the columns match and draft_top1_p, `index` is its `traces.index_drafts`. Drafts
     not in `traces`, and drafts traced with k_max = 1, get no policies.
     """
-    out: dict[str, PolicyCounts] = {}
+    out: dict[str, DraftPolicies] = {}
     by_name = {t.draft: t for t in traces}
     match = to_numpy(tokens.column("match"), np.int8)
     top1_p = to_numpy(tokens.column("draft_top1_p"), np.float64)
@@ -105,8 +106,9 @@ def trace_policies(
         t = by_name.get(d.draft)
         if t is None or t.blocks.k_max < 2:
             continue
-        k_maxes = range(2, t.blocks.k_max + 1)
-        out[d.draft] = count_policy_blocks(d.grid(match, np.int8), d.grid(top1_p), t.n_tokens, k_maxes, taus)
+        walk = PolicyWalk(d.grid(match, np.int8), d.grid(top1_p), t.n_tokens, range(2, t.blocks.k_max + 1))
+        group = np.unique(t.domains, return_inverse=True)[1].ravel()
+        out[d.draft] = DraftPolicies(walk.counts(taus, group), group, walk)
     return out
 
 
@@ -161,7 +163,7 @@ def best_policy(speedup_lo_bound: np.ndarray, taus: Sequence[float], k_maxes: Se
 
 def estimate_policies(
     traces: Sequence[DraftTrace],
-    counts: dict[str, PolicyCounts],
+    counts: dict[str, DraftPolicies],
     estimates: Sequence[Estimate],
     timings: Timings | None,
     cost_ratio: float | None = None,
@@ -180,16 +182,23 @@ def estimate_policies(
         pc = counts.get(t.draft)
         if pc is None:
             continue
-        n, n_taus, n_k = pc.histogram.shape[:3]
+        n_groups, n_taus, n_k = pc.by_group.histogram.shape[:3]
         costs = costs_for(t.draft, timings, cost_ratio, t.blocks.k_max)
-        cost_lo, cost_hi = (c.reshape(n, n_taus * n_k) for c in policy_cost(pc, costs))  # [n, grid] each, lo ≤ hi
-        iterations = pc.iterations.reshape(n, n_taus * n_k)
+        group_hi = policy_cost(pc.by_group, costs)[1].reshape(n_groups, n_taus * n_k)  # [domain, grid]
         groups = [(d, m) for d, m in domain_groups(t) if (t.draft, d) in wanted]
-        # Pick each domain's policy on the point figures, then resample only the picked columns.
-        picks = {d: _pick(t.n_tokens[m].sum(), cost_hi[m].sum(0), pc) for d, m in groups}
+        # Pick each domain's policy on its totals, then count and resample only the picked ones per prompt.
+        picks = {d: _pick(t.n_tokens[m].sum(), group_hi[np.unique(pc.group[m])].sum(0), pc.by_group)
+                 for d, m in groups}
         chosen = sorted(set(picks.values()))
+        picked = pc.per_prompt(chosen)  # g → (counts per prompt of g's τ, g's k_max index there)
+        columns = []  # per chosen policy: [n] iterations, cost lo, cost hi
+        for g in chosen:
+            per_prompt, i = picked[g]
+            lo, hi = policy_cost(per_prompt, costs)  # [n, 1, k_maxes picked at that τ]
+            columns.append((per_prompt.iterations[:, 0, i], lo[:, 0, i], hi[:, 0, i]))
+        iterations, cost_lo, cost_hi = (np.column_stack(c) for c in zip(*columns))
         base = prompt_sums(t)  # [n, 2 + 2·k_max]: the fixed-k sums, resampled with the same weights
-        values = np.column_stack([base, iterations[:, chosen], cost_lo[:, chosen], cost_hi[:, chosen]])
+        values = np.column_stack([base, iterations, cost_lo, cost_hi])
         sums = resampled_sums(t, seed, cache=cache, values=values)
         m0, width = base.shape[1], len(chosen)
         for domain, mask in groups:
@@ -197,10 +206,11 @@ def estimate_policies(
             g = picks[domain]
             j, q = divmod(g, n_k)
             tokens = float(t.n_tokens[mask].sum())
-            iters = float(iterations[mask, g].sum())
-            point_lo, point_hi = tokens / cost_hi[mask, g].sum(), tokens / cost_lo[mask, g].sum()
+            c = chosen.index(g)
+            iters = float(iterations[mask, c].sum())
+            point_lo, point_hi = tokens / cost_hi[mask, c].sum(), tokens / cost_lo[mask, c].sum()
             s = sums[domain]
-            col = m0 + chosen.index(g)
+            col = m0 + c
             resampled_tokens = s[:, 1 + t.blocks.k_max]  # Σ n_tokens: prompt_sums' first denominator
             with np.errstate(invalid="ignore", divide="ignore"):
                 tpi = resampled_tokens / s[:, col]
@@ -208,7 +218,8 @@ def estimate_policies(
                 slo = resampled_tokens / s[:, col + 2 * width]
             fixed = e.costs.speedup(split_ratios(s[:, :m0])[1])[:, e.best_k - 1]  # [B] the same resamples
             fixed_point = float(e.speedup[e.best_k - 1])
-            steps_lo, steps_hi = pc.draft_steps(mask, j, q)
+            per_prompt, i = picked[g]
+            steps_lo, steps_hi = per_prompt.draft_steps(mask, 0, i)
             tpi_lo, tpi_hi = _interval(tpi, tokens / iters)
             found[(t.draft, domain)] = PolicyEstimate(
                 draft=t.draft,

@@ -42,6 +42,7 @@ from specprof.core.simulation import trace
 from specprof.core.simulation.threads import thread_map
 
 TAUS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the grid recommend searches
+SMALL_TALLY = 1 << 16  # counters that a bincount of a few steps' records may fill while they are in cache
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,9 @@ FULL, SEEN, OPEN = 0, 1, 2  # block classes: all proposals accepted; stopped at 
 
 @dataclass(frozen=True)
 class PolicyCounts:
-    """Per-prompt block counts of every policy of a grid (τ × k_max), for one draft.
+    """Block counts of every policy of a grid (τ × k_max) for one draft, per prompt or per group of prompts.
 
-    `histogram` [n_prompts, n_taus, n_k, 3, k_top + 1] counts the blocks by class and accepted count a:
+    `histogram` [n_rows, n_taus, n_k, 3, k_top + 1] counts the blocks by class and accepted count a:
     FULL (every proposal accepted: a draft steps, then the catch-up), SEEN (stopped at the rejected
     proposal: a + 1 steps) and OPEN (went on past the rejection, unseen: a + 1 to k_max steps). The
     other arrays are views of it, built when asked for: [n_prompts, n_taus, n_k] and, for the step
@@ -103,7 +104,7 @@ class PolicyCounts:
 
     taus: tuple[float, ...]
     k_maxes: tuple[int, ...]
-    histogram: np.ndarray  # [n_prompts, n_taus, n_k, 3, k_top + 1] int
+    histogram: np.ndarray  # [n_rows (prompts or groups), n_taus, n_k, 3, k_top + 1] int
 
     @property
     def iterations(self) -> np.ndarray:  # target forward passes (one per block)
@@ -149,9 +150,19 @@ class PolicyCounts:
 
 
 def count_policy_blocks(
-    match: np.ndarray, top1_p: np.ndarray, lengths: np.ndarray, k_maxes: Sequence[int], taus: Sequence[float]
+    match: np.ndarray, top1_p: np.ndarray, lengths: np.ndarray, k_maxes: Sequence[int], taus: Sequence[float],
+    groups: np.ndarray | None = None,
 ) -> PolicyCounts:
     """`simulate_policy` for every prompt × τ × k_max at once; `match` and `top1_p` are [n_prompts, max_len].
+
+    The histogram has a row per prompt, or with `groups` ([n_prompts] non-negative ints) a row per group
+    holding the sum over its prompts (`PolicyWalk.counts`).
+    """
+    return PolicyWalk(match, top1_p, lengths, k_maxes).counts(taus, groups)
+
+
+class PolicyWalk:
+    """One draft's continuations, ready to walk under any threshold policy with a k_max of `k_maxes`.
 
     Per block at s with a = the run of matches from s and c = the run of confident positions
     (top-1 p ≥ τ) from s, and e = min(a, c + 1) the proposals the draft would get accepted with no
@@ -163,24 +174,75 @@ def count_policy_blocks(
     So a block depends only on k_max and one small code per position, (e, c + 1 ≤ a, c = a): a table
     maps (k_max, code) to the block's histogram cell (class × accepted) and its length. Per τ, every
     (prompt, k_max) row advances one block per step: one gather of its code, one table look-up, and
-    its cell recorded; one bincount per τ tallies the records. A row that reaches its end sits on an
-    END code that records into a spare cell and advances by 0. The τs walk in threads (`threads`).
-    Equal to `simulate_policy` row by row (tests).
+    its cell recorded; one bincount per τ tallies the records, per prompt or per group of prompts (a
+    domain: `recommend` picks each domain's policy on its totals, then bootstraps only the picked
+    policies per prompt, `counts(..., ks=...)`). A row that reaches its end sits on an END code that
+    records into a spare cell and advances by 0. The τs walk in threads (`threads`). Equal to
+    `simulate_policy` row by row (tests).
     """
-    n, width = match.shape
-    taus, k_maxes = tuple(float(t) for t in taus), tuple(int(k) for k in k_maxes)
-    k_top = max(k_maxes, default=0)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    inside = np.arange(width)[None, :] < lengths[:, None]
-    grid = _Grid(k_maxes, lengths, inside, trace.run_lengths(np.where(inside, match, 0), np.int32),
-                 *_block_table(k_maxes, width))
-    top1_p = np.asarray(top1_p)
-    # τ by τ, spread over the cores: each walk's codes stay in cache while its rows walk them
-    walks = thread_map(lambda tau: grid.walk(top1_p >= tau), taus)
-    counts = np.empty((n, len(taus), len(k_maxes), 3, k_top + 1), dtype=np.int32)
-    for j, tally in enumerate(walks):  # [cells + 1, n, n_k]: the spare cell dropped, cells moved last
-        counts[:, j] = tally[:-1].transpose(1, 2, 0).reshape(n, len(k_maxes), 3, k_top + 1)
-    return PolicyCounts(taus, k_maxes, counts)
+
+    def __init__(self, match: np.ndarray, top1_p: np.ndarray, lengths: np.ndarray, k_maxes: Sequence[int]):
+        n, width = match.shape
+        self.k_maxes = tuple(int(k) for k in k_maxes)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        inside = np.arange(width)[None, :] < self.lengths[:, None]
+        self.top1_p = np.asarray(top1_p)
+        self.grid = _Grid(self.k_maxes, self.lengths, inside, trace.run_lengths(np.where(inside, match, 0), np.int32),
+                          *_block_table(self.k_maxes, width))
+
+    def counts(self, taus: Sequence[float], groups: np.ndarray | None = None,
+               ks: Sequence[int] | None = None) -> PolicyCounts:
+        """Block counts for τ in `taus` × the k_maxes at indices `ks` (default all): a histogram row per
+        prompt, or per group with `groups` ([n_prompts] ints ≥ 0; row g sums group g's prompts)."""
+        n = len(self.lengths)
+        taus = tuple(float(t) for t in taus)
+        at = np.arange(len(self.k_maxes)) if ks is None else np.asarray(ks, dtype=np.int64)
+        k_top = max(self.k_maxes, default=0)
+        tally_row = np.arange(n) if groups is None else np.asarray(groups, dtype=np.int64)
+        n_rows = n if groups is None else int(tally_row.max(initial=-1)) + 1
+        # τ by τ, spread over the cores: each walk's codes stay in cache while its rows walk them (walking
+        # all τs at once, in calls 9× longer, took 1.6× the time)
+        walks = thread_map(lambda tau: self.grid.walk(self.top1_p >= tau, tally_row, n_rows, at), taus)
+        counts = np.empty((n_rows, len(taus), len(at), 3, k_top + 1), dtype=np.int32)
+        for j, tally in enumerate(walks):  # [cells + 1, rows, n_k]: the spare cell dropped, cells moved last
+            counts[:, j] = tally[:-1].transpose(1, 2, 0).reshape(n_rows, len(at), 3, k_top + 1)
+        return PolicyCounts(taus, tuple(self.k_maxes[q] for q in at.tolist()), counts)
+
+
+@dataclass(frozen=True)
+class DraftPolicies:
+    """One draft's threshold policies: every policy's block counts per group of prompts (its domains), and
+    the walk that counts any of them per prompt (to bootstrap the policies picked on those totals)."""
+
+    by_group: PolicyCounts  # histogram [n_groups, n_taus, n_k, 3, k_top + 1]
+    group: np.ndarray  # [n_prompts] each prompt's row in by_group
+    walk: PolicyWalk
+
+    @property
+    def taus(self) -> tuple[float, ...]:
+        return self.by_group.taus
+
+    @property
+    def k_maxes(self) -> tuple[int, ...]:
+        return self.by_group.k_maxes
+
+    def total(self, mask: np.ndarray) -> np.ndarray:
+        """[n_taus, n_k, 3, k_top + 1] the counts summed over the prompts in `mask`, a union of whole groups."""
+        rows = np.unique(self.group[mask])
+        return self.by_group.histogram[rows].sum(0)
+
+    def per_prompt(self, picks: Sequence[int]) -> dict[int, tuple[PolicyCounts, int]]:
+        """For each grid index g = τ index · n_k + k_max index: the counts per prompt of that policy, as
+        (counts of its τ and the picked k_maxes of that τ, g's index among those k_maxes); one walk per τ."""
+        n_k = len(self.k_maxes)
+        by_tau: dict[int, list[int]] = {}
+        for g in sorted(set(picks)):
+            by_tau.setdefault(g // n_k, []).append(g % n_k)
+        out = {}
+        for j, qs in by_tau.items():
+            counts = self.walk.counts((self.taus[j],), ks=qs)
+            out.update({j * n_k + q: (counts, i) for i, q in enumerate(qs)})
+        return out
 
 
 @dataclass(frozen=True)
@@ -195,19 +257,20 @@ class _Grid:
     advance: np.ndarray  # [n_k · n_codes] its length, accepted + 1
     end_code: int
 
-    def walk(self, confident_at: np.ndarray) -> np.ndarray:
-        """The block counts of one τ (`confident_at`: [n, width] top-1 p ≥ τ): [cells + 1, n, n_k] int32."""
+    def walk(self, confident_at: np.ndarray, tally_row: np.ndarray, n_tally: int, ks: np.ndarray) -> np.ndarray:
+        """The block counts of one τ (`confident_at`: [n, width] top-1 p ≥ τ) for the k_maxes at indices `ks`,
+        each prompt's blocks counted in its `tally_row` (< `n_tally`): [cells + 1, n_tally, len(ks)] int32."""
         # Long on purpose: the codes, then the walk, read against simulate_policy.
         n, width = self.inside.shape
-        n_k, k_top = len(self.k_maxes), max(self.k_maxes, default=0)
+        n_k, k_top = len(ks), max(self.k_maxes, default=0)
         cells = 3 * (k_top + 1)  # class × accepted, then one spare cell for rows that are done
-        n_rows = n * n_k  # row = (prompt, k_max) in C order
-        # The tally is cell-major (cell · n_rows + row): a step's records, rows ascending, fall in a few
+        n_out = n_tally * n_k  # the tally's rows: (tally row, k_max) in C order
+        # The tally is cell-major (cell · n_out + row): a step's records, rows ascending, fall in a few
         # runs of nearby counters rather than one counter per 28 (1.7× faster bincount). One look-up gives
         # both the cell's offset (low bits) and the block's length (above).
-        shift = (cells * n_rows).bit_length()
+        shift = (cells * n_out).bit_length()
         wide = shift + (k_top + 1).bit_length() > 31
-        packed = (self.advance.astype(np.int64) << shift) | (self.cell.astype(np.int64) * n_rows)
+        packed = (self.advance.astype(np.int64) << shift) | (self.cell.astype(np.int64) * n_out)
         packed = packed if wide else packed.astype(np.int32)
         n_codes = self.end_code + 1
         confident = np.ones((n, width + 1), dtype=bool)  # one column past the widest row: confident
@@ -220,26 +283,33 @@ class _Grid:
             conf_runs == runs)
         code[np.arange(n)[:, None], np.stack([self.lengths, self.lengths + 1], axis=1)] = self.end_code  # a
         flat = code.ravel()  # block may step one past the end (its bonus token): END there too
-        first = np.arange(n_rows)
-        first = first[self.lengths[first // n_k] > 0]
+        first = np.arange(n * n_k)  # row = (prompt, k_max) in C order
+        prompt, q = first // n_k, first % n_k
+        walked = self.lengths[prompt] > 0
+        prompt, q = prompt[walked], q[walked]
         index = packed.dtype.type
-        row = first.astype(index)  # each row's counter in cell 0 of the tally
-        table = (first % n_k).astype(index) * n_codes  # each row's k_max block of the table
-        position = ((first // n_k) * (width + 2)).astype(np.int32 if flat.size < 2**31 else np.int64)
-        stop = position + self.lengths[first // n_k].astype(position.dtype)
+        row = (tally_row[prompt] * n_k + q).astype(index)  # each row's counter in cell 0 of the tally
+        table = ks[q].astype(index) * n_codes  # each row's k_max block of the table
+        position = (prompt * (width + 2)).astype(np.int32 if flat.size < 2**31 else np.int64)
+        stop = position + self.lengths[prompt].astype(position.dtype)
+        size = (cells + 1) * n_out
+        tally = np.zeros(size, dtype=np.int64)
         seen, steps = [], 0
         while row.size:
             block = packed.take(table + flat.take(position))
-            seen.append((block & ((1 << shift) - 1)) + row)  # tallied once at the end, not added at every step
+            seen.append((block & ((1 << shift) - 1)) + row)
             position += (block >> shift).astype(position.dtype, copy=False)
             steps += 1
             if steps % 8 == 0:  # drop finished rows now and then, not at every step
+                if size <= SMALL_TALLY:  # a few counters (per domain): tally while the records are in cache
+                    tally += np.bincount(np.concatenate(seen), minlength=size)
+                    seen = []
                 going = position < stop
                 if going.sum() < 0.75 * len(going):
                     row, table, position, stop = row[going], table[going], position[going], stop[going]
-        tally = np.bincount(np.concatenate(seen), minlength=(cells + 1) * n_rows) if seen else np.zeros(
-            (cells + 1) * n_rows, dtype=np.int64)
-        return tally.astype(np.int32).reshape(cells + 1, n, n_k)
+        if seen:  # many counters (per prompt): one bincount over every record
+            tally += np.bincount(np.concatenate(seen), minlength=size)
+        return tally.astype(np.int32).reshape(cells + 1, n_tally, n_k)
 
 
 def _block_table(k_maxes: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray, int]:
