@@ -20,7 +20,7 @@ from specprof.core.pricing.timings import Timings
 from specprof.core.records import reportfiles
 from specprof.core.simulation import blockdraft, kinds
 from specprof.core.simulation.policy import DraftPolicies
-from specprof.core.simulation.threads import in_background
+from specprof.core.simulation.threads import in_background, settled
 from specprof.core.simulation.traces import (
     DraftRows,
     DraftTrace,
@@ -61,8 +61,7 @@ class Analysis:
 
     @property
     def policies(self) -> dict[str, DraftPolicies]:
-        counts = self.policy_counts
-        return counts.result() if isinstance(counts, Future) else counts
+        return settled(self.policy_counts)
 
     def trace(self, draft: str) -> DraftTrace:
         return next(t for t in self.traces if t.draft == draft)

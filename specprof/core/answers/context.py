@@ -38,6 +38,7 @@ from specprof.core.pricing import stats
 from specprof.core.pricing.estimate import Estimate
 from specprof.core.records import reportfiles
 from specprof.core.simulation import trace
+from specprof.core.simulation.threads import in_background, settled
 from specprof.core.simulation.traces import DraftRows, domain_groups, to_numpy
 from specprof.core.vocabulary import ALL
 
@@ -142,12 +143,14 @@ class DraftSums:
         self.walks: dict[int, tuple[np.ndarray, ...]] = {}
         self.tokens: dict[str, np.ndarray] = {}
         self.start_accepted: np.ndarray | None = None
+        self.values: np.ndarray | None = None  # each token's match (accept_prob at T > 0), in `d.rows` order
 
     def _cells(self, axis: str, rows: np.ndarray, at: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """[n_prompts, 2·B]: per prompt and bucket Σ weights, then the count of rows."""
         edges = AXES[axis][0]
         n, n_b = len(self.d.prompt_ids), len(edges)
-        where = self.offsets[axis][rows] + at
+        offsets = self.offsets[axis]
+        where = offsets[rows] + at if offsets.any() else at
         cell = rows * n_b  # prompt row × bucket: the bucket is the number of lower edges past the first reached
         for edge in edges[1:]:
             cell += where >= edge
@@ -160,8 +163,9 @@ class DraftSums:
         a, d = self.analysis, self.d
         assert a.tokens is not None  # load_analysis keeps the token records
         if axis not in self.tokens:
-            value = to_numpy(a.tokens.column("match" if a.exact else "accept_prob"), np.float64)[d.rows]
-            self.tokens[axis] = self._cells(axis, d.prompt, d.position, value)
+            if self.values is None:
+                self.values = to_numpy(a.tokens.column("match" if a.exact else "accept_prob"), np.float64)[d.rows]
+            self.tokens[axis] = self._cells(axis, d.prompt, d.position, self.values)
         n_b = len(AXES[axis][0])
         blocks = np.full((len(d.prompt_ids), 2 * n_b), 0.0)
         if a.exact:
@@ -179,35 +183,43 @@ def context_buckets(analysis: Analysis, estimates: Sequence[Estimate], k: int | 
     """`Buckets` along both axes for each estimate (draft × domain, ALL included), at its best k or `k`.
     Without prompts.parquet only the position axis is given."""
     by_draft = {d.draft: d for d in analysis.index}
-    out: list[Buckets] = []
-    cache: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
-    drafts: dict[str, DraftSums] = {}
-    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
-    lengths: dict[tuple[str, ...], np.ndarray | None] = {}
+    wanted: dict[str, list[int]] = {}  # draft → the ks its estimates ask for
     for e in estimates:
-        d = by_draft[e.draft]
+        ks = wanted.setdefault(e.draft, [])
+        if (e.best_k if k is None else k) not in ks:
+            ks.append(e.best_k if k is None else k)
+    # prompts.parquet is read in the background (Arrow decodes without the GIL) while positions are summed,
+    # once for drafts profiled on the same prompts
+    reads: dict[tuple[str, ...], Any] = {}
+    for draft in wanted:
+        ids = by_draft[draft].prompt_ids
+        if tuple(ids.tolist()) not in reads:
+            reads[tuple(ids.tolist())] = in_background(prompt_lengths, analysis, ids)
+    groups = {draft: domain_groups(analysis.trace(draft), ()) for draft in wanted}
+    found: dict[tuple[str, str, int], tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # per prompt, resampled
+    for draft, ks in wanted.items():
+        d = by_draft[draft]
+        sums = DraftSums(analysis, d, {"position": np.zeros(len(d.prompt_ids), dtype=np.int64)})
+        parts = {("position", kk): sums.sums("position", kk) for kk in ks}
+        length = settled(reads[tuple(d.prompt_ids.tolist())])
+        if length is not None:
+            sums.offsets["context"] = length
+            parts.update({("context", kk): sums.sums("context", kk) for kk in ks})
+        # one bootstrap for all of the draft's columns (the matrix products are the cost, not the columns)
+        values = np.hstack(list(parts.values()))
+        resampled = stats.stratified_sums(values, groups[draft], ALL)
+        edges = np.cumsum([0, *(p.shape[1] for p in parts.values())])
+        for (axis, kk), lo, hi in zip(parts, edges[:-1], edges[1:]):
+            found[(draft, axis, kk)] = values[:, lo:hi], {name: r[:, lo:hi] for name, r in resampled.items()}
+    out: list[Buckets] = []
+    for e in estimates:
         kk = e.best_k if k is None else k
-        if e.draft not in drafts:
-            key = tuple(d.prompt_ids.tolist())
-            if key not in lengths:  # drafts profiled on the same prompts read prompts.parquet once
-                lengths[key] = prompt_lengths(analysis, d.prompt_ids)
-            offsets = {"position": np.zeros(len(d.prompt_ids), dtype=np.int64)}
-            length = lengths[key]
-            if length is not None:
-                offsets["context"] = length
-            drafts[e.draft] = DraftSums(analysis, d, offsets)
-            groups[e.draft] = domain_groups(analysis.trace(e.draft), ())
-        sums = drafts[e.draft]
+        mask = next(m for name, m in groups[e.draft] if name == e.domain)
         for axis in ("context", "position"):
-            if axis not in sums.offsets:
-                continue
-            key3 = (e.draft, axis, kk)
-            if key3 not in cache:
-                values = sums.sums(axis, kk)
-                cache[key3] = {"values": values, **stats.stratified_sums(values, groups[e.draft], ALL)}
-            mask = next(m for name, m in groups[e.draft] if name == e.domain)
-            out.append(_figures(e.draft, e.domain, kk, axis, AXES[axis][1], cache[key3]["values"][mask],
-                                cache[key3][e.domain], analysis.exact))
+            if (e.draft, axis, kk) in found:
+                values, resampled = found[(e.draft, axis, kk)]
+                out.append(_figures(e.draft, e.domain, kk, axis, AXES[axis][1], values[mask], resampled[e.domain],
+                                    analysis.exact))
     return out
 
 

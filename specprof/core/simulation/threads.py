@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from specprof.errors import SpecprofError
 
@@ -54,3 +54,10 @@ def in_background(fn: Callable[..., R], *args: object) -> R | Future[R]:
         return pool.submit(fn, *args)
     finally:
         pool.shutdown(wait=False)  # the thread ends when fn returns
+
+
+def settled(value: R | Future[R]) -> R:
+    """What `in_background` handed back, waited for (its error raised here)."""
+    if isinstance(value, Future):
+        return cast("Future[R]", value).result()
+    return cast("R", value)
