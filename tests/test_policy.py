@@ -203,3 +203,22 @@ def test_counts_per_domain_and_per_picked_policy_are_sums_and_slices_of_the_per_
         assert counts.taus == (taus[j],) and counts.k_maxes[i] == k_maxes[q]
         assert np.array_equal(counts.histogram[:, 0, i], grid[:, j, q])
     assert grid.sum() > 0
+
+
+def test_continuations_too_long_for_int16_codes_walk_in_int32():
+    """Past 8,190 tokens the position codes leave int16 (`PolicyWalk`): the same counts as the simulation."""
+    rng = np.random.default_rng(5)
+    n = 8300
+    match = (rng.random((2, n)) < 0.8).astype(np.int8)
+    top1 = rng.random((2, n))
+    lengths = np.array([n, n - 7])
+    walk = PolicyWalk(match, top1, lengths, [2, 5])
+    assert walk.grid.runs.dtype == np.int32
+    c = walk.counts([0.3, 0.6])
+    for i in range(2):
+        for j, tau in enumerate([0.3, 0.6]):
+            for q, k in enumerate([2, 5]):
+                got = simulate_policy(match[i, : lengths[i]].tolist(), top1[i, : lengths[i]].tolist(), k, tau)
+                assert c.iterations[i, j, q] == len(got)
+                assert c.accepted[i, j, q] == sum(b.accepted for b in got)
+                assert c.full[i, j, q] == sum(b.full for b in got)

@@ -257,13 +257,17 @@ def _fall(figure: str, point: np.ndarray, samples: np.ndarray, n_prompts: np.nda
     usable = np.flatnonzero((n_prompts >= stats.MIN_PROMPTS) & np.isfinite(point))
     if len(usable) < 2:
         return None
-    first = int(usable[0])
+    first, later = int(usable[0]), usable[1:]
+    diff = samples[:, later] - samples[:, [first]]  # [resamples, later buckets]
+    if np.isfinite(diff).all():  # every interval in one call
+        los, his = stats.percentile_interval(diff, point[later] - point[first])
+    else:  # a resample that missed a bucket's prompts is left out of that bucket's interval
+        los, his = np.transpose([stats.percentile_interval(d[np.isfinite(d)], np.asarray(point[b] - point[first]))
+                                 for d, b in zip(diff.T, later.tolist())])
     best = None
-    for later in usable[1:].tolist():
-        diff = samples[:, later] - samples[:, first]
-        lo, hi = stats.percentile_interval(diff[np.isfinite(diff)], np.asarray(point[later] - point[first]))
-        if hi < 0 and (best is None or point[later] < best.later_value):
-            best = Fall(figure, first, later, float(point[first]), float(point[later]), float(lo), float(hi))
+    for b, lo, hi in zip(later.tolist(), los.tolist(), his.tolist()):
+        if hi < 0 and (best is None or point[b] < best.later_value):
+            best = Fall(figure, first, b, float(point[first]), float(point[b]), lo, hi)
     return best
 
 

@@ -187,7 +187,9 @@ class PolicyWalk:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         inside = np.arange(width)[None, :] < self.lengths[:, None]
         self.top1_p = np.asarray(top1_p)
-        self.grid = _Grid(self.k_maxes, self.lengths, inside, trace.run_lengths(np.where(inside, match, 0), np.int32),
+        small = 4 * (width + 2) < 2**15  # the position codes (and the runs they are made of) fit int16
+        self.grid = _Grid(self.k_maxes, self.lengths, inside,
+                          trace.run_lengths(np.where(inside, match, 0), np.int16 if small else np.int32),
                           *_block_table(self.k_maxes, width))
 
     def counts(self, taus: Sequence[float], groups: np.ndarray | None = None,
@@ -238,11 +240,8 @@ class DraftPolicies:
         by_tau: dict[int, list[int]] = {}
         for g in sorted(set(picks)):
             by_tau.setdefault(g // n_k, []).append(g % n_k)
-        out = {}
-        for j, qs in by_tau.items():
-            counts = self.walk.counts((self.taus[j],), ks=qs)
-            out.update({j * n_k + q: (counts, i) for i, q in enumerate(qs)})
-        return out
+        walks = thread_map(lambda item: self.walk.counts((self.taus[item[0]],), ks=item[1]), by_tau.items())
+        return {j * n_k + q: (counts, i) for (j, qs), counts in zip(by_tau.items(), walks) for i, q in enumerate(qs)}
 
 
 @dataclass(frozen=True)
@@ -252,7 +251,7 @@ class _Grid:
     k_maxes: tuple[int, ...]
     lengths: np.ndarray  # [n]
     inside: np.ndarray  # [n, width] positions inside each continuation
-    runs: np.ndarray  # [n, width + 1] int32 runs of matches from each position
+    runs: np.ndarray  # [n, width + 1] runs of matches from each position (int16 when the codes fit it)
     cell: np.ndarray  # [n_k · n_codes] the block's cell (class × accepted)
     advance: np.ndarray  # [n_k · n_codes] its length, accepted + 1
     end_code: int
@@ -275,10 +274,10 @@ class _Grid:
         n_codes = self.end_code + 1
         confident = np.ones((n, width + 1), dtype=bool)  # one column past the widest row: confident
         confident[:, :width] = ~self.inside | confident_at
-        conf_runs = trace.run_lengths(confident, np.int32)[:, : width + 1]
         runs = self.runs
+        conf_runs = trace.run_lengths(confident, runs.dtype.type)[:, : width + 1]
         # [n, width + 2] (e, c + 1 ≤ a, c = a) packed; int16 while it fits: half the memory the walk reads
-        code = np.empty((n, width + 2), dtype=np.int16 if n_codes < 2**15 else np.int32)
+        code = np.empty((n, width + 2), dtype=runs.dtype)
         code[:, : width + 1] = (np.minimum(runs, conf_runs + 1) << 2) | ((conf_runs + 1 <= runs) << 1) | (
             conf_runs == runs)
         code[np.arange(n)[:, None], np.stack([self.lengths, self.lengths + 1], axis=1)] = self.end_code  # a
