@@ -7,10 +7,11 @@ of the target's last one (reading the hidden half of its 2·hidden input), the f
 head are the target's (the LM head restricted to the draft vocabulary and frozen). Training-time
 test: depth 1 is the causal pass over the target's features; depth d ≥ 2 feeds each row the true
 token (what an accepted draft would be) and its own depth d − 1 state, attending to the depth-1
-rows up to itself and its own earlier depth rows, as drafting does. Loss: cross-entropy on the
-target's greedy tokens (its argmax: the distribution's mode, all a greedy verifier checks) over the
-draft vocabulary, weighted 0.8^(d−1). Against overfitting the short data (EAGLE's own remedy): each
-step adds Gaussian noise to the captured states, NOISE of each layer's RMS; the learning rate decays
+rows up to itself and its own earlier depth rows, as drafting does. Loss: cross-entropy against the
+target's distribution (its SOFT_TOP likeliest next tokens, from the same pass that captures the
+states, renormalised inside the draft vocabulary: soft labels teach the ranking behind the argmax a
+greedy verifier checks), weighted 0.8^(d−1). Against overfitting the short data (EAGLE's own
+remedy): each step adds Gaussian noise to the captured states, NOISE of each layer's RMS; the learning rate decays
 on a cosine over the time left to a tenth. The draft vocabulary is the tokens of the training
 continuations, most frequent first (with EOS), written with `d2t`/`t2d`. Time-bounded: stops at
 the deadline, keeps the best held-out state.
@@ -39,6 +40,7 @@ from specprof.engines.hf.models import LoadedModel, eos_token_ids
 UNROLL = 3  # training-time test depths
 NOISE = 0.05  # training-time noise on the captured states, relative to each captured layer's RMS
 MAX_DRAFT_VOCAB = 16384
+SOFT_TOP = 32  # the target's likeliest next tokens kept per position: the soft labels
 
 
 @dataclass
@@ -47,6 +49,9 @@ class Item:
     aux: torch.Tensor  # [N, n·H]
     prompt_len: int
     domain: str
+    # the target's next-token distribution after each position, its SOFT_TOP likeliest tokens: ids [N, K], p [N, K]
+    soft_ids: torch.Tensor | None = None
+    soft_p: torch.Tensor | None = None
 
 
 def aux_layers(num_layers: int) -> tuple[int, ...]:
@@ -61,8 +66,10 @@ def items_of(target: LoadedModel, sequences: Sequence[TokenSequence], ids: Seque
     out = []
     for s in sequences:
         tokens = torch.tensor(s.tokens, device=device)
-        aux = capture_aux(target.model, tokens[None], torch.ones_like(tokens)[None], ids)[0].float().clone()
-        out.append(Item(tokens, aux, s.prompt_len, s.domain))
+        logits: list[torch.Tensor] = []
+        aux = capture_aux(target.model, tokens[None], torch.ones_like(tokens)[None], ids, logits)[0].float().clone()
+        top = torch.softmax(logits[0][0].float(), dim=-1).topk(SOFT_TOP, dim=-1)
+        out.append(Item(tokens, aux, s.prompt_len, s.domain, top.indices, top.values))
     return out
 
 
@@ -144,11 +151,26 @@ def sequence_loss(head: Eagle3Head, item: Item, to_draft: torch.Tensor,
                                         own=own, visible=visible)
             own = [(torch.cat([o[0], k[:, None]], dim=1), torch.cat([o[1], v[:, None]], dim=1))
                    for o, (k, v) in zip(own, new, strict=True)]
-        labels = to_draft[tokens[depth + 1: depth + 1 + rows]]
-        labels[: max(item.prompt_len - depth - 1, 0)] = -100  # prompt positions: not what the head drafts
-        total = total + 0.8 ** (depth - 1) * F.cross_entropy(head.draft_logits(out[:rows]).float(), labels,
-                                                             ignore_index=-100)
+        skip = max(item.prompt_len - depth - 1, 0)  # prompt positions: not what the head drafts
+        logp = F.log_softmax(head.draft_logits(out[skip:rows]).float(), dim=-1)
+        total = total + 0.8 ** (depth - 1) * target_loss(logp, item, to_draft, depth + skip, depth + rows)
     return total
+
+
+def target_loss(logp: torch.Tensor, item: Item, to_draft: torch.Tensor, begin: int, end: int) -> torch.Tensor:
+    """Mean cross-entropy of the head's draft log-probabilities `logp` [rows, V_draft] against the target's
+    distribution after positions begin..end − 1 (its top SOFT_TOP inside the draft vocabulary, renormalised):
+    the loss against the target's distribution, not only its argmax. Without soft labels: its greedy tokens."""
+    if item.soft_ids is None or item.soft_p is None:
+        return F.nll_loss(logp, to_draft[item.tokens[begin + 1: end + 1]], ignore_index=-100)
+    ids = to_draft[item.soft_ids[begin:end]]  # [rows, K] draft ids, -100 outside the draft vocabulary
+    p = torch.where(ids >= 0, item.soft_p[begin:end], 0.0)
+    mass = p.sum(-1, keepdim=True)
+    kept = mass[:, 0] > 0
+    if not kept.any():
+        return logp.new_zeros(())
+    picked = logp.gather(-1, ids.clamp(min=0))
+    return -((p / mass.clamp(min=1e-12)) * picked).sum(-1)[kept].mean()
 
 
 @torch.no_grad()

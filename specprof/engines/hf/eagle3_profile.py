@@ -34,15 +34,18 @@ from specprof.errors import SpecprofError
 
 @torch.inference_mode()
 def capture_aux(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                layer_ids: Sequence[int]) -> torch.Tensor:
+                layer_ids: Sequence[int], logits: list[torch.Tensor] | None = None) -> torch.Tensor:
     """[B, W, n·H] the target's captured states at every position (vLLM's aux layer i: the input of decoder
-    layer i with its residual = the output of transformers' layer i − 1; id 0: the embeddings)."""
+    layer i with its residual = the output of transformers' layer i − 1; id 0: the embeddings). With
+    `logits`, the same pass's logits at every position [B, W, V] are appended to it."""
     capture = LayerCapture(model, sorted(layer_ids), last_only=False)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-              use_cache=False, logits_to_keep=1)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                    use_cache=False, logits_to_keep=0 if logits is not None else 1)
     finally:
         capture.remove()
+    if logits is not None:
+        logits.append(out.logits)
     return torch.cat([capture.states[i] for i in sorted(layer_ids)], dim=-1)
 
 
