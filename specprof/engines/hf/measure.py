@@ -12,7 +12,10 @@ every step, and on a CPU a pass's time is skewed (SmolLM2, 5 tokens in the live 
 73 ms, mean 78 ms). Batch size 1 by default: speculative decoding pays off at low batch, and that
 is what `verify` measures too. `measure` also times each pass for b sequences at once (the same
 context in every row, a KV cache of b × context tokens), the costs at a serving batch of b
-(`core/pricing/batchcost.py`); every n of one batch size is measured round-robin under the same load.
+(`core/pricing/batchcost.py`); every n of one batch size is measured round-robin under the same load,
+and the target and the drafts in turn, ROUNDS times: a profile timed the 26-layer early exit after
+the target and priced its step at 0.96 of the target's where in turn it measures 0.83–0.88, which
+made `verify`'s speculative iteration 7% cheaper than predicted.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from specprof.errors import SpecprofError
 
 WARMUP = 2
 REPEATS = 12
+ROUNDS = 3  # the target and the drafts are timed in turn, REPEATS / ROUNDS repeats each time
 
 # Batch sizes timed when none are given (`specprof costs`): a CPU's pass grows with the batch at
 # once (SmolLM2 verifying 9 tokens for each of 8 sequences: about half a second on a shared core),
@@ -52,7 +56,8 @@ def _typical(seconds: list[float]) -> float:
 
 @torch.inference_mode()
 def forward_seconds(
-    model: torch.nn.Module, context: list[int], ns: list[int], all_logits: bool = True, batch_size: int = 1
+    model: torch.nn.Module, context: list[int], ns: list[int], all_logits: bool = True, batch_size: int = 1,
+    repeats: int = REPEATS, warmup: int = WARMUP,
 ) -> dict[int, float]:
     """Seconds for a forward of n new tokens after a cached prefix, for each n in `ns` (`_typical` of the repeats).
 
@@ -75,42 +80,45 @@ def forward_seconds(
     cache = DynamicCache(config=model.config)
     model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
     times: dict[int, list[float]] = {n: [] for n in ns}
-    for i in range(WARMUP + REPEATS):
+    for i in range(warmup + repeats):
         for n in ns:
             start = clock(device)
             model(input_ids=new[:, :n], cache=cache, use_cache=True, logits_to_keep=n if all_logits else 1)
-            if i >= WARMUP:
+            if i >= warmup:
                 times[n].append(clock(device) - start)
             cache.crop(-n)
     return {n: _typical(t) for n, t in times.items()}
 
 
-def draft_seconds(draft: Draft, context: list[int], batch_size: int = 1) -> tuple[float, float]:
+def draft_seconds(draft: Draft, context: list[int], batch_size: int = 1, repeats: int = REPEATS,
+                  warmup: int = WARMUP) -> tuple[float, float]:
     """(seconds per proposed token, extra seconds of a 2-token catch-up step); n-gram drafts catch up for free.
 
     With `batch_size` b: the seconds of one step that proposes a token for each of b sequences."""
     if isinstance(draft, ModelDraft):
-        times = forward_seconds(draft.model, context, [1, 2], all_logits=False, batch_size=batch_size)
+        times = forward_seconds(draft.model, context, [1, 2], all_logits=False, batch_size=batch_size,
+                                repeats=repeats, warmup=warmup)
         return times[1], max(times[2] - times[1], 0.0)
-    return draft_step_seconds(draft, context, batch_size), 0.0
+    return draft_step_seconds(draft, context, batch_size, repeats, warmup), 0.0
 
 
-def draft_step_seconds(draft: Draft, context: list[int], batch_size: int = 1) -> float:
+def draft_step_seconds(draft: Draft, context: list[int], batch_size: int = 1, repeats: int = REPEATS,
+                       warmup: int = WARMUP) -> float:
     """Seconds per proposed token: one cached forward step, or one prompt lookup (b lookups, one per
     sequence, for a batch of b: a lookup runs on the CPU, sequence by sequence)."""
     if isinstance(draft, ModelDraft):
-        return forward_seconds(draft.model, context, [1], batch_size=batch_size)[1]
+        return forward_seconds(draft.model, context, [1], batch_size=batch_size, repeats=repeats, warmup=warmup)[1]
     if isinstance(draft, HeadDraft):  # an EAGLE-3 head's step: one decoder layer and the draft-vocabulary LM head
-        return _typical(eagle3.step_seconds(draft, len(context), batch_size, REPEATS, WARMUP))
+        return _typical(eagle3.step_seconds(draft, len(context), batch_size, repeats, warmup))
     times = []
-    for i in range(WARMUP + REPEATS):
+    for i in range(warmup + repeats):
         start = time.perf_counter()
         for _ in range(batch_size):
             if isinstance(draft, BlockDraft):
                 draft.proposer.propose(context, 1)  # one lookup serves the whole block: priced per token as one
                 continue
             ngram.propose_next(context, draft.max_ngram)
-        if i >= WARMUP:
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     return _typical(times)
 
@@ -119,16 +127,23 @@ def measure_at(target: torch.nn.Module, drafts: Sequence[Draft], context: list[i
                batch_size: int) -> Timings:
     """Every time the cost model needs at one batch size: t_T(n; b) for n = 1..k_max + 1, each draft's
     t_D(b) and catch-up."""
+    ns = list(range(1, k_max + 2))
+    rounds = []
     try:
-        forward = forward_seconds(target, context, list(range(1, k_max + 2)), batch_size=batch_size)
-        draft_times = {d.name: draft_seconds(d, context, batch_size) for d in drafts}
+        for r in range(ROUNDS):  # the target and the drafts in turn: drift on a shared machine hits both alike
+            kw = {"repeats": REPEATS // ROUNDS, "warmup": WARMUP if r == 0 else 1}
+            rounds.append((forward_seconds(target, context, ns, batch_size=batch_size, **kw),
+                           {d.name: draft_seconds(d, context, batch_size, **kw) for d in drafts}))
     except torch.OutOfMemoryError:
         raise SpecprofError(
             f"--concurrency {batch_size}: out of GPU memory timing {batch_size} sequences of {len(context)} tokens; "
             "choose smaller batch sizes (a profile's records are saved: --resume with other --concurrency finishes it)"
         ) from None
+    forward = {n: statistics.fmean(f[n] for f, _ in rounds) for n in ns}
+    draft_times = {d.name: (statistics.fmean(t[d.name][0] for _, t in rounds),
+                            statistics.fmean(t[d.name][1] for _, t in rounds)) for d in drafts}
     return Timings(
-        target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
+        target_forward_s=tuple(forward[n] for n in ns),
         draft_step_s={name: step for name, (step, _) in draft_times.items()},
         context_tokens=len(context),
         draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},

@@ -193,15 +193,7 @@ def measure_timings(
     target: LoadedModel, drafts: Sequence[Draft], context: list[int], k_max: int, batch_sizes: Sequence[int] = (1,)
 ) -> Timings:
     """The forward times at batch 1 and, with `batch_sizes`, at each serving batch size too."""
-    forward = measure.forward_seconds(target.model, context, list(range(1, k_max + 2)))
-    draft_times = {d.name: measure.draft_seconds(d, context) for d in drafts}
-    one = Timings(
-        target_forward_s=tuple(forward[n] for n in range(1, k_max + 2)),
-        draft_step_s={name: step for name, (step, _) in draft_times.items()},
-        context_tokens=len(context),
-        draft_catchup_s={name: catchup for name, (_, catchup) in draft_times.items()},
-    )
-    return measure.with_batch_sizes(one, target.model, drafts, context, k_max, batch_sizes)
+    return measure.measure(target.model, drafts, context, k_max, batch_sizes)
 
 
 def timing_context(encoded: Sequence[Encoded], tokens: pd.DataFrame, k_max: int) -> list[int]:
