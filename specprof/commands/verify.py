@@ -352,7 +352,7 @@ def _row(draft: str, domain: str, k: int, t: DraftTrace, mask: np.ndarray, ids: 
             check = f"too few prompts ({len(ids)} < {MIN_PROMPTS}) for an interval: not checked"
         elif not lo < hi:  # the report holds a point estimate: allow the live estimate's own noise (2 s.e.)
             se = float(np.sqrt(max(measured_alpha * (1 - measured_alpha), 1e-12) / max(tested, 1)))
-            lo, hi = p.alpha - 2 * se, p.alpha + 2 * se
+            lo, hi = max(p.alpha - 2 * se, 0.0), min(p.alpha + 2 * se, 1.0)  # a rate: inside [0, 1]
         if not check and not lo <= measured_alpha <= hi:
             check = f"measured α {measured_alpha:.3f} outside [{lo:.3f}, {hi:.3f}]"
     relative_error = (measured_speedup - predicted_speedup) / predicted_speedup if predicted_speedup else float("nan")

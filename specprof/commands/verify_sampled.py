@@ -80,7 +80,7 @@ def sampled_row(k: int, report: Report, draft: str, engine: SpecCounters) -> Sam
     mal = 1 + engine.num_accepted_tokens / engine.num_drafts if engine.num_drafts else nan
     if not lo < hi and alpha == alpha and engine.num_drafts:  # a point estimate (too few prompts for an interval):
         se = (alpha * (1 - alpha) / engine.num_drafts) ** 0.5  # allow the engine's own sampling noise, 2 s.e.
-        lo, hi = alpha - 2 * se, alpha + 2 * se
+        lo, hi = max(alpha - 2 * se, 0.0), min(alpha + 2 * se, 1.0)  # a rate: inside [0, 1]
     flag = ""
     if first == first and lo == lo and not lo <= first <= hi:
         far = first < lo / FAR_FACTOR or first > hi * FAR_FACTOR
