@@ -105,14 +105,14 @@ def load_analysis(
     present = [d for d in names if not drafts or d in drafts]
     runs = blockdraft.load_runs(rep, present, k_max or run_k_max) if exact else {}
     index = index_drafts(table)
-    traces = trace_drafts(table, k_max or run_k_max, exact=exact, runs=runs, index=index)
     from specprof.core.pricing import policy_estimate
 
     no_policy = {d["name"]: policy_estimate.no_policy_note(d["kind"] in MODEL_FREE)
                  for d in rep.run.get("drafts") or [] if d.get("kind") in NO_CONFIDENCE}
     simulated: dict[str, DraftPolicies] | Future[dict[str, DraftPolicies]] = {}
-    if policies and exact:
-        with_confidence = [t for t in traces if t.draft not in no_policy]
-        simulated = in_background(policy_estimate.trace_policies, table, index, with_confidence)
+    if policies and exact:  # started before the traces: it needs only the index
+        with_confidence = [d for d in index if d.draft not in no_policy]
+        simulated = in_background(policy_estimate.trace_policies, table, with_confidence, k_max or run_k_max)
+    traces = trace_drafts(table, k_max or run_k_max, exact=exact, runs=runs, index=index)
     return Analysis(rep.directory, rep.run, traces, timings, exact, all_domains, simulated,
                     {t.draft: no_policy[t.draft] for t in traces if t.draft in no_policy}, table, tuple(index), runs)

@@ -90,24 +90,20 @@ def policy_cost(counts: PolicyCounts, costs: costmodel.Costs) -> tuple[np.ndarra
 
 
 def trace_policies(
-    tokens: pa.Table, index: Sequence[DraftRows], traces: Sequence[DraftTrace], taus: Sequence[float] = TAUS
+    tokens: pa.Table, index: Sequence[DraftRows], k_max: int, taus: Sequence[float] = TAUS
 ) -> dict[str, DraftPolicies]:
-    """Per draft: `DraftPolicies` for τ × k_max = 2..its k_max, counted per domain, prompts in the order of its
-    `DraftTrace`.
-
-    `tokens` has the columns match and draft_top1_p, `index` is its `traces.index_drafts`. Drafts
-    not in `traces`, and drafts traced with k_max = 1, get no policies.
+    """Per draft of `index` (`traces.index_drafts` of `tokens`): `DraftPolicies` for τ × k_max = 2..`k_max`,
+    counted per domain, prompts in first-seen order (its `DraftTrace`'s). `tokens` has the columns match and
+    draft_top1_p. With k_max = 1 there are no policies.
     """
     out: dict[str, DraftPolicies] = {}
-    by_name = {t.draft: t for t in traces}
+    if k_max < 2:
+        return out
     match = to_numpy(tokens.column("match"), np.int8)
     top1_p = to_numpy(tokens.column("draft_top1_p"), np.float64)
     for d in index:
-        t = by_name.get(d.draft)
-        if t is None or t.blocks.k_max < 2:
-            continue
-        walk = PolicyWalk(d.grid(match, np.int8), d.grid(top1_p), t.n_tokens, range(2, t.blocks.k_max + 1))
-        group = np.unique(t.domains, return_inverse=True)[1].ravel()
+        walk = PolicyWalk(d.grid(match, np.int8), d.grid(top1_p), d.n_tokens, range(2, k_max + 1))
+        group = np.unique(d.domains, return_inverse=True)[1].ravel()
         out[d.draft] = DraftPolicies(walk.counts(taus, group), group, walk)
     return out
 
