@@ -183,25 +183,23 @@ def context_buckets(analysis: Analysis, estimates: Sequence[Estimate], k: int | 
     """`Buckets` along both axes for each estimate (draft × domain, ALL included), at its best k or `k`.
     Without prompts.parquet only the position axis is given."""
     by_draft = {d.draft: d for d in analysis.index}
-    wanted: dict[str, list[int]] = {}  # draft → the ks its estimates ask for
+    wanted: dict[str, dict[int, None]] = {}  # draft → the ks its estimates ask for, first asked first
     for e in estimates:
-        ks = wanted.setdefault(e.draft, [])
-        if (e.best_k if k is None else k) not in ks:
-            ks.append(e.best_k if k is None else k)
+        wanted.setdefault(e.draft, {})[e.best_k if k is None else k] = None
     # prompts.parquet is read in the background (Arrow decodes without the GIL) while positions are summed,
     # once for drafts profiled on the same prompts
+    prompt_set = {draft: tuple(by_draft[draft].prompt_ids.tolist()) for draft in wanted}
     reads: dict[tuple[str, ...], Any] = {}
-    for draft in wanted:
-        ids = by_draft[draft].prompt_ids
-        if tuple(ids.tolist()) not in reads:
-            reads[tuple(ids.tolist())] = in_background(prompt_lengths, analysis, ids)
+    for draft, key in prompt_set.items():
+        if key not in reads:
+            reads[key] = in_background(prompt_lengths, analysis, by_draft[draft].prompt_ids)
     groups = {draft: domain_groups(analysis.trace(draft), ()) for draft in wanted}
     found: dict[tuple[str, str, int], tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # per prompt, resampled
     for draft, ks in wanted.items():
         d = by_draft[draft]
         sums = DraftSums(analysis, d, {"position": np.zeros(len(d.prompt_ids), dtype=np.int64)})
         parts = {("position", kk): sums.sums("position", kk) for kk in ks}
-        length = settled(reads[tuple(d.prompt_ids.tolist())])
+        length = settled(reads[prompt_set[draft]])
         if length is not None:
             sums.offsets["context"] = length
             parts.update({("context", kk): sums.sums("context", kk) for kk in ks})

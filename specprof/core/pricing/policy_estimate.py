@@ -178,12 +178,11 @@ def estimate_policies(
         pc = counts.get(t.draft)
         if pc is None:
             continue
-        n_groups, n_taus, n_k = pc.by_group.histogram.shape[:3]
+        n_k = len(pc.k_maxes)
         costs = costs_for(t.draft, timings, cost_ratio, t.blocks.k_max)
-        group_hi = policy_cost(pc.by_group, costs)[1].reshape(n_groups, n_taus * n_k)  # [domain, grid]
         groups = [(d, m) for d, m in domain_groups(t) if (t.draft, d) in wanted]
         # Pick each domain's policy on its totals, then count and resample only the picked ones per prompt.
-        picks = {d: _pick(t.n_tokens[m].sum(), group_hi[np.unique(pc.group[m])].sum(0), pc.by_group)
+        picks = {d: _pick(t.n_tokens[m].sum(), policy_cost(pc.total_counts(m), costs)[1].ravel(), pc.by_group)
                  for d, m in groups}
         chosen = sorted(set(picks.values()))
         picked = pc.per_prompt(chosen)  # g → (counts per prompt of g's τ, g's k_max index there)

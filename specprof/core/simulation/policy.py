@@ -150,15 +150,11 @@ class PolicyCounts:
 
 
 def count_policy_blocks(
-    match: np.ndarray, top1_p: np.ndarray, lengths: np.ndarray, k_maxes: Sequence[int], taus: Sequence[float],
-    groups: np.ndarray | None = None,
+    match: np.ndarray, top1_p: np.ndarray, lengths: np.ndarray, k_maxes: Sequence[int], taus: Sequence[float]
 ) -> PolicyCounts:
-    """`simulate_policy` for every prompt × τ × k_max at once; `match` and `top1_p` are [n_prompts, max_len].
-
-    The histogram has a row per prompt, or with `groups` ([n_prompts] non-negative ints) a row per group
-    holding the sum over its prompts (`PolicyWalk.counts`).
-    """
-    return PolicyWalk(match, top1_p, lengths, k_maxes).counts(taus, groups)
+    """`simulate_policy` for every prompt × τ × k_max at once, a histogram row per prompt; `match` and `top1_p`
+    are [n_prompts, max_len] (`PolicyWalk.counts` also tallies per group of prompts)."""
+    return PolicyWalk(match, top1_p, lengths, k_maxes).counts(taus)
 
 
 class PolicyWalk:
@@ -232,6 +228,10 @@ class DraftPolicies:
         """[n_taus, n_k, 3, k_top + 1] the counts summed over the prompts in `mask`, a union of whole groups."""
         rows = np.unique(self.group[mask])
         return self.by_group.histogram[rows].sum(0)
+
+    def total_counts(self, mask: np.ndarray) -> PolicyCounts:
+        """`total` as the counts of one row (what `policy_estimate.policy_cost` prices)."""
+        return PolicyCounts(self.taus, self.k_maxes, self.total(mask)[None])
 
     def per_prompt(self, picks: Sequence[int]) -> dict[int, tuple[PolicyCounts, int]]:
         """For each grid index g = τ index · n_k + k_max index: the counts per prompt of that policy, as

@@ -11,8 +11,8 @@ rows up to itself and its own earlier depth rows, as drafting does. Loss: cross-
 target's distribution (its SOFT_TOP likeliest next tokens, from the same pass that captures the
 states, renormalised inside the draft vocabulary: soft labels teach the ranking behind the argmax a
 greedy verifier checks), weighted 0.8^(d−1). Against overfitting the short data (EAGLE's own
-remedy): each step adds Gaussian noise to the captured states, NOISE of each layer's RMS; the learning rate decays
-on a cosine over the time left to a tenth. The draft vocabulary is the tokens of the training
+remedy): each step adds Gaussian noise to the captured states, NOISE of each layer's RMS; the
+learning rate decays on a cosine over the time left to a tenth. The draft vocabulary is the tokens of the training
 continuations, most frequent first (with EOS), written with `d2t`/`t2d`. Time-bounded: stops at
 the deadline, keeps the best held-out state.
 """
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from specprof.engines.hf.distill_data import TokenSequence
 from specprof.engines.hf.eagle3 import Eagle3Head
 from specprof.engines.hf.eagle3_load import HeadConfig, default_aux_layers
-from specprof.engines.hf.eagle3_profile import capture_aux
+from specprof.engines.hf.eagle3_profile import capture_aux_and_logits
 from specprof.engines.hf.models import LoadedModel, eos_token_ids
 
 UNROLL = 3  # training-time test depths
@@ -66,10 +66,11 @@ def items_of(target: LoadedModel, sequences: Sequence[TokenSequence], ids: Seque
     out = []
     for s in sequences:
         tokens = torch.tensor(s.tokens, device=device)
-        logits: list[torch.Tensor] = []
-        aux = capture_aux(target.model, tokens[None], torch.ones_like(tokens)[None], ids, logits)[0].float().clone()
-        top = torch.softmax(logits[0][0].float(), dim=-1).topk(SOFT_TOP, dim=-1)
-        out.append(Item(tokens, aux, s.prompt_len, s.domain, top.indices, top.values))
+        aux, logits = capture_aux_and_logits(target.model, tokens[None], torch.ones_like(tokens)[None], ids)
+        scores = logits[0].float()
+        top = scores.topk(SOFT_TOP, dim=-1)  # the likeliest tokens, their probabilities over the whole vocabulary
+        p = (top.values - scores.logsumexp(dim=-1, keepdim=True)).exp()
+        out.append(Item(tokens, aux[0].float().clone(), s.prompt_len, s.domain, top.indices, p))
     return out
 
 

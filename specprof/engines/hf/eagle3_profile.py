@@ -34,19 +34,28 @@ from specprof.errors import SpecprofError
 
 @torch.inference_mode()
 def capture_aux(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                layer_ids: Sequence[int], logits: list[torch.Tensor] | None = None) -> torch.Tensor:
+                layer_ids: Sequence[int]) -> torch.Tensor:
     """[B, W, n·H] the target's captured states at every position (vLLM's aux layer i: the input of decoder
-    layer i with its residual = the output of transformers' layer i − 1; id 0: the embeddings). With
-    `logits`, the same pass's logits at every position [B, W, V] are appended to it."""
+    layer i with its residual = the output of transformers' layer i − 1; id 0: the embeddings)."""
+    return _captured(model, input_ids, attention_mask, layer_ids, all_logits=False)[0]
+
+
+@torch.inference_mode()
+def capture_aux_and_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           layer_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`capture_aux` and, from the same pass, the logits at every position [B, W, V]."""
+    return _captured(model, input_ids, attention_mask, layer_ids, all_logits=True)
+
+
+def _captured(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              layer_ids: Sequence[int], all_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
     capture = LayerCapture(model, sorted(layer_ids), last_only=False)
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                    use_cache=False, logits_to_keep=0 if logits is not None else 1)
+                    use_cache=False, logits_to_keep=0 if all_logits else 1)
     finally:
         capture.remove()
-    if logits is not None:
-        logits.append(out.logits)
-    return torch.cat([capture.states[i] for i in sorted(layer_ids)], dim=-1)
+    return torch.cat([capture.states[i] for i in sorted(layer_ids)], dim=-1), out.logits
 
 
 @torch.inference_mode()
