@@ -278,7 +278,7 @@ def test_compare_a_report_with_itself_prints_no_star_footer(reports, cli):
 
 def test_compare_gives_no_star_where_a_side_has_too_few_prompts(cli, monkeypatch):
     # The 0.1.0 fixture holds 4 prompts per domain (8 in ALL). n-gram speedup B − A in alpha is
-    # +0.0005 [+0.0005, +0.0018]: the interval excludes 0, but 4 prompts are too few for an interval to
+    # +0.0005 [+0.0005, +0.0005]: the interval excludes 0, but 4 prompts are too few for an interval to
     # mean anything (recommend's rule: 5+), so only ALL gets a star, and the table says why.
     from pathlib import Path
 
@@ -287,6 +287,11 @@ def test_compare_gives_no_star_where_a_side_has_too_few_prompts(cli, monkeypatch
     by_domain = {c["domain"]: c for c in data["comparisons"]}
     alpha = by_domain["alpha"]
     assert alpha["speedup"]["diff_lo"] > 0 and not alpha["speedup"]["significant"]
+    # Both reports hold the same tokens, only their timings differ, and the n-gram accepts nothing here: every
+    # resample's tokens/iter is the point's, so resampled differences priced like the point (its proposal
+    # counts: the n-gram mostly proposes nothing) all equal it. Priced as if it always proposed k, they did not.
+    for c in data["comparisons"]:
+        assert c["speedup"]["diff_lo"] == c["speedup"]["diff"] == c["speedup"]["diff_hi"], c
     assert (alpha["n_prompts_a"], alpha["n_prompts_b"]) == (4, 4)
     assert alpha["caveat"] == ("only 4 prompts in A and 4 in B; a difference needs 5+ prompts on each side to be "
                                "marked *")

@@ -18,7 +18,7 @@ import numpy as np
 from specprof.core.answers.analysis import Analysis, load_analysis
 from specprof.core.jsonvalues import json_number
 from specprof.core.pricing import stats
-from specprof.core.pricing.estimate import estimate, prompt_sums, split_ratios
+from specprof.core.pricing.estimate import point_figures, prompt_sums, split_ratios
 from specprof.core.pricing.stats import draw_weights
 from specprof.core.pricing.timings import costs_for
 from specprof.core.records.reportfiles import Report
@@ -149,19 +149,21 @@ def compare(a: Analysis, b: Analysis, force: bool = False, seed: int = stats.SEE
         for domain, mask_b in domain_groups(tb):
             if domain not in groups_a:
                 continue
-            ea = estimate(ta.select(groups_a[domain]), domain, costs_a, sums=sums_a[domain])
-            eb = estimate(tb.select(mask_b), domain, costs_b, sums=sums_b[domain])
+            # point figures only: compare prints no interval of either side, only of the difference
+            pa, pb = point_figures(ta.select(groups_a[domain]), costs_a), point_figures(tb.select(mask_b), costs_b)
             alpha_a, tpi_a = split_ratios(sums_a[domain])
             alpha_b, tpi_b = split_ratios(sums_b[domain])
-            speed_a = costs_a.speedup(tpi_a)[:, ea.best_k - 1]
-            speed_b = costs_b.speedup(tpi_b)[:, eb.best_k - 1]
-            enough = min(ea.n_prompts, eb.n_prompts) >= stats.MIN_PROMPTS
+            # the resamples priced like their points: each side's blocks (full acceptances, proposal counts)
+            speed_a = pa.costs.speedup(tpi_a)[:, pa.best_k - 1]
+            speed_b = pb.costs.speedup(tpi_b)[:, pb.best_k - 1]
+            n_a, n_b = pa.pooled.n_prompts, pb.pooled.n_prompts
+            enough = min(n_a, n_b) >= stats.MIN_PROMPTS
             out.append(Comparison(
-                ta.draft, tb.draft, domain, paired[domain], ea.best_k, eb.best_k,
-                _difference(ea.alpha, eb.alpha, alpha_b - alpha_a, enough),
-                _difference(float(ea.speedup[ea.best_k - 1]), float(eb.speedup[eb.best_k - 1]), speed_b - speed_a,
+                ta.draft, tb.draft, domain, paired[domain], pa.best_k, pb.best_k,
+                _difference(pa.pooled.alpha, pb.pooled.alpha, alpha_b - alpha_a, enough),
+                _difference(float(pa.speedup[pa.best_k - 1]), float(pb.speedup[pb.best_k - 1]), speed_b - speed_a,
                             enough),
-                ea.n_prompts, eb.n_prompts,
+                n_a, n_b,
             ))
     return out
 

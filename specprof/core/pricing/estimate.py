@@ -67,6 +67,24 @@ def priced(costs: costmodel.Costs, p: Pooled) -> costmodel.Costs:
     return costs.for_blocks(full_fraction(p.histogram), proposed)
 
 
+@dataclass(frozen=True)
+class PointFigures:
+    """A set of prompts' pooled figures priced at every k, without intervals (what `compare` sets side by side)."""
+
+    pooled: Pooled
+    costs: costmodel.Costs  # priced for these blocks
+    speedup: np.ndarray  # [k_max] empirical: tokens_per_iter / iteration time
+    best_k: int
+
+
+def point_figures(t: DraftTrace, costs: costmodel.Costs) -> PointFigures:
+    """The figures `estimate` gives `t` (already selected), less its intervals and verdicts."""
+    p = pool(t)
+    costs = priced(costs, p)
+    speedup = costs.speedup(p.tokens_per_iter)
+    return PointFigures(p, costs, speedup, costmodel.best_k({k + 1: float(s) for k, s in enumerate(speedup)}))
+
+
 def prompt_sums(t: DraftTrace) -> np.ndarray:
     """[n_prompts, 2 + 2·k_max]: numerators (Σ accept_prob, emitted per k), then denominators (tokens,
     iterations per k). Every figure is a ratio of column sums, so these are all a bootstrap needs."""
