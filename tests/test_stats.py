@@ -181,3 +181,22 @@ def test_no_go_reason_names_the_draft_cost():
     assert e.best_k == 1 and e.speedup[0] == pytest.approx(2 / 2.2)
     assert e.verdict().decision == "NO-GO"
     assert e.why() == "draft step costs 120% of a target step; breaks even at 2.20 tokens/iter"
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered")  # the empty column: its callers silence it too
+def test_interval_of_many_columns_equals_each_column_alone():
+    # percentile_interval takes one partition for the columns without a non-finite resample and nanquantile
+    # for the rest: each column's bounds must be exactly what that column gives alone.
+    rng = np.random.default_rng(3)
+    samples = rng.random((200, 6))
+    samples[[4, 9], 1] = np.nan  # a resample that missed a bucket's prompts
+    samples[7, 3] = np.inf
+    samples[:, 5] = np.nan  # nothing at all
+    point = samples[0].copy()
+    point[5] = 0.5
+    lo, hi = stats.percentile_interval(samples, point)
+    for j in range(samples.shape[1]):
+        lo_j, hi_j = stats.percentile_interval(samples[:, [j]], point[[j]])
+        assert (lo[j], hi[j]) == (lo_j[0], hi_j[0]) or (np.isnan(lo_j[0]) and np.isnan(lo[j])), j
+    finite_only = stats.percentile_interval(samples[:, [0, 2, 4]], point[[0, 2, 4]])  # the one-partition path
+    assert np.array_equal(finite_only[0], lo[[0, 2, 4]]) and np.array_equal(finite_only[1], hi[[0, 2, 4]])

@@ -80,6 +80,14 @@ def percentile_interval(samples: np.ndarray, point: np.ndarray | float, confiden
         lo, hi = point, point
     elif finite.all():  # the same figures as nanquantile, in one partition instead of one per column
         lo, hi = np.quantile(samples, [tail, 1.0 - tail], axis=0)
+    elif samples.ndim == 2:  # nanquantile (a call per column) only for the columns that need it
+        clean = finite.all(axis=0)
+        lo, hi = np.empty(samples.shape[1]), np.empty(samples.shape[1])
+        if clean.any():
+            lo[clean], hi[clean] = np.quantile(samples[:, clean], [tail, 1.0 - tail], axis=0)
+        with np.errstate(invalid="ignore"):
+            lo[~clean], hi[~clean] = np.nanquantile(np.where(finite[:, ~clean], samples[:, ~clean], np.nan),
+                                                    [tail, 1.0 - tail], axis=0)
     else:
         with np.errstate(invalid="ignore"):
             lo, hi = np.nanquantile(np.where(finite, samples, np.nan), [tail, 1.0 - tail], axis=0)
