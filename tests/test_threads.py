@@ -18,6 +18,27 @@ def test_thread_map_keeps_the_order(monkeypatch):
     assert threads.thread_map(lambda x: x * x, range(10)) == [x * x for x in range(10)]
 
 
+def test_work_started_from_a_worker_stays_in_its_thread(monkeypatch):
+    # the background walk's τs and a report's drafts under compare: more threads would only take turns
+    import threading
+
+    monkeypatch.setenv("SPECPROF_THREADS", "4")
+
+    def inner(_):
+        return threading.get_ident()
+
+    def outer(_):
+        return threading.get_ident(), set(threads.thread_map(inner, range(8))), threads.in_background(inner, 0)
+
+    for me, inner_threads, background in threads.thread_map(outer, range(4)):
+        assert inner_threads == {me} and background == me  # a value, not a Future: run in place
+    started = threads.in_background(outer, 0)
+    assert isinstance(started, Future)
+    me, inner_threads, background = started.result()
+    assert inner_threads == {me} and background == me != threading.get_ident()
+    assert not threads.in_worker()
+
+
 @pytest.mark.parametrize("raw", ["0", "-1", "two", ""])
 def test_a_bad_thread_count_is_a_one_line_error(monkeypatch, raw):
     monkeypatch.setenv("SPECPROF_THREADS", raw)
