@@ -341,6 +341,7 @@ from typer.testing import CliRunner
 from specprof.ui.cli import app
 runner = CliRunner()
 for args in (["recommend", {str(reports['main'])!r}, "--json"],
+             ["recommend", {str(reports['main'])!r}, "--json", "--per-request"],
              ["gate", {str(reports['main'])!r}, "--min-alpha", "0"],
              ["compare", {str(reports['main'])!r}, {str(reports['main'])!r}],
              ["recommend", "--alpha", "0.6", "--cost-ratio", "0.1"]):
