@@ -209,15 +209,15 @@ def context_buckets(analysis: Analysis, estimates: Sequence[Estimate], k: int | 
         edges = np.cumsum([0, *(p.shape[1] for p in parts.values())])
         for (axis, kk), lo, hi in zip(parts, edges[:-1], edges[1:]):
             found[(draft, axis, kk)] = values[:, lo:hi], {name: r[:, lo:hi] for name, r in resampled.items()}
-    jobs = []  # (draft, domain, k, axis, values, ratios) for every bucket set asked for
+    jobs = []  # (draft, domain, k, axis, ratios) for every bucket set asked for
     for e in estimates:
         kk = e.best_k if k is None else k
         mask = next(m for name, m in groups[e.draft] if name == e.domain)
         for axis in ("context", "position"):
             if (e.draft, axis, kk) in found:
                 values, resampled = found[(e.draft, axis, kk)]
-                jobs.append((e.draft, e.domain, kk, axis, values[mask],
-                             _ratios(len(AXES[axis][0]), values[mask], resampled[e.domain])))
+                ratios = _ratios(len(AXES[axis][0]), values[mask], resampled[e.domain])
+                jobs.append((e.draft, e.domain, kk, axis, ratios))
     if not jobs:
         return []
     # every bucket's α and tokens/iter interval from one quantile call (each column's figures are its own)
@@ -225,11 +225,11 @@ def context_buckets(analysis: Analysis, estimates: Sequence[Estimate], k: int | 
                        np.concatenate([np.concatenate([r.alpha, r.tpi]) for *_, r in jobs]))
     out: list[Buckets] = []
     at = 0
-    for draft, domain, kk, axis, values, r in jobs:
+    for draft, domain, kk, axis, r in jobs:
         n_b = len(r.alpha)
         bounds = lo[at: at + 2 * n_b], hi[at: at + 2 * n_b]
         at += 2 * n_b
-        out.append(_figures(draft, domain, kk, axis, AXES[axis][1], values, r, bounds, analysis.exact))
+        out.append(_figures(draft, domain, kk, axis, AXES[axis][1], r, bounds, analysis.exact))
     return out
 
 
@@ -238,6 +238,7 @@ class _Ratios:
     """One bucket set's figures: point and resampled α and tokens/iter per bucket."""
 
     point: np.ndarray  # [4·B] the sums `DraftSums.sums` gives
+    n_prompts: np.ndarray  # [B] prompts with a token in each bucket
     alpha: np.ndarray  # [B]
     tpi: np.ndarray
     alpha_s: np.ndarray  # [resamples, B]
@@ -247,23 +248,23 @@ class _Ratios:
 def _ratios(n_b: int, values: np.ndarray, resampled: np.ndarray) -> _Ratios:
     point = values.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _Ratios(point, point[:n_b] / point[n_b: 2 * n_b], point[2 * n_b: 3 * n_b] / point[3 * n_b:],
+        return _Ratios(point, (values[:, n_b: 2 * n_b] > 0).sum(axis=0),
+                       point[:n_b] / point[n_b: 2 * n_b], point[2 * n_b: 3 * n_b] / point[3 * n_b:],
                        resampled[:, :n_b] / resampled[:, n_b: 2 * n_b],
                        resampled[:, 2 * n_b: 3 * n_b] / resampled[:, 3 * n_b:])
 
 
-def _figures(draft: str, domain: str, k: int, axis: str, labels: Sequence[str], values: np.ndarray, r: _Ratios,
+def _figures(draft: str, domain: str, k: int, axis: str, labels: Sequence[str], r: _Ratios,
              bounds: tuple[np.ndarray, np.ndarray], exact: bool) -> Buckets:
     """`Buckets` from the ratios and their intervals (`bounds`: lo and hi of α's buckets, then tokens/iter's)."""
     n_b = len(labels)
     a_lo, t_lo = bounds[0][:n_b], bounds[0][n_b:]
     a_hi, t_hi = bounds[1][:n_b], bounds[1][n_b:]
-    n_prompts = (values[:, n_b: 2 * n_b] > 0).sum(axis=0)
     tpi = r.tpi
     if not exact:
         tpi = t_lo = t_hi = np.full(n_b, np.nan)
-    fall = _fall("tokens/iter", tpi, r.tpi_s, n_prompts) if exact else _fall("α", r.alpha, r.alpha_s, n_prompts)
-    return Buckets(draft, domain, k, axis, tuple(labels), n_prompts, r.point[n_b: 2 * n_b].astype(np.int64),
+    fall = _fall("tokens/iter", tpi, r.tpi_s, r.n_prompts) if exact else _fall("α", r.alpha, r.alpha_s, r.n_prompts)
+    return Buckets(draft, domain, k, axis, tuple(labels), r.n_prompts, r.point[n_b: 2 * n_b].astype(np.int64),
                    r.alpha, a_lo, a_hi, tpi, t_lo, t_hi, fall)
 
 

@@ -71,7 +71,7 @@ def plan(draft_estimates: Sequence[Estimate]) -> DraftPlan:
         k_max = min(e.k_max for e in enabled)
         weights = np.array([e.n_prompts for e in enabled], dtype=np.float64)
         mean = (weights[:, None] * np.stack([e.speedup[:k_max] for e in enabled])).sum(0) / weights.sum()
-        shared_k = costmodel.best_k({k + 1: float(s) for k, s in enumerate(mean)})
+        shared_k = costmodel.best_k_of(mean)
         shared = float(mean[shared_k - 1])
     return DraftPlan(draft_estimates[0].draft, by["GO"], by["NO-GO"], by["INCONCLUSIVE"], shared_k, shared)
 

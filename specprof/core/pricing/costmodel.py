@@ -136,6 +136,11 @@ def best_k(speedups: Mapping[int, float]) -> int:
     return min(k for k, s in finite.items() if s >= top - TIE * abs(top))
 
 
+def best_k_of(speedup: Sequence[float] | np.ndarray) -> int:
+    """`best_k` of speedups for k = 1, 2, … in order."""
+    return best_k({k + 1: float(s) for k, s in enumerate(speedup)})
+
+
 def best_k_iid(alpha: float, cost_ratio: float, k_max: int) -> int:
     """argmax over k = 1..k_max of S(α, k, c), ties to the smaller k."""
     return best_k({k: speedup_iid(alpha, k, cost_ratio) for k in range(1, k_max + 1)})

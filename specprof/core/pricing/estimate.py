@@ -11,6 +11,7 @@ No torch here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -69,20 +70,26 @@ def priced(costs: costmodel.Costs, p: Pooled) -> costmodel.Costs:
 
 @dataclass(frozen=True)
 class PointFigures:
-    """A set of prompts' pooled figures priced at every k, without intervals (what `compare` sets side by side)."""
+    """A set of prompts' pooled figures priced for its blocks, without intervals: `estimate`'s start, and what
+    `compare` sets side by side."""
 
     pooled: Pooled
     costs: costmodel.Costs  # priced for these blocks
-    speedup: np.ndarray  # [k_max] empirical: tokens_per_iter / iteration time
-    best_k: int
+
+    @functools.cached_property
+    def speedup(self) -> np.ndarray:
+        """[k_max] empirical: tokens_per_iter / iteration time."""
+        return self.costs.speedup(self.pooled.tokens_per_iter)
+
+    @functools.cached_property
+    def best_k(self) -> int:
+        return costmodel.best_k_of(self.speedup)
 
 
 def point_figures(t: DraftTrace, costs: costmodel.Costs) -> PointFigures:
-    """The figures `estimate` gives `t` (already selected), less its intervals and verdicts."""
+    """The point figures of `t` (already selected), priced for its blocks."""
     p = pool(t)
-    costs = priced(costs, p)
-    speedup = costs.speedup(p.tokens_per_iter)
-    return PointFigures(p, costs, speedup, costmodel.best_k({k + 1: float(s) for k, s in enumerate(speedup)}))
+    return PointFigures(p, priced(costs, p))
 
 
 def prompt_sums(t: DraftTrace) -> np.ndarray:
@@ -149,7 +156,7 @@ class Estimate:
         set_(self, "speedup_lo", self.costs.speedup(self.tokens_per_iter_lo))
         set_(self, "speedup_hi", self.costs.speedup(self.tokens_per_iter_hi))
         set_(self, "speedup_iid", self.costs.speedup_iid(self.alpha))
-        set_(self, "best_k", costmodel.best_k({k + 1: float(s) for k, s in enumerate(self.speedup)}))
+        set_(self, "best_k", costmodel.best_k_of(self.speedup))
         verdicts = tuple(
             stats.decision_rule(float(s), float(lo), float(hi), self.n_prompts, self.min_speedup)
             for s, lo, hi in zip(self.speedup, self.speedup_lo, self.speedup_hi)
@@ -214,11 +221,11 @@ def estimate(
     `sums` are its resampled sums [B, 2 + 2·k_max] (`resampled_sums`); by default they are drawn
     here, a plain bootstrap over `t`'s prompts.
     """
-    p = pool(t)
+    figures = point_figures(t, costs)
+    p, costs = figures.pooled, figures.costs
     if sums is None:
         sums = stats.draw_weights(seed, domain, p.n_prompts) @ prompt_sums(t)
     alpha_samples, tpi_samples = split_ratios(sums)
-    costs = priced(costs, p)
     alpha_lo, alpha_hi = stats.percentile_interval(alpha_samples, p.alpha)
     tpi_lo, tpi_hi = stats.percentile_interval(tpi_samples, p.tokens_per_iter)
     return Estimate(

@@ -75,22 +75,20 @@ def percentile_interval(samples: np.ndarray, point: np.ndarray | float, confiden
     distribution lopsided; widening keeps `lo ≤ point ≤ hi` true for every report.
     """
     tail = (1.0 - confidence) / 2
+    q = [tail, 1.0 - tail]
     finite = np.isfinite(samples)
     if not samples.shape[0]:
         lo, hi = point, point
     elif finite.all():  # the same figures as nanquantile, in one partition instead of one per column
-        lo, hi = np.quantile(samples, [tail, 1.0 - tail], axis=0)
-    elif samples.ndim == 2:  # nanquantile (a call per column) only for the columns that need it
+        lo, hi = np.quantile(samples, q, axis=0)
+    else:  # nanquantile works a column at a time: only the columns missing a resample take it
+        columns, finite = samples.reshape(len(samples), -1), finite.reshape(len(samples), -1)
         clean = finite.all(axis=0)
-        lo, hi = np.empty(samples.shape[1]), np.empty(samples.shape[1])
-        if clean.any():
-            lo[clean], hi[clean] = np.quantile(samples[:, clean], [tail, 1.0 - tail], axis=0)
+        lo, hi = np.empty(columns.shape[1]), np.empty(columns.shape[1])
+        lo[clean], hi[clean] = np.quantile(columns[:, clean], q, axis=0)
         with np.errstate(invalid="ignore"):
-            lo[~clean], hi[~clean] = np.nanquantile(np.where(finite[:, ~clean], samples[:, ~clean], np.nan),
-                                                    [tail, 1.0 - tail], axis=0)
-    else:
-        with np.errstate(invalid="ignore"):
-            lo, hi = np.nanquantile(np.where(finite, samples, np.nan), [tail, 1.0 - tail], axis=0)
+            lo[~clean], hi[~clean] = np.nanquantile(np.where(finite[:, ~clean], columns[:, ~clean], np.nan), q, axis=0)
+        lo, hi = lo.reshape(samples.shape[1:]), hi.reshape(samples.shape[1:])
     point = np.asarray(point, dtype=np.float64)
     return np.fmin(lo, point), np.fmax(hi, point)
 
